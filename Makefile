@@ -1,0 +1,39 @@
+# The two commands a new user needs: `make demo` and `make test`. Each creates .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+
+.PHONY: install test demo ui bench validate clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# The demo reads the bundled sample data (real S&P 500 and NASDAQ prices shipped inside `arch`).
+demo: $(STAMP)
+	PM_PRICE_SOURCE=sample $(BIN)/pm demo
+
+# The UI on the demo's instance, bound to loopback only. Override the source: make ui PM_PRICE_SOURCE=yfinance
+PM_PRICE_SOURCE ?= sample
+ui: $(STAMP)
+	PM_PRICE_SOURCE=$(PM_PRICE_SOURCE) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+validate: $(STAMP)
+	$(BIN)/dagster definitions validate -w workspace.yaml
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_foundation.py
+
+clean:
+	rm -rf $(VENV) data/pm.duckdb data/pm.duckdb.wal
+	find .dagster_home -mindepth 1 ! -name dagster.yaml -exec rm -rf {} +

@@ -1,0 +1,81 @@
+"""`features`: technical indicators per ticker and trading day, from stored prices."""
+
+import polars as pl
+from dagster import (
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetDep,
+    AssetExecutionContext,
+    BackfillPolicy,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from dagster_duckdb import DuckDBResource
+
+from pm_assets.metadata import check_results, run_metadata
+from pm_assets.partitions import daily_ticker_partitions, decode_partition_keys, lookback_mapping
+from pm_domain.features import WARMUP_SESSIONS, compute_features
+from pm_domain.plots import png_markdown, price_bands_png
+from pm_domain.quality import feature_rules
+from pm_resources.store import read_rows, replace_partitions
+
+
+class MissingPricesError(RuntimeError):
+    """features was asked for partitions whose prices are not in the store."""
+
+
+@asset(
+    partitions_def=daily_ticker_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    pool="duckdb",
+    group_name="market_data",
+    kinds={"duckdb", "polars"},
+    deps=[AssetDep("prices", partition_mapping=lookback_mapping(WARMUP_SESSIONS))],
+    check_specs=[
+        AssetCheckSpec("indicators_in_range", asset="features", blocking=True),
+        AssetCheckSpec("warmed_up", asset="features"),
+    ],
+    description="SMA 20/50, EMA 12/26, MACD, RSI 14 (Wilder), ATR 14, Bollinger 20/2, realised "
+    "volatility, volume ratio and returns. A value at date t reads prices up to t only; recursive "
+    f"indicators start at the ticker's first stored price (the {WARMUP_SESSIONS}-session lookback "
+    "declared here carries all but 1e-8 of their weight).",
+)
+def features(context: AssetExecutionContext, duckdb: DuckDBResource) -> MaterializeResult:
+    selection = decode_partition_keys(context.partition_keys)
+    with duckdb.get_connection() as conn:
+        history = read_rows(conn, "prices", selection.tickers, selection.end)
+    if history.is_empty():
+        raise MissingPricesError(
+            f"no stored prices for {selection.describe()}: materialize prices first"
+        )
+    in_run = history.filter(pl.col("date").is_in(list(selection.dates)))
+    expected = len(selection.tickers) * len(selection.dates)
+    if in_run.height != expected:
+        held = in_run.group_by("ticker").len()
+        raise MissingPricesError(
+            f"prices cover {in_run.height} of the {expected} partitions of {selection.describe()} "
+            f"(rows per ticker: {dict(held.iter_rows())}): materialize prices for the range first"
+        )
+    context.log.info(f"computing features for {selection.describe()} from {history.height} price rows")
+    all_features = compute_features(history)
+    rows = all_features.filter(pl.col("date").is_in(list(selection.dates)))
+    with duckdb.get_connection() as conn:
+        replace_partitions(conn, "features", rows, selection.tickers, selection.dates)
+
+    plot_window = all_features.filter(pl.col("date") >= selection.start).filter(
+        pl.col("date") <= selection.end
+    )
+    if plot_window["date"].n_unique() < 60:  # give short runs some context in the chart
+        plot_window = all_features.group_by("ticker").tail(120)
+    metadata = run_metadata(
+        selection, rows, ["ticker", "date", "close", "sma_20", "sma_50", "rsi_14", "macd", "atr_14"]
+    )
+    metadata["plot"] = MetadataValue.md(
+        png_markdown(price_bands_png(plot_window, list(selection.tickers)), "price with SMA and Bollinger")
+    )
+    return MaterializeResult(
+        metadata=metadata,
+        check_results=check_results(feature_rules(rows)[:1], AssetCheckSeverity.ERROR)
+        + check_results(feature_rules(rows)[1:], AssetCheckSeverity.WARN),
+    )

@@ -1,0 +1,116 @@
+"""The one place that defines how assets are partitioned: NYSE trading days x tickers.
+
+Keys read `2018-12-31|^GSPC` (Dagster orders dimensions by name: `date`, then `ticker`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from dagster import (
+    DimensionPartitionMapping,
+    DynamicPartitionsDefinition,
+    IdentityPartitionMapping,
+    MultiPartitionKey,
+    MultiPartitionMapping,
+    MultiPartitionsDefinition,
+    TimeWindowPartitionMapping,
+    TimeWindowPartitionsDefinition,
+)
+
+from pm_domain import calendar, settings
+from pm_domain.tickers import validate_ticker
+
+DATE_FORMAT = "%Y-%m-%d"
+EXCHANGE_TIMEZONE = "America/New_York"
+TICKERS_PARTITIONS_NAME = "tickers"
+
+
+def _trading_day_partitions() -> TimeWindowPartitionsDefinition:
+    start = settings.start_date()
+    # end_offset=1 makes today's session a partition during the day, so the nightly run after the
+    # close can materialize it; the prices asset refuses sessions that have not closed yet.
+    horizon = dt.date.today() + dt.timedelta(days=14)
+    holidays = [
+        dt.datetime.combine(day, dt.time()) for day in calendar.non_trading_weekdays(start, horizon)
+    ]
+    return TimeWindowPartitionsDefinition(
+        start=dt.datetime.combine(start, dt.time()),
+        cron_schedule="0 0 * * 1-5",
+        fmt=DATE_FORMAT,
+        timezone=EXCHANGE_TIMEZONE,
+        end_offset=1,
+        exclusions=holidays,
+    )
+
+
+trading_day_partitions = _trading_day_partitions()
+ticker_partitions = DynamicPartitionsDefinition(name=TICKERS_PARTITIONS_NAME)
+daily_ticker_partitions = MultiPartitionsDefinition(
+    {"date": trading_day_partitions, "ticker": ticker_partitions}
+)
+
+
+def lookback_mapping(sessions: int) -> MultiPartitionMapping:
+    """Depend on the previous `sessions - 1` trading days and the same day, same ticker."""
+    return MultiPartitionMapping(
+        {
+            "date": DimensionPartitionMapping(
+                "date",
+                TimeWindowPartitionMapping(
+                    start_offset=-(sessions - 1),
+                    end_offset=0,
+                    allow_nonexistent_upstream_partitions=True,
+                ),
+            ),
+            "ticker": DimensionPartitionMapping("ticker", IdentityPartitionMapping()),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class PartitionSelection:
+    """The (ticker, date) rectangle a run covers, decoded from its partition keys."""
+
+    tickers: tuple[str, ...]
+    dates: tuple[dt.date, ...]
+
+    @property
+    def start(self) -> dt.date:
+        return self.dates[0]
+
+    @property
+    def end(self) -> dt.date:
+        return self.dates[-1]
+
+    def keys(self) -> list[tuple[str, dt.date]]:
+        return [(ticker, day) for ticker in self.tickers for day in self.dates]
+
+    def describe(self) -> str:
+        return f"{len(self.tickers)} ticker(s) {', '.join(self.tickers[:5])}{'...' if len(self.tickers) > 5 else ''} x {len(self.dates)} date(s) {self.start}..{self.end}"
+
+
+def decode_partition_keys(partition_keys: list[str]) -> PartitionSelection:
+    """Split multi-partition keys into validated tickers and dates.
+
+    A ranged run in a multi-partitioned asset is a rectangle (every ticker x every date of the
+    range), so the selection is rebuilt as a cross product and checked to be exactly that.
+    """
+    tickers: dict[str, None] = {}
+    dates: set[dt.date] = set()
+    for key in partition_keys:
+        by_dimension = (
+            key.keys_by_dimension
+            if isinstance(key, MultiPartitionKey)
+            else dict(zip(("date", "ticker"), key.split("|", 1), strict=True))
+        )
+        tickers[validate_ticker(by_dimension["ticker"])] = None
+        dates.add(dt.date.fromisoformat(by_dimension["date"]))
+    selection = PartitionSelection(tuple(sorted(tickers)), tuple(sorted(dates)))
+    if len(selection.tickers) * len(selection.dates) != len(set(partition_keys)):
+        raise ValueError(
+            f"run partitions are not a tickers x dates rectangle: {len(partition_keys)} keys over "
+            f"{selection.describe()}"
+        )
+    return selection

@@ -1,0 +1,70 @@
+"""`prices`: daily OHLCV plus adjusted close from the configured price source."""
+
+import datetime as dt
+
+import polars as pl
+from dagster import (
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    BackfillPolicy,
+    MaterializeResult,
+    asset,
+)
+from dagster_duckdb import DuckDBResource
+
+from pm_assets.metadata import check_results, run_metadata
+from pm_assets.partitions import daily_ticker_partitions, decode_partition_keys
+from pm_domain import calendar
+from pm_domain.quality import price_rules
+from pm_resources.price_source import PriceSourceResource
+from pm_resources.store import read_rows, replace_partitions
+
+PRICE_CHECKS = [
+    "positive_prices", "high_is_highest", "low_is_lowest", "non_negative_volume",
+    "unique_keys", "no_missing_trading_days",
+]
+
+
+class SessionNotClosedError(RuntimeError):
+    """Prices were asked for a session that has not closed yet."""
+
+
+@asset(
+    partitions_def=daily_ticker_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    pool="duckdb",
+    group_name="market_data",
+    kinds={"duckdb", "polars"},
+    check_specs=[AssetCheckSpec(name, asset="prices", blocking=True) for name in PRICE_CHECKS],
+    description="Daily OHLCV and adjusted close per ticker and NYSE trading day, with the source "
+    "name and ingestion time. One fetch and one write per run, whatever its range.",
+)
+def prices(
+    context: AssetExecutionContext, duckdb: DuckDBResource, price_source: PriceSourceResource
+) -> MaterializeResult:
+    selection = decode_partition_keys(context.partition_keys)
+    last_closed = calendar.last_closed_session(dt.datetime.now(dt.UTC))
+    if selection.end > last_closed:
+        raise SessionNotClosedError(
+            f"prices for {selection.end} cannot be ingested before that session closes "
+            f"(last closed session: {last_closed})"
+        )
+    context.log.info(f"fetching {selection.describe()} from source {price_source.source!r}")
+    rows = price_source.fetch(selection.tickers, selection.dates).with_columns(
+        pl.lit(dt.datetime.now(dt.UTC).replace(tzinfo=None)).alias("ingested_at")
+    )
+    with duckdb.get_connection() as conn:
+        replace_partitions(conn, "prices", rows, selection.tickers, selection.dates)
+        stored = read_rows(conn, "prices", selection.tickers, selection.end, selection.start)
+    context.log.info(f"wrote {rows.height} price rows")
+    metadata = run_metadata(
+        selection, stored, ["ticker", "date", "open", "high", "low", "close", "adj_close", "volume"]
+    )
+    metadata["source"] = price_source.source
+    return MaterializeResult(
+        metadata=metadata,
+        check_results=check_results(
+            price_rules(stored, selection.tickers, selection.dates), AssetCheckSeverity.ERROR
+        ),
+    )

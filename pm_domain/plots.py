@@ -1,0 +1,40 @@
+"""Small PNG charts for materialization metadata (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import polars as pl  # noqa: E402
+
+
+def png_markdown(png: bytes, alt: str) -> str:
+    """Markdown that embeds a PNG inline, as Dagster's UI renders it."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def price_bands_png(features: pl.DataFrame, tickers: list[str], max_tickers: int = 4) -> bytes:
+    """Close with SMA 20/50 and Bollinger 20/2 for up to `max_tickers` tickers, one panel each."""
+    shown = tickers[:max_tickers]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(8, 2.6 * len(shown)), squeeze=False)
+    for ax, ticker in zip(axes[:, 0], shown, strict=True):
+        rows = features.filter(pl.col("ticker") == ticker).sort("date")
+        dates = rows["date"].to_list()
+        ax.fill_between(dates, rows["bb_lower"].to_numpy(), rows["bb_upper"].to_numpy(),
+                        color="tab:blue", alpha=0.12, label="Bollinger 20/2")
+        ax.plot(dates, rows["close"].to_numpy(), color="black", lw=1.1, label="close")
+        ax.plot(dates, rows["sma_20"].to_numpy(), color="tab:orange", lw=0.9, label="SMA 20")
+        ax.plot(dates, rows["sma_50"].to_numpy(), color="tab:green", lw=0.9, label="SMA 50")
+        ax.set_title(ticker, fontsize=9, loc="left")
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=4, loc="upper left")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()

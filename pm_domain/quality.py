@@ -1,0 +1,70 @@
+"""Data-quality rules for stored rows, as plain functions: the asset checks only report them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import polars as pl
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """The verdict of one rule over a set of rows."""
+
+    name: str
+    passed: bool
+    description: str
+    failing_rows: int = 0
+    examples: list[str] = field(default_factory=list)
+
+
+def _rule(name: str, description: str, frame: pl.DataFrame, bad: pl.Expr) -> RuleOutcome:
+    failing = frame.filter(bad) if frame.height else frame
+    examples = [f"{r['ticker']} {r['date']}" for r in failing.head(5).iter_rows(named=True)]
+    return RuleOutcome(name, failing.height == 0, description, failing.height, examples)
+
+
+def price_rules(
+    stored: pl.DataFrame, tickers: Sequence[str], dates: Sequence[dt.date]
+) -> list[RuleOutcome]:
+    """Every rule the prices of a run must satisfy; each failure means the data is wrong."""
+    price_columns = ["open", "high", "low", "close"]
+    outcomes = [
+        _rule("positive_prices", "open, high, low, close (and adj_close when present) > 0", stored,
+              pl.any_horizontal([pl.col(c) <= 0 for c in price_columns])
+              | (pl.col("adj_close").is_not_null() & (pl.col("adj_close") <= 0))),
+        _rule("high_is_highest", "high >= max(open, close)", stored,
+              pl.col("high") < pl.max_horizontal("open", "close")),
+        _rule("low_is_lowest", "low <= min(open, close)", stored,
+              pl.col("low") > pl.min_horizontal("open", "close")),
+        _rule("non_negative_volume", "volume >= 0", stored, pl.col("volume") < 0),
+    ]
+    duplicated = stored.filter(pl.struct("ticker", "date").is_duplicated()) if stored.height else stored
+    outcomes.append(RuleOutcome(
+        "unique_keys", duplicated.height == 0, "one row per (ticker, date)", duplicated.height,
+        [f"{r['ticker']} {r['date']}" for r in duplicated.head(5).iter_rows(named=True)],
+    ))
+    expected = pl.DataFrame({"ticker": list(tickers)}).join(
+        pl.DataFrame({"date": list(dates)}, schema={"date": pl.Date}), how="cross"
+    )
+    missing = expected.join(stored.select("ticker", "date"), on=["ticker", "date"], how="anti")
+    outcomes.append(RuleOutcome(
+        "no_missing_trading_days", missing.height == 0,
+        "a row for every trading day of the run's range, for every ticker", missing.height,
+        [f"{r['ticker']} {r['date']}" for r in missing.head(5).iter_rows(named=True)],
+    ))
+    return outcomes
+
+
+def feature_rules(features: pl.DataFrame) -> list[RuleOutcome]:
+    """Sanity rules for indicators; a failure points at a bug or at too short a history."""
+    return [
+        _rule("indicators_in_range", "RSI in [0, 100], ATR >= 0, Bollinger lower <= upper",
+              features,
+              (pl.col("rsi_14") < 0) | (pl.col("rsi_14") > 100) | (pl.col("atr_14") < 0)
+              | (pl.col("bb_lower") > pl.col("bb_upper"))),
+        _rule("warmed_up", "SMA 50 and the other indicators exist (at least 50 sessions of history)",
+              features, pl.col("sma_50").is_null() | pl.col("macd_signal").is_null()),
+    ]

@@ -1,0 +1,46 @@
+"""Project settings read from the environment, with defaults that work on a fresh clone.
+
+Only values that shape the asset graph itself (partition start, exchange) or locate files live
+here; run-time choices (price source, CSV folder) are resource configuration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# The sample data ends on 2018-12-31 and ts_forecasts needs ~500 trading days of history, so the
+# default partition set starts early enough for the demo (last 120 sessions of 2018) to have its
+# full lookback, while keeping dates x tickers well under Dagster's ~100,000 partitions per asset:
+# 2016-01-04 .. today is ~2,750 trading days, i.e. ~36 tickers per 100,000 partitions.
+DEFAULT_START_DATE = "2016-01-04"
+EXCHANGE = "XNYS"
+
+
+class SettingsError(ValueError):
+    """A configuration value from the environment is malformed or out of range."""
+
+
+def start_date() -> dt.date:
+    """First trading date of the partition set (`PM_START_DATE`, ISO format)."""
+    raw = os.environ.get("PM_START_DATE", DEFAULT_START_DATE)
+    try:
+        value = dt.date.fromisoformat(raw)
+    except ValueError as exc:
+        raise SettingsError(f"PM_START_DATE={raw!r} is not an ISO date (YYYY-MM-DD)") from exc
+    if not dt.date(1990, 1, 1) <= value <= dt.date.today():
+        raise SettingsError(f"PM_START_DATE={raw!r} must lie between 1990-01-01 and today")
+    return value
+
+
+def duckdb_path() -> str:
+    """The DuckDB file every asset reads and writes (`PM_DUCKDB_PATH`, default data/pm.duckdb)."""
+    return os.environ.get("PM_DUCKDB_PATH", str(PROJECT_ROOT / "data" / "pm.duckdb"))
+
+
+def watchlist_path() -> Path:
+    """The watchlist file, one ticker per line (`PM_WATCHLIST`, default data/watchlist.txt)."""
+    return Path(os.environ.get("PM_WATCHLIST", str(PROJECT_ROOT / "data" / "watchlist.txt")))

@@ -1,0 +1,45 @@
+"""Ticker strings are validated once, here, before they reach SQL, a file name or a prompt."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+# Letters, digits and the punctuation real symbols use: ^GSPC (index), BRK.B (class), BTC-USD
+# (pair), EURUSD=X (currency). Nothing that can quote, comment, separate or traverse a path.
+TICKER_PATTERN = re.compile(r"^[A-Za-z0-9.^=-]{1,20}$")
+
+
+class TickerError(ValueError):
+    """A ticker string is malformed."""
+
+
+def validate_ticker(ticker: str) -> str:
+    """Return `ticker` unchanged if it is a well-formed symbol, else raise TickerError."""
+    if not isinstance(ticker, str) or not TICKER_PATTERN.fullmatch(ticker):
+        shown = repr(ticker)[:60]
+        raise TickerError(
+            f"invalid ticker {shown}: use 1-20 characters from letters, digits and . ^ = -"
+        )
+    if ticker in {".", ".."} or ticker.startswith("."):
+        raise TickerError(f"invalid ticker {ticker!r}: must not start with '.'")
+    return ticker
+
+
+def validate_tickers(tickers: Iterable[str]) -> list[str]:
+    """Validate every ticker and return them de-duplicated, in first-seen order."""
+    seen: dict[str, None] = {}
+    for ticker in tickers:
+        seen[validate_ticker(ticker)] = None
+    return list(seen)
+
+
+def read_watchlist(path: Path) -> list[str]:
+    """Tickers from a watchlist file: one per line, blank lines and `#` comments ignored."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    entries = [line.split("#", 1)[0].strip() for line in lines]
+    try:
+        return validate_tickers(entry for entry in entries if entry)
+    except TickerError as exc:
+        raise TickerError(f"{path}: {exc}") from exc

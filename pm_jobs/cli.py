@@ -1,0 +1,158 @@
+"""`pm`: manage the ticker universe and run the demo against the project-local instance.
+
+    pm tickers list | add TICKER... | sync [--file PATH]
+    pm demo
+    pm summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+
+from pm_domain import calendar, settings
+from pm_domain.tickers import TickerError, read_watchlist, validate_tickers
+
+DEMO_TICKERS = ["^GSPC", "^IXIC"]
+DEMO_END = "2018-12-31"
+DEMO_SESSIONS = 120
+
+
+def _instance():
+    from dagster import DagsterInstance
+
+    return DagsterInstance.get()
+
+
+def add_tickers(instance, tickers: Sequence[str]) -> list[str]:
+    """Add validated tickers to the `tickers` dimension; returns the ones that were new."""
+    from pm_assets.partitions import TICKERS_PARTITIONS_NAME
+
+    valid = validate_tickers(tickers)
+    known = set(instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME))
+    new = [t for t in valid if t not in known]
+    if new:
+        instance.add_dynamic_partitions(TICKERS_PARTITIONS_NAME, new)
+    return new
+
+
+def range_tags(tickers: Sequence[str], start: str, end: str) -> dict[str, str]:
+    """Run tags that make one run cover dates start..end for every ticker listed (a rectangle)."""
+    return {
+        "dagster/asset_partition_range_start": f"{start}|{tickers[0]}",
+        "dagster/asset_partition_range_end": f"{end}|{tickers[-1]}",
+    }
+
+
+def materialize_range(instance, assets: Sequence[str], tickers: Sequence[str], start: str, end: str):
+    from dagster import AssetKey
+
+    from pm_jobs.definitions import defs
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        instance=instance,
+        asset_selection=[AssetKey(a) for a in assets],
+        tags=range_tags(tickers, start, end),
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
+
+
+def store_summary() -> list[str]:
+    import duckdb
+
+    from pm_resources.store import query
+
+    lines = []
+    path = settings.duckdb_path()
+    with duckdb.connect(path, read_only=True) as conn:
+        tables = query(conn, "SELECT table_name FROM information_schema.tables ORDER BY 1")
+        for table in tables["table_name"].to_list():
+            stats = query(conn, f'SELECT count(*) AS n, count(DISTINCT ticker) AS tickers, '
+                                f'min(date) AS first, max(date) AS last FROM "{table}"').row(0, named=True)
+            lines.append(f"  {table:<18} {stats['n']:>7} rows  {stats['tickers']} tickers  "
+                         f"{stats['first']} .. {stats['last']}")
+    return [f"DuckDB store {path}:", *lines]
+
+
+def run_demo() -> int:
+    warnings.filterwarnings("ignore")  # dagster's beta warnings are noise for a demo
+    import datetime as dt
+    import os
+
+    if os.environ.get("PM_PRICE_SOURCE", "sample") != "sample":
+        print("the demo reads the bundled sample data: unset PM_PRICE_SOURCE or set it to 'sample'")
+        return 2
+    os.environ["PM_PRICE_SOURCE"] = "sample"
+    instance = _instance()
+    add_tickers(instance, DEMO_TICKERS)
+    end = dt.date.fromisoformat(DEMO_END)
+    first_feature_day = calendar.shift_trading_days(end, -(DEMO_SESSIONS - 1))
+    history_start = settings.start_date().isoformat()
+    steps = [
+        (["prices"], history_start, "price history for indicator warm-up and forecasts"),
+        (["features"], first_feature_day.isoformat(), f"the last {DEMO_SESSIONS} sessions of 2018"),
+    ]
+    checks_failed = 0
+    for assets, start, why in steps:
+        began = time.perf_counter()
+        print(f"materializing {', '.join(assets)} for {', '.join(DEMO_TICKERS)} {start}..{DEMO_END} ({why}) ...", flush=True)
+        result = materialize_range(instance, assets, DEMO_TICKERS, start, DEMO_END)
+        evaluations = result.get_asset_check_evaluations()
+        failed = [e.check_name for e in evaluations if not e.passed]
+        checks_failed += len(failed)
+        print(f"  run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'} in "
+              f"{time.perf_counter() - began:.1f} s; checks {len(evaluations) - len(failed)}/"
+              f"{len(evaluations)} passed{' (failed: ' + ', '.join(failed) + ')' if failed else ''}")
+        if not result.success:
+            return 1
+    print("\n".join(store_summary()))
+    print(f"\nDagster instance: {instance.root_directory}")
+    print("Open the UI on this instance with `make ui`, then http://127.0.0.1:3000 "
+          "(Assets -> prices / features -> Partitions shows the materialized keys, their metadata and the plot).")
+    return 0 if checks_failed == 0 else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pm", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    tickers = commands.add_parser("tickers", help="list, add or sync tickers (partitions)")
+    tickers_actions = tickers.add_subparsers(dest="action", required=True)
+    tickers_actions.add_parser("list")
+    add = tickers_actions.add_parser("add")
+    add.add_argument("symbols", nargs="+")
+    sync = tickers_actions.add_parser("sync", help="add every ticker of the watchlist file")
+    sync.add_argument("--file", default=None, help="watchlist path (default PM_WATCHLIST)")
+    commands.add_parser("demo", help="materialize the sample demo into the project instance")
+    commands.add_parser("summary", help="rows per table in the DuckDB store")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "demo":
+            return run_demo()
+        if args.command == "summary":
+            print("\n".join(store_summary()))
+            return 0
+        from pm_assets.partitions import TICKERS_PARTITIONS_NAME
+
+        instance = _instance()
+        if args.action == "list":
+            print("\n".join(instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME)))
+        elif args.action == "add":
+            print(f"added: {', '.join(add_tickers(instance, args.symbols)) or 'nothing new'}")
+        else:
+            from pathlib import Path
+
+            path = Path(args.file) if args.file else settings.watchlist_path()
+            print(f"added: {', '.join(add_tickers(instance, read_watchlist(path))) or 'nothing new'}")
+        return 0
+    except (TickerError, settings.SettingsError, calendar.CalendarError, FileNotFoundError) as exc:
+        print(f"pm: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
