@@ -131,11 +131,13 @@ def yfinance_frame_to_long(frame: pd.DataFrame, tickers: Sequence[str]) -> pl.Da
         wide = wide.rename(columns=names)
         present = [c for c in PRICE_COLUMNS if c in wide.columns]
         part = pd.DataFrame({c: pd.to_numeric(wide[c], errors="coerce") for c in present})
-        part["date"] = pd.to_datetime(frame.index).tz_localize(None).date
+        part["date"] = pd.to_datetime(frame.index).tz_localize(None).normalize()
         part["ticker"] = ticker
         # all-NaN rows are how yfinance marks "no data for this ticker/day": drop, never fill
         part = part.dropna(how="all", subset=present)
-        parts.append(pl.from_pandas(part.reset_index(drop=True)))
+        if not part.empty:
+            parts.append(pl.from_pandas(part.reset_index(drop=True)).with_columns(
+                pl.col("date").cast(pl.Date)))
     if not parts:
         return _empty()
     return pl.concat(parts, how="diagonal_relaxed")
@@ -280,12 +282,17 @@ def _synthetic_paths(tickers: Sequence[str], n_days: int) -> np.ndarray:
     annual_vol, annual_drift, start_price = np.empty((3, n))
     shocks, gaps, wicks_up, wicks_down, volume_noise = np.empty((5, n, n_days))
     for i, ticker in enumerate(tickers):
-        rng = np.random.default_rng(zlib.crc32(ticker.encode()))
-        annual_vol[i], annual_drift[i], start_price[i] = (
-            rng.uniform(0.15, 0.40), rng.uniform(0.02, 0.10), rng.uniform(20, 500))
-        shocks[i] = rng.standard_t(df=6, size=n_days) / np.sqrt(6 / 4)  # unit variance
-        gaps[i], wicks_up[i], wicks_down[i] = rng.normal(0, 1, (3, n_days))
-        volume_noise[i] = rng.normal(0, 0.3, n_days)
+        # one independent stream per quantity: the first k draws of a stream do not depend on how
+        # many are drawn, so a date's row is the same whatever end date was requested
+        streams = [np.random.default_rng(s) for s in
+                   np.random.SeedSequence(zlib.crc32(ticker.encode())).spawn(6)]
+        annual_vol[i], annual_drift[i], start_price[i] = streams[0].uniform(
+            [0.15, 0.02, 20], [0.40, 0.10, 500])
+        shocks[i] = streams[1].standard_t(df=6, size=n_days) / np.sqrt(6 / 4)  # unit variance
+        gaps[i] = streams[2].normal(0, 1, n_days)
+        wicks_up[i] = streams[3].normal(0, 1, n_days)
+        wicks_down[i] = streams[4].normal(0, 1, n_days)
+        volume_noise[i] = streams[5].normal(0, 0.3, n_days)
 
     daily_var = annual_vol**2 / 252
     alpha, beta = 0.08, 0.90

@@ -22,8 +22,8 @@ def validate_ticker(ticker: str) -> str:
         raise TickerError(
             f"invalid ticker {shown}: use 1-20 characters from letters, digits and . ^ = -"
         )
-    if ticker in {".", ".."} or ticker.startswith("."):
-        raise TickerError(f"invalid ticker {ticker!r}: must not start with '.'")
+    if ticker.startswith(".") or "--" in ticker or ".." in ticker:
+        raise TickerError(f"invalid ticker {ticker!r}: no leading '.', no '..' or '--'")
     return ticker
 
 

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+
+import pytest
+
+warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+
+
+@pytest.fixture()
+def db_path(tmp_path):
+    return str(tmp_path / "pm.duckdb")
+
+
+@pytest.fixture()
+def instance():
+    from dagster import DagsterInstance
+
+    with DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+def range_tags(tickers, start: dt.date | str, end: dt.date | str) -> dict[str, str]:
+    from pm_jobs.cli import range_tags as tags
+
+    return tags(list(tickers), str(start), str(end))

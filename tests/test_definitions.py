@@ -1,0 +1,27 @@
+import subprocess
+import sys
+
+from dagster import AssetKey, Definitions
+
+
+def test_definitions_load_with_both_assets_their_checks_and_the_job():
+    from pm_jobs.definitions import defs
+
+    Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert {AssetKey("prices"), AssetKey("features")} <= set(graph.get_all_asset_keys())
+    assert {k.name for k in graph.asset_check_keys} >= {"high_is_highest", "no_missing_trading_days"}
+    assert defs.resolve_job_def("daily_research").name == "daily_research"
+
+
+def test_pm_cli_rejects_bad_tickers_with_exit_code_2(tmp_path):
+    env = {"DAGSTER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "pm_jobs.cli", "tickers", "add", "A;B"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2 and "invalid ticker 'A;B'" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "pm_jobs.cli", "tickers", "add", "^GSPC", "BRK.B"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    listed = subprocess.run([sys.executable, "-m", "pm_jobs.cli", "tickers", "list"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert listed.stdout.split() == ["^GSPC", "BRK.B"]

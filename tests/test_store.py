@@ -1,0 +1,68 @@
+import datetime as dt
+
+import duckdb
+import polars as pl
+import pytest
+
+from pm_resources.store import StoreError, identifier, query, read_rows, replace_partitions
+
+DAYS = [dt.date(2018, 12, 27), dt.date(2018, 12, 28)]
+
+
+def _frame(tickers, days, value=1.0):
+    return pl.DataFrame({"ticker": [t for t in tickers for _ in days], "date": days * len(tickers),
+                         "value": value}, schema_overrides={"value": pl.Float64})
+
+
+def test_replace_is_idempotent_and_touches_only_the_run_partitions():
+    conn = duckdb.connect()
+    replace_partitions(conn, "t", _frame(["A", "B"], DAYS), ["A", "B"], DAYS)
+    replace_partitions(conn, "t", _frame(["A"], DAYS, 2.0), ["A"], DAYS)
+    replace_partitions(conn, "t", _frame(["A"], DAYS, 2.0), ["A"], DAYS)
+    rows = query(conn, "SELECT ticker, sum(value) AS total, count(*) AS n FROM t GROUP BY 1 ORDER BY 1")
+    assert rows.rows() == [("A", 4.0, 2), ("B", 2.0, 2)]
+
+
+def test_empty_partition_replaces_old_rows():
+    conn = duckdb.connect()
+    replace_partitions(conn, "t", _frame(["A"], DAYS), ["A"], DAYS)
+    replace_partitions(conn, "t", _frame(["A"], DAYS[:1]), ["A"], DAYS)
+    assert read_rows(conn, "t", ["A"], DAYS[-1])["date"].to_list() == DAYS[:1]
+
+
+def test_rows_outside_the_run_or_duplicated_are_refused_before_any_write():
+    conn = duckdb.connect()
+    replace_partitions(conn, "t", _frame(["A"], DAYS), ["A"], DAYS)
+    with pytest.raises(StoreError, match="outside the run's partitions, first B"):
+        replace_partitions(conn, "t", _frame(["A", "B"], DAYS, 9.0), ["A"], DAYS)
+    with pytest.raises(StoreError, match="repeat"):
+        replace_partitions(conn, "t", pl.concat([_frame(["A"], DAYS), _frame(["A"], DAYS)]), ["A"], DAYS)
+    assert query(conn, "SELECT sum(value) FROM t").item() == 2.0
+
+
+def test_failed_insert_rolls_back_the_delete(tmp_path):
+    path = str(tmp_path / "x.duckdb")
+    with duckdb.connect(path) as conn:
+        replace_partitions(conn, "t", _frame(["A"], DAYS), ["A"], DAYS)
+        bad = _frame(["A"], DAYS).with_columns(pl.lit("not a number").alias("value"))
+        with pytest.raises(duckdb.Error):
+            replace_partitions(conn, "t", bad, ["A"], DAYS)
+    with duckdb.connect(path) as conn:
+        assert query(conn, "SELECT count(*) AS n, sum(value) AS s FROM t").row(0) == (2, 2.0)
+
+
+def test_new_columns_are_added_for_newer_asset_versions():
+    conn = duckdb.connect()
+    replace_partitions(conn, "t", _frame(["A"], DAYS), ["A"], DAYS)
+    replace_partitions(conn, "t", _frame(["B"], DAYS).with_columns(pl.lit(3.0).alias("extra")), ["B"], DAYS)
+    assert query(conn, "SELECT count(extra) FROM t").item() == 2
+
+
+@pytest.mark.parametrize("name", ["prices; DROP TABLE x", "Prices", "a-b", "1abc", ""])
+def test_identifiers_are_checked(name):
+    with pytest.raises(StoreError, match="refusing SQL identifier"):
+        identifier(name)
+
+
+def test_read_rows_of_a_missing_table_is_empty():
+    assert read_rows(duckdb.connect(), "nothing_here", ["A"], DAYS[-1]).is_empty()
