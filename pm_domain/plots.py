@@ -17,10 +17,11 @@ def png_markdown(png: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
-def price_bands_png(features: pl.DataFrame, tickers: list[str], max_tickers: int = 4) -> bytes:
+def price_bands_png(features: pl.DataFrame, tickers: list[str], max_tickers: int = 2) -> bytes:
     """Close with SMA 20/50 and Bollinger 20/2 for up to `max_tickers` tickers, one panel each."""
     shown = tickers[:max_tickers]
-    fig, axes = plt.subplots(len(shown), 1, figsize=(8, 2.6 * len(shown)), squeeze=False)
+    # Dagster copies a ranged run's metadata into every partition's event: keep the image small.
+    fig, axes = plt.subplots(len(shown), 1, figsize=(7, 2.2 * len(shown)), squeeze=False)
     for ax, ticker in zip(axes[:, 0], shown, strict=True):
         rows = features.filter(pl.col("ticker") == ticker).sort("date")
         dates = rows["date"].to_list()
@@ -35,6 +36,6 @@ def price_bands_png(features: pl.DataFrame, tickers: list[str], max_tickers: int
     axes[0, 0].legend(fontsize=7, ncol=4, loc="upper left")
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
+    fig.savefig(buffer, format="png", dpi=64)
     plt.close(fig)
     return buffer.getvalue()
