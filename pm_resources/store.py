@@ -109,7 +109,10 @@ def replace_partitions(
                 conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _pm_incoming")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            try:
+                conn.execute("ROLLBACK")
+            except duckdb.Error:  # a failed COMMIT has already ended the transaction
+                pass
             raise
     finally:
         for name in ("_pm_ticker_keys", "_pm_date_keys", "_pm_incoming"):
