@@ -6,7 +6,6 @@ from dagster import (
     AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
-    BackfillPolicy,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -15,8 +14,8 @@ from dagster_duckdb import DuckDBResource
 
 from pm_assets.metadata import check_results, run_metadata
 from pm_assets.partitions import (
+    STAGE_ASSET_ARGS,
     PartitionSelection,
-    daily_ticker_partitions,
     decode_partition_keys,
     lookback_mapping,
 )
@@ -36,11 +35,8 @@ class MissingPricesError(RuntimeError):
 
 
 @asset(
-    partitions_def=daily_ticker_partitions,
-    backfill_policy=BackfillPolicy.single_run(),
-    pool="duckdb",
+    **STAGE_ASSET_ARGS,
     group_name="market_data",
-    kinds={"duckdb", "polars"},
     deps=[AssetDep("prices", partition_mapping=lookback_mapping(WARMUP_SESSIONS))],
     check_specs=[
         AssetCheckSpec("indicators_in_range", asset="features", blocking=True),

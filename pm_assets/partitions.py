@@ -9,6 +9,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from dagster import (
+    BackfillPolicy,
     DimensionPartitionMapping,
     DynamicPartitionsDefinition,
     IdentityPartitionMapping,
@@ -50,6 +51,16 @@ ticker_partitions = DynamicPartitionsDefinition(name=TICKERS_PARTITIONS_NAME)
 daily_ticker_partitions = MultiPartitionsDefinition(
     {"date": trading_day_partitions, "ticker": ticker_partitions}
 )
+
+
+# How every (date, ticker) stage runs: a backfill of any range is one run, and every stage writes
+# to DuckDB, which takes one writer at a time (the `duckdb` pool, limit 1 in dagster.yaml).
+STAGE_ASSET_ARGS = {
+    "partitions_def": daily_ticker_partitions,
+    "backfill_policy": BackfillPolicy.single_run(),
+    "pool": "duckdb",
+    "kinds": {"duckdb", "polars"},
+}
 
 
 def lookback_mapping(sessions: int) -> MultiPartitionMapping:

@@ -7,14 +7,13 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    BackfillPolicy,
     MaterializeResult,
     asset,
 )
 from dagster_duckdb import DuckDBResource
 
 from pm_assets.metadata import check_results, run_metadata
-from pm_assets.partitions import daily_ticker_partitions, decode_partition_keys
+from pm_assets.partitions import STAGE_ASSET_ARGS, decode_partition_keys
 from pm_domain import calendar
 from pm_domain.quality import price_rules
 from pm_resources.price_source import PriceSourceResource
@@ -31,11 +30,8 @@ class SessionNotClosedError(RuntimeError):
 
 
 @asset(
-    partitions_def=daily_ticker_partitions,
-    backfill_policy=BackfillPolicy.single_run(),
-    pool="duckdb",
+    **STAGE_ASSET_ARGS,
     group_name="market_data",
-    kinds={"duckdb", "polars"},
     check_specs=[AssetCheckSpec(name, asset="prices", blocking=True) for name in PRICE_CHECKS],
     description="Daily OHLCV and adjusted close per ticker and NYSE trading day, with the source "
     "name and ingestion time. One fetch and one write per run, whatever its range.",
