@@ -110,3 +110,12 @@ def test_blocking_check_stops_features_when_prices_are_wrong(instance, db_path, 
     assert "high_is_highest" in failed
     assert failed["high_is_highest"].metadata["examples"].value == f"BADCO {days[-1]}"
     assert not result.asset_materializations_for_node("features")  # blocked downstream
+
+
+def test_hostile_ticker_added_through_the_ui_fails_before_any_sql(instance, db_path):
+    # the UI can add any string as a dynamic partition; the asset validates before touching SQL
+    result = run(instance, db_path, [prices], "2018-12-28", "2018-12-31", tickers=["X'); DROP TABLE prices; --"])
+    assert not result.success
+    assert "invalid ticker" in failure_message(result)
+    with duckdb.connect(db_path) as conn:
+        assert query(conn, "SELECT count(*) FROM information_schema.tables").item() == 0
