@@ -17,6 +17,7 @@ import pandas as pd
 import polars as pl
 
 from pm_domain import calendar
+from pm_domain.quality import missing_keys
 from pm_domain.tickers import validate_ticker
 
 PRICE_COLUMNS = ["open", "high", "low", "close", "adj_close", "volume"]
@@ -90,15 +91,15 @@ def conform_prices(
                 f"{first['date']} ({bad.height} such rows): NaN or unparseable values are not stored"
             )
 
-    for ticker in tickers:
-        held = set(frame.filter(pl.col("ticker") == ticker)["date"].to_list())
-        missing = [day for day in dates if day not in held]
-        if missing:
-            hint = f"; {holdings_hint(ticker)}" if holdings_hint else ""
-            raise PriceSourceError(
-                f"source {source!r} has no prices for {ticker} on {_describe_dates(missing)} "
-                f"({len(missing)} of {len(dates)} requested trading days){hint}"
-            )
+    missing = missing_keys(frame, tickers, dates)
+    if missing.height:
+        ticker = missing["ticker"][0]
+        missing_days = missing.filter(pl.col("ticker") == ticker)["date"].to_list()
+        hint = f"; {holdings_hint(ticker)}" if holdings_hint else ""
+        raise PriceSourceError(
+            f"source {source!r} has no prices for {ticker} on {_describe_dates(missing_days)} "
+            f"({len(missing_days)} of {len(dates)} requested trading days){hint}"
+        )
     return frame.sort("ticker", "date").with_columns(pl.lit(source).alias("source"))
 
 

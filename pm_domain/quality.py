@@ -20,10 +20,25 @@ class RuleOutcome:
     examples: list[str] = field(default_factory=list)
 
 
+def _examples(rows: pl.DataFrame, limit: int = 5) -> list[str]:
+    return [f"{r['ticker']} {r['date']}" for r in rows.head(limit).iter_rows(named=True)]
+
+
 def _rule(name: str, description: str, frame: pl.DataFrame, bad: pl.Expr) -> RuleOutcome:
     failing = frame.filter(bad) if frame.height else frame
-    examples = [f"{r['ticker']} {r['date']}" for r in failing.head(5).iter_rows(named=True)]
-    return RuleOutcome(name, failing.height == 0, description, failing.height, examples)
+    return RuleOutcome(name, failing.height == 0, description, failing.height, _examples(failing))
+
+
+def missing_keys(
+    frame: pl.DataFrame, tickers: Sequence[str], dates: Sequence[dt.date]
+) -> pl.DataFrame:
+    """The (ticker, date) pairs of tickers x dates that have no row in `frame`, in key order."""
+    expected = pl.DataFrame({"ticker": list(tickers)}, schema={"ticker": pl.String}).join(
+        pl.DataFrame({"date": list(dates)}, schema={"date": pl.Date}), how="cross"
+    )
+    return expected.join(frame.select("ticker", "date"), on=["ticker", "date"], how="anti").sort(
+        "ticker", "date"
+    )
 
 
 def price_rules(
@@ -44,16 +59,13 @@ def price_rules(
     duplicated = stored.filter(pl.struct("ticker", "date").is_duplicated()) if stored.height else stored
     outcomes.append(RuleOutcome(
         "unique_keys", duplicated.height == 0, "one row per (ticker, date)", duplicated.height,
-        [f"{r['ticker']} {r['date']}" for r in duplicated.head(5).iter_rows(named=True)],
+        _examples(duplicated),
     ))
-    expected = pl.DataFrame({"ticker": list(tickers)}).join(
-        pl.DataFrame({"date": list(dates)}, schema={"date": pl.Date}), how="cross"
-    )
-    missing = expected.join(stored.select("ticker", "date"), on=["ticker", "date"], how="anti")
+    missing = missing_keys(stored, tickers, dates)
     outcomes.append(RuleOutcome(
         "no_missing_trading_days", missing.height == 0,
         "a row for every trading day of the run's range, for every ticker", missing.height,
-        [f"{r['ticker']} {r['date']}" for r in missing.head(5).iter_rows(named=True)],
+        _examples(missing),
     ))
     return outcomes
 

@@ -64,7 +64,7 @@ def materialize_range(instance, assets: Sequence[str], tickers: Sequence[str], s
 def store_summary() -> list[str]:
     import duckdb
 
-    from pm_resources.store import query
+    from pm_resources.store import identifier, query
 
     lines = []
     path = settings.duckdb_path()
@@ -72,7 +72,7 @@ def store_summary() -> list[str]:
         tables = query(conn, "SELECT table_name FROM information_schema.tables ORDER BY 1")
         for table in tables["table_name"].to_list():
             stats = query(conn, f'SELECT count(*) AS n, count(DISTINCT ticker) AS tickers, '
-                                f'min(date) AS first, max(date) AS last FROM "{table}"').row(0, named=True)
+                                f'min(date) AS first, max(date) AS last FROM {identifier(table)}').row(0, named=True)
             lines.append(f"  {table:<18} {stats['n']:>7} rows  {stats['tickers']} tickers  "
                          f"{stats['first']} .. {stats['last']}")
     return [f"DuckDB store {path}:", *lines]
