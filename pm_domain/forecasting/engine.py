@@ -1,0 +1,344 @@
+"""Walk-forward forecasting of every model, the ensemble and its interval, per ticker.
+
+Speed without look-ahead: model parameters are refitted on a fixed grid of sessions (every
+`refit_every`-th session of the exchange calendar, counted from a fixed epoch), and between two
+refits each model only updates its state with the new prices (Kalman filter for SARIMAX, the
+variance recursion for GARCH/EWMA, fixed linear maps for the SSA family). The grid does not depend
+on the range a run covers, so a date gives the same row whether it is materialized alone or inside
+a backfill. `refit_every=1` is the naive path: every model refitted from scratch on every date.
+
+The forecast at origin t reads log prices up to t only: fits end at the grid session on or before
+t, filters and maps read values up to t, ensemble weights use errors of forecasts whose outcome
+(t' + h <= t) was known at t.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+
+import arch
+import numpy as np
+import polars as pl
+import statsmodels
+from scipy.stats import norm
+
+from pm_domain.forecasting import baselines, garch, mssa_rl, samossa, sarimax
+from pm_domain.forecasting.ensemble import inverse_mse_weights
+
+ENGINE_VERSION = "ts_forecasts/1"
+MEAN_MODELS = ("random_walk", "drift", "sarimax", "samossa", "mssa_rl")
+
+
+class ForecastError(ValueError):
+    """Nothing can be forecast for a ticker and date: the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ForecastConfig:
+    horizons: tuple[int, ...] = (1, 5, 20)
+    fit_window: int = 500
+    refit_every: int = 20
+    min_history: int = 250
+    sarimax_order: tuple[int, int, int] = (1, 1, 0)
+    ssa_window: int = 60
+    ssa_variance_share: float = 0.3
+    ar_lags: int = 2
+    error_window: int = 60
+    min_errors: int = 20
+    interval_level: float = 0.90
+    skill_gate: bool = True
+
+    @property
+    def warmup_origins(self) -> int:
+        """Origins before the first target whose errors the first target's weights need."""
+        return self.error_window + max(self.horizons) - 1
+
+    @property
+    def lookback_sessions(self) -> int:
+        """Sessions of prices before a target date that its forecast can read."""
+        return self.fit_window + self.refit_every + self.warmup_origins
+
+    def describe(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass
+class _Columns:
+    """Per-origin results of one ticker, filled block by block."""
+
+    n: int
+    horizons: int
+    forecasts: dict[str, np.ndarray] = field(default_factory=dict)
+    text: dict[str, list] = field(default_factory=dict)
+    numbers: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for model in MEAN_MODELS:
+            self.forecasts[model] = np.full((self.n, self.horizons), np.nan)
+        self.forecasts["variance"] = np.full((self.n, self.horizons), np.nan)
+        for name in ("volatility_model", "volatility_fallback_reason", "mssa_regime",
+                     "mssa_rank_table", "models_failed", "params_fit_date"):
+            self.text[name] = [None] * self.n
+        for name in ("garch_persistence", "sarimax_ljung_box_p", "samossa_rank", "mssa_rank",
+                     "fit_sessions", "sarimax_converged", "garch_converged"):
+            self.numbers[name] = np.full(self.n, np.nan)
+
+
+def model_versions() -> str:
+    return json.dumps({"engine": ENGINE_VERSION, "statsmodels": statsmodels.__version__,
+                       "arch": arch.__version__, "numpy": np.__version__}, sort_keys=True)
+
+
+def _anchor(position: int, session_number: int, config: ForecastConfig) -> int | None:
+    """Where the parameters used at `position` were fitted: the grid session on or before it, or
+    the origin itself while the grid session lacks `min_history` prices; None: too little history."""
+    grid = position - session_number % config.refit_every
+    if grid + 1 >= config.min_history:
+        return grid
+    if position + 1 >= config.min_history:
+        return position
+    return None
+
+
+def _fit_block(log_prices: np.ndarray, anchor: int, origins: np.ndarray, config: ForecastConfig,
+               columns: _Columns, slots: np.ndarray, dates: Sequence[dt.date]) -> None:
+    """Fit every model on the window ending at `anchor`, forecast the block's `origins`."""
+    start = max(0, anchor - config.fit_window + 1)
+    window = log_prices[start : anchor + 1]
+    segment = log_prices[start : origins.max() + 1]
+    local = origins - start
+    horizons = config.horizons
+    failed: list[str] = []
+
+    returns = np.diff(window)
+    if not np.any(returns != 0):
+        raise ForecastError(
+            f"prices are constant over the {len(window)} sessions to {dates[anchor]}: nothing to forecast"
+        )
+    volatility = garch.fit_volatility(returns)
+    next_variance = garch.conditional_variance(volatility, np.diff(segment))[local]
+    paths = garch.variance_paths(volatility, next_variance, max(horizons))
+    columns.forecasts["variance"][slots] = np.cumsum(paths, axis=1)[:, np.asarray(horizons) - 1]
+
+    try:
+        fit = sarimax.fit_sarimax(window, config.sarimax_order)
+        columns.forecasts["sarimax"][slots] = sarimax.forecast_sarimax(fit, segment, local, horizons)
+        columns.numbers["sarimax_converged"][slots] = fit.converged
+        columns.numbers["sarimax_ljung_box_p"][slots] = fit.ljung_box_p
+    except Exception as exc:  # noqa: BLE001 - a model failing is recorded, the others go on
+        failed.append(f"sarimax: {type(exc).__name__}: {exc}"[:160])
+    segment_returns = np.diff(segment)
+    last_return = local - 1  # the return ending at each origin
+    try:
+        fit = samossa.fit_samossa(returns, config.ssa_window, config.ssa_variance_share,
+                                  config.ar_lags, max(horizons))
+        columns.forecasts["samossa"][slots] = samossa.forecast_samossa(fit, segment_returns, last_return, horizons)
+        columns.numbers["samossa_rank"][slots] = fit.rank
+    except Exception as exc:  # noqa: BLE001
+        failed.append(f"samossa: {type(exc).__name__}: {exc}"[:160])
+    try:
+        fit = mssa_rl.fit_mssa_rl(returns, config.ssa_window, max(horizons))
+        forecasts, regimes, ranks = mssa_rl.forecast_mssa_rl(fit, segment_returns, last_return, horizons)
+        columns.forecasts["mssa_rl"][slots] = forecasts
+        columns.numbers["mssa_rank"][slots] = ranks
+        table = fit.table_json()
+        for slot, regime in zip(slots, regimes, strict=True):
+            columns.text["mssa_regime"][slot] = regime
+            columns.text["mssa_rank_table"][slot] = table
+    except Exception as exc:  # noqa: BLE001
+        failed.append(f"mssa_rl: {type(exc).__name__}: {exc}"[:160])
+
+    for slot in slots:
+        columns.text["volatility_model"][slot] = volatility.model
+        columns.text["volatility_fallback_reason"][slot] = volatility.fallback_reason
+        columns.text["models_failed"][slot] = "; ".join(failed) or None
+        columns.text["params_fit_date"][slot] = dates[anchor].isoformat()
+    columns.numbers["garch_persistence"][slots] = (
+        np.nan if volatility.persistence is None else volatility.persistence
+    )
+    columns.numbers["garch_converged"][slots] = volatility.converged
+    columns.numbers["fit_sessions"][slots] = len(window)
+
+
+def _baseline_block(log_prices: np.ndarray, origins: np.ndarray, config: ForecastConfig,
+                    columns: _Columns, slots: np.ndarray, dates: Sequence[dt.date]) -> None:
+    """Origins with less than `min_history` prices: baselines and EWMA volatility only, flagged."""
+    for slot, origin in zip(slots, origins, strict=True):
+        returns = np.diff(log_prices[: origin + 1])
+        if len(returns) < 2:
+            continue  # not even a volatility estimate: the target check below names the date
+        reason = f"{origin + 1} sessions of history < min_history {config.min_history}"
+        volatility = garch.ewma_fit(reason)
+        next_variance = garch.conditional_variance(volatility, returns)[-1:]
+        paths = garch.variance_paths(volatility, next_variance, max(config.horizons))
+        columns.forecasts["variance"][slot] = np.cumsum(paths, axis=1)[0, np.asarray(config.horizons) - 1]
+        columns.text["volatility_model"][slot] = volatility.model
+        columns.text["volatility_fallback_reason"][slot] = reason
+        columns.text["models_failed"][slot] = f"sarimax, samossa, mssa_rl skipped: {reason}"
+        columns.numbers["fit_sessions"][slot] = origin + 1
+
+
+def forecast_series(
+    log_prices: np.ndarray,
+    dates: Sequence[dt.date],
+    session_numbers: np.ndarray,
+    targets: np.ndarray,
+    config: ForecastConfig,
+) -> dict[str, object]:
+    """Forecasts for the target positions of one ticker's consecutive sessions.
+
+    Returns arrays over the targets: per-model forecasts, ensemble mean, sigma, bounds, weights
+    (per horizon) and diagnostics.
+    """
+    if not np.all(np.isfinite(log_prices)):
+        bad = dates[int(np.argmin(np.isfinite(log_prices)))]
+        raise ForecastError(f"price missing, zero or negative on {bad}")
+    first_origin = max(0, int(targets.min()) - config.warmup_origins)
+    origins = np.arange(first_origin, int(targets.max()) + 1)
+    columns = _Columns(len(origins), len(config.horizons))
+    columns.forecasts["random_walk"][:] = baselines.random_walk(origins, config.horizons)
+    columns.forecasts["drift"][:] = baselines.drift(log_prices, origins, config.horizons, config.fit_window)
+
+    blocks: dict[int | None, list[int]] = {}
+    for slot, origin in enumerate(origins):
+        blocks.setdefault(_anchor(int(origin), int(session_numbers[origin]), config), []).append(slot)
+    for anchor, slot_list in sorted(blocks.items(), key=lambda item: -1 if item[0] is None else item[0]):
+        slots = np.asarray(slot_list)
+        if anchor is None:
+            _baseline_block(log_prices, origins[slots], config, columns, slots, dates)
+        else:
+            _fit_block(log_prices, anchor, origins[slots], config, columns, slots, dates)
+
+    target_slots = targets - first_origin
+    z = float(norm.ppf(0.5 + config.interval_level / 2))
+    result: dict[str, object] = {"positions": targets}
+    stacked = np.stack([columns.forecasts[m] for m in MEAN_MODELS], axis=2)  # origins x H x models
+    expected = np.empty((len(targets), len(config.horizons)))
+    weights = np.empty((len(targets), len(config.horizons), len(MEAN_MODELS)))
+    bases, errors_used = [], []
+    for column, horizon in enumerate(config.horizons):
+        ends = origins + horizon
+        realised = np.full(len(origins), np.nan)
+        known = ends < len(log_prices)
+        realised[known] = log_prices[ends[known]] - log_prices[origins[known]]
+        weight = inverse_mse_weights(stacked[:, column, :], realised, horizon, target_slots,
+                                     config.error_window, config.min_errors,
+                                     benchmark=MEAN_MODELS.index("random_walk") if config.skill_gate else None)
+        weights[:, column, :] = weight.values
+        expected[:, column] = np.nansum(stacked[target_slots, column, :] * weight.values, axis=1)
+        bases.append(weight.basis)
+        errors_used.append(weight.errors_used)
+    sigma = np.sqrt(columns.forecasts["variance"][target_slots])
+    missing = ~np.isfinite(sigma).all(axis=1)
+    if missing.any():
+        day = dates[int(targets[np.argmax(missing)])]
+        raise ForecastError(f"too little price history on {day} to estimate volatility (need 3 sessions)")
+    result.update(
+        expected=expected, sigma=sigma, lower=expected - z * sigma, upper=expected + z * sigma,
+        weights=weights, weights_basis=bases, errors_in_weights=errors_used,
+        models={m: columns.forecasts[m][target_slots] for m in MEAN_MODELS},
+        text={k: [v[s] for s in target_slots] for k, v in columns.text.items()},
+        numbers={k: v[target_slots] for k, v in columns.numbers.items()},
+    )
+    return result
+
+
+def forecast_ticker(
+    history: pl.DataFrame, targets: Sequence[dt.date], session_numbers: dict[dt.date, int],
+    config: ForecastConfig,
+) -> pl.DataFrame:
+    """Long rows (one per target date and horizon) for one ticker.
+
+    `history` holds ticker, date and price (adj_close or close) for consecutive sessions up to the
+    last target; `session_numbers` maps each date to its session number since a fixed epoch.
+    """
+    ticker = history["ticker"][0]
+    ordered = history.sort("date")
+    dates = ordered["date"].to_list()
+    numbers = np.array([session_numbers[d] for d in dates])
+    gaps = np.flatnonzero(np.diff(numbers) != 1)
+    if gaps.size:
+        raise ForecastError(f"{ticker}: prices skip trading days after {dates[gaps[0]]}: "
+                            "materialize prices for the whole lookback first")
+    prices = ordered["price"].to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_prices = np.where(prices > 0, np.log(prices), np.nan)
+    position = {d: i for i, d in enumerate(dates)}
+    unknown = [d for d in targets if d not in position]
+    if unknown:
+        raise ForecastError(f"{ticker}: no price on {unknown[0]} to forecast from")
+    target_positions = np.array(sorted(position[d] for d in targets))
+    try:
+        out = forecast_series(log_prices, dates, numbers, target_positions, config)
+    except ForecastError as exc:
+        raise ForecastError(f"{ticker}: {exc}") from exc
+    return _to_frame(ticker, [dates[p] for p in target_positions], out, config)
+
+
+def _to_frame(ticker: str, days: list[dt.date], out: dict, config: ForecastConfig) -> pl.DataFrame:
+    frames = []
+    versions = model_versions()
+    level = round(config.interval_level * 100)
+    for column, horizon in enumerate(config.horizons):
+        data = {
+            "ticker": [ticker] * len(days),
+            "date": days,
+            "horizon": [horizon] * len(days),
+            "expected_log_return": out["expected"][:, column],
+            f"lower_{level}": out["lower"][:, column],
+            f"upper_{level}": out["upper"][:, column],
+            "sigma": out["sigma"][:, column],
+        }
+        for index, model in enumerate(MEAN_MODELS):
+            data[f"forecast_{model}"] = out["models"][model][:, column]
+        for index, model in enumerate(MEAN_MODELS):
+            data[f"weight_{model}"] = out["weights"][:, column, index]
+        data["weights_basis"] = out["weights_basis"][column]
+        data["errors_in_weights"] = out["errors_in_weights"][column]
+        data.update(out["text"])
+        for name, values in out["numbers"].items():
+            data[name] = values
+        data["model_versions"] = [versions] * len(days)
+        data["config"] = [config.describe()] * len(days)
+        frames.append(pl.DataFrame(data, strict=False))
+    frame = pl.concat(frames).with_columns(
+        pl.col("horizon").cast(pl.Int64),
+        pl.col("errors_in_weights").cast(pl.Int64),
+        pl.col("fit_sessions", "samossa_rank", "mssa_rank").cast(pl.Int64),
+        pl.col("sarimax_converged", "garch_converged").cast(pl.Boolean),
+        pl.col("params_fit_date").str.to_date(),
+    )
+    # NaN is not an answer: a model that did not forecast is null, and models_failed says why.
+    return frame.with_columns(pl.selectors.float().fill_nan(None)).sort("date", "horizon")
+
+
+def _forecast_one(args: tuple) -> pl.DataFrame:
+    return forecast_ticker(*args)
+
+
+def forecast_tickers(
+    histories: dict[str, pl.DataFrame],
+    targets: Sequence[dt.date],
+    session_numbers: dict[dt.date, int],
+    config: ForecastConfig,
+    workers: int = 1,
+) -> pl.DataFrame:
+    """forecast_ticker for every ticker, over `workers` processes (tickers are independent)."""
+    jobs = [(histories[t], targets, session_numbers, config) for t in sorted(histories)]
+    if workers <= 1 or len(jobs) <= 1:
+        frames = [_forecast_one(job) for job in jobs]
+    else:
+        # spawn, not fork: the caller (a Dagster step) runs threads that fork would copy mid-state.
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+            frames = list(pool.map(_forecast_one, jobs))
+    return pl.concat(frames).sort("ticker", "date", "horizon")
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
