@@ -30,11 +30,7 @@ from pm_domain.forecasting import evaluation  # noqa: E402
 from pm_domain.forecasting.engine import MEAN_MODELS, ForecastConfig, forecast_tickers  # noqa: E402
 from pm_domain.price_sources import SAMPLE_DATASETS, fetch_prices  # noqa: E402
 
-SESSION_EPOCH = dt.date(1990, 1, 2)
 
-
-def session_numbers(end: dt.date) -> dict[dt.date, int]:
-    return {day: i for i, day in enumerate(calendar.trading_days(SESSION_EPOCH, end))}
 
 
 def sample_histories(tickers: list[str], end: dt.date) -> dict[str, pl.DataFrame]:
@@ -106,7 +102,7 @@ def main() -> int:
     targets = calendar.trading_days(start, end)
     began = time.perf_counter()
     # Forecasting reads only the prices up to each target; the outcomes are joined afterwards.
-    forecasts = forecast_tickers(histories, targets, session_numbers(end), config, workers=args.workers)
+    forecasts = forecast_tickers(histories, targets, calendar.session_numbers(end), config, workers=args.workers)
     elapsed = time.perf_counter() - began
     rows = forecasts.join(realised_returns(histories, config.horizons), on=["ticker", "date", "horizon"])
     print(f"walk-forward evaluation of ts_forecasts on {', '.join(args.tickers)}, origins {start} .. {end}, "

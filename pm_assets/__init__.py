@@ -12,7 +12,8 @@ warnings.filterwarnings("ignore", category=PreviewWarning)
 
 from pm_assets.features import features
 from pm_assets.prices import prices
+from pm_assets.ts_forecasts import ts_forecasts
 
-ALL_ASSETS = [prices, features]
+ALL_ASSETS = [prices, features, ts_forecasts]
 
-__all__ = ["ALL_ASSETS", "features", "prices"]
+__all__ = ["ALL_ASSETS", "features", "prices", "ts_forecasts"]

@@ -11,6 +11,9 @@ import pandas as pd
 from pm_domain.settings import EXCHANGE
 
 
+SESSION_EPOCH = dt.date(1990, 1, 2)
+
+
 class CalendarError(ValueError):
     """A date is not a trading day, or lies outside what the calendar covers."""
 
@@ -18,7 +21,7 @@ class CalendarError(ValueError):
 @lru_cache(maxsize=4)
 def _calendar(exchange: str = EXCHANGE) -> xcals.ExchangeCalendar:
     # exchange_calendars defaults to 20 years back; the sample data starts in 1999.
-    return xcals.get_calendar(exchange, start="1990-01-02")
+    return xcals.get_calendar(exchange, start=SESSION_EPOCH.isoformat())
 
 
 def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -27,6 +30,12 @@ def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:
         return []
     sessions = _calendar().sessions_in_range(pd.Timestamp(start), pd.Timestamp(end))
     return [ts.date() for ts in sessions]
+
+
+def session_numbers(end: dt.date) -> dict[dt.date, int]:
+    """Each session from SESSION_EPOCH to `end` numbered 0, 1, 2...: a fixed grid that does not
+    depend on what data a store holds (the forecast refit schedule is laid on it)."""
+    return {day: number for number, day in enumerate(trading_days(SESSION_EPOCH, end))}
 
 
 def non_trading_weekdays(start: dt.date, end: dt.date) -> list[dt.date]:

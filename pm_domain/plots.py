@@ -39,3 +39,30 @@ def price_bands_png(features: pl.DataFrame, tickers: list[str], max_tickers: int
     fig.savefig(buffer, format="png", dpi=64)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def forecast_fan_png(prices: pl.DataFrame, fan: pl.DataFrame, tickers: list[str], horizon: int,
+                     max_tickers: int = 2) -> bytes:
+    """Recent prices (ticker, date, price) with the h-session forecast fan: for each origin, the
+    expected price and 90% band drawn at the date the forecast is for (ticker, target_date,
+    expected_price, lower_price, upper_price)."""
+    shown = tickers[:max_tickers]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(7, 2.2 * len(shown)), squeeze=False)
+    for ax, ticker in zip(axes[:, 0], shown, strict=True):
+        history = prices.filter(pl.col("ticker") == ticker).sort("date")
+        ahead = fan.filter(pl.col("ticker") == ticker).sort("target_date")
+        ax.plot(history["date"].to_list(), history["price"].to_numpy(), color="black", lw=1.1, label="price")
+        days = ahead["target_date"].to_list()
+        ax.fill_between(days, ahead["lower_price"].to_numpy(), ahead["upper_price"].to_numpy(),
+                        color="tab:purple", alpha=0.2, label=f"90% band, {horizon} sessions ahead")
+        ax.plot(days, ahead["expected_price"].to_numpy(), color="tab:purple", lw=0.9,
+                marker="o" if len(days) < 3 else None, ms=3, label="ensemble forecast")
+        ax.set_title(ticker, fontsize=9, loc="left")
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=3, loc="upper left")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=64)
+    plt.close(fig)
+    return buffer.getvalue()

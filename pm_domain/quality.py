@@ -80,3 +80,20 @@ def feature_rules(features: pl.DataFrame) -> list[RuleOutcome]:
         _rule("warmed_up", "SMA 50 and the other indicators exist (at least 50 sessions of history)",
               features, pl.col("sma_50").is_null() | pl.col("macd_signal").is_null()),
     ]
+
+
+def forecast_rules(rows: pl.DataFrame) -> list[RuleOutcome]:
+    """ensemble_complete: every row has a finite ensemble, sigma > 0 and lower < expected < upper.
+    all_models_fitted: no model failed or was skipped (a warning: the row still stands)."""
+    finite = [pl.col(c).is_null() | ~pl.col(c).is_finite()
+              for c in ("expected_log_return", "sigma", "lower_90", "upper_90")]
+    incomplete = pl.any_horizontal(finite) | (pl.col("sigma") <= 0) | ~(
+        (pl.col("lower_90") < pl.col("expected_log_return")) & (pl.col("expected_log_return") < pl.col("upper_90"))
+    )
+    return [
+        _rule("ensemble_complete",
+              "every (ticker, date, horizon) has a finite ensemble forecast inside a non-empty 90% interval",
+              rows, incomplete.fill_null(True)),
+        _rule("all_models_fitted", "SARIMAX, SAMOSSA and MSSA-RL all produced a forecast",
+              rows, pl.col("models_failed").is_not_null()),
+    ]

@@ -44,3 +44,14 @@ def duckdb_path() -> str:
 def watchlist_path() -> Path:
     """The watchlist file, one ticker per line (`PM_WATCHLIST`, default data/watchlist.txt)."""
     return Path(os.environ.get("PM_WATCHLIST", str(PROJECT_ROOT / "data" / "watchlist.txt")))
+
+
+def forecast_fit_window() -> int:
+    """Sessions each forecasting model is fitted on (`PM_FORECAST_FIT_WINDOW`, default 500).
+
+    It sets the lookback `ts_forecasts` declares over `prices`, so it is read when the
+    definitions load."""
+    raw = os.environ.get("PM_FORECAST_FIT_WINDOW", "500")
+    if not raw.isdigit() or not 250 <= int(raw) <= 2520:
+        raise SettingsError(f"PM_FORECAST_FIT_WINDOW={raw!r} must be a whole number of sessions in 250..2520")
+    return int(raw)

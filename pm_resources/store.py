@@ -50,10 +50,12 @@ def _duckdb_type(dtype: pl.DataType) -> str:
     raise StoreError(f"no DuckDB column type for polars dtype {dtype}")
 
 
-def _ensure_table(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> None:
+def _ensure_table(
+    conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, key_columns: Sequence[str]
+) -> None:
     columns = ", ".join(f"{identifier(c)} {_duckdb_type(t)}" for c, t in frame.schema.items())
     conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {table} ({columns}, PRIMARY KEY ({', '.join(KEY_COLUMNS)}))"
+        f"CREATE TABLE IF NOT EXISTS {table} ({columns}, PRIMARY KEY ({', '.join(key_columns)}))"
     )
     existing = {row[0] for row in conn.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
@@ -69,14 +71,18 @@ def replace_partitions(
     frame: pl.DataFrame,
     tickers: Sequence[str],
     dates: Sequence[dt.date],
+    key_columns: Sequence[str] = KEY_COLUMNS,
 ) -> int:
     """Replace the rows of `table` for tickers x dates with `frame`, atomically. Returns rows written.
 
     `frame` may hold fewer rows than tickers x dates (a partition can legitimately be empty) but
-    never a row outside them, and never two rows for one (ticker, date).
+    never a row outside them, and never two rows for one key. The key is (ticker, date) plus any
+    further `key_columns` a stage needs (ts_forecasts: horizon).
     """
     identifier(table)
-    missing = [c for c in KEY_COLUMNS if c not in frame.columns]
+    if tuple(key_columns[:2]) != KEY_COLUMNS:
+        raise StoreError(f"{table}: a row key starts with {KEY_COLUMNS}, got {tuple(key_columns)}")
+    missing = [c for c in key_columns if c not in frame.columns]
     if missing:
         raise StoreError(f"{table}: rows lack key column(s) {missing}")
     if frame.height:
@@ -89,8 +95,8 @@ def replace_partitions(
                 f"{table}: {outside.height} row(s) fall outside the run's partitions, first "
                 f"{first['ticker']} on {first['date']}"
             )
-        if frame.select(pl.struct(*KEY_COLUMNS).is_duplicated().any()).item():
-            raise StoreError(f"{table}: rows repeat a (ticker, date) key")
+        if frame.select(pl.struct(*key_columns).is_duplicated().any()).item():
+            raise StoreError(f"{table}: rows repeat a ({', '.join(key_columns)}) key")
 
     ticker_keys = pa.table({"ticker": pa.array(list(tickers), pa.string())})
     date_keys = pa.table({"date": pa.array(list(dates), pa.date32())})
@@ -100,7 +106,7 @@ def replace_partitions(
     try:
         conn.execute("BEGIN TRANSACTION")
         try:
-            _ensure_table(conn, table, frame)
+            _ensure_table(conn, table, frame, [identifier(c) for c in key_columns])
             conn.execute(
                 f"DELETE FROM {table} WHERE ticker IN (SELECT ticker FROM _pm_ticker_keys) "
                 "AND date IN (SELECT date FROM _pm_date_keys)"

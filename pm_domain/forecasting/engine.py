@@ -33,6 +33,7 @@ from pm_domain.forecasting.ensemble import inverse_mse_weights
 
 ENGINE_VERSION = "ts_forecasts/1"
 MEAN_MODELS = ("random_walk", "drift", "sarimax", "samossa", "mssa_rl")
+PARALLEL_MIN_PARTITIONS = 400
 
 
 class ForecastError(ValueError):
@@ -307,15 +308,18 @@ def _to_frame(ticker: str, days: list[dt.date], out: dict, config: ForecastConfi
         data["model_versions"] = [versions] * len(days)
         data["config"] = [config.describe()] * len(days)
         frames.append(pl.DataFrame(data, strict=False))
-    frame = pl.concat(frames).with_columns(
+    # NaN is not an answer: a model that did not forecast is null, and models_failed says why.
+    frame = pl.concat(frames)
+    frame = frame.with_columns(pl.selectors.float().fill_nan(None)).with_columns(
         pl.col("horizon").cast(pl.Int64),
         pl.col("errors_in_weights").cast(pl.Int64),
         pl.col("fit_sessions", "samossa_rank", "mssa_rank").cast(pl.Int64),
         pl.col("sarimax_converged", "garch_converged").cast(pl.Boolean),
-        pl.col("params_fit_date").str.to_date(),
+        pl.col("params_fit_date").cast(pl.String).str.to_date(),
+        pl.col("volatility_model", "volatility_fallback_reason", "mssa_regime", "mssa_rank_table",
+               "models_failed", "weights_basis").cast(pl.String),
     )
-    # NaN is not an answer: a model that did not forecast is null, and models_failed says why.
-    return frame.with_columns(pl.selectors.float().fill_nan(None)).sort("date", "horizon")
+    return frame.sort("date", "horizon")
 
 
 def _forecast_one(args: tuple) -> pl.DataFrame:
@@ -329,9 +333,13 @@ def forecast_tickers(
     config: ForecastConfig,
     workers: int = 1,
 ) -> pl.DataFrame:
-    """forecast_ticker for every ticker, over `workers` processes (tickers are independent)."""
+    """forecast_ticker for every ticker, over `workers` processes (tickers are independent).
+
+    Starting a worker costs seconds (it imports statsmodels and arch), so runs smaller than
+    PARALLEL_MIN_PARTITIONS stay in this process.
+    """
     jobs = [(histories[t], targets, session_numbers, config) for t in sorted(histories)]
-    if workers <= 1 or len(jobs) <= 1:
+    if workers <= 1 or len(jobs) <= 1 or len(jobs) * len(targets) < PARALLEL_MIN_PARTITIONS:
         frames = [_forecast_one(job) for job in jobs]
     else:
         # spawn, not fork: the caller (a Dagster step) runs threads that fork would copy mid-state.
@@ -342,3 +350,13 @@ def forecast_tickers(
 
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
+
+
+def price_histories(prices: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """ticker, date, price per ticker from stored prices: adj_close where the source gives it for
+    every row of the ticker (dividends and splits), else close, as `features` does."""
+    out = {}
+    for (ticker,), rows in prices.sort("date").partition_by("ticker", as_dict=True).items():
+        column = "adj_close" if rows["adj_close"].null_count() == 0 else "close"
+        out[ticker] = rows.select("ticker", "date", pl.col(column).alias("price"))
+    return out

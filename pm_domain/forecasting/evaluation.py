@@ -55,6 +55,8 @@ def diebold_mariano(errors_a: np.ndarray, errors_b: np.ndarray, horizon: int) ->
     variance = gamma[0] + 2 * sum(gamma[1:])
     if variance <= 0:  # the truncated estimate can go negative; fall back on gamma_0 alone
         variance = gamma[0]
+    if variance <= 0:  # identical losses: no evidence either way
+        return DieboldMariano(0.0, 1.0)
     statistic = d.mean() / np.sqrt(variance / n)
     statistic *= np.sqrt((n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n)
     p_value = 2 * stats.t.sf(abs(statistic), df=n - 1)

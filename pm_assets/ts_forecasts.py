@@ -1,0 +1,152 @@
+"""`ts_forecasts`: the time-series ensemble per ticker, trading day and horizon (1, 5, 20)."""
+
+import datetime as dt
+
+import polars as pl
+from dagster import (
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetDep,
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from pm_assets.metadata import check_results, preview_markdown, run_metadata
+from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection, decode_partition_keys, lookback_mapping
+from pm_domain import calendar, settings
+from pm_domain.forecasting.engine import (
+    MEAN_MODELS,
+    ForecastConfig,
+    default_workers,
+    forecast_tickers,
+    price_histories,
+)
+from pm_domain.plots import forecast_fan_png, png_markdown
+from pm_domain.quality import forecast_rules
+from pm_resources.store import read_rows, replace_partitions
+
+FIT_WINDOW = settings.forecast_fit_window()
+LOOKBACK_SESSIONS = ForecastConfig(fit_window=FIT_WINDOW).lookback_sessions
+KEY_COLUMNS = ("ticker", "date", "horizon")
+PLOT_HORIZON = 5
+PLOT_MAX_PARTITIONS = 500  # metadata is copied into every partition's event: see features
+
+
+class MissingInputsError(RuntimeError):
+    """ts_forecasts was asked for partitions whose prices or features are not in the store."""
+
+
+class TsForecastsConfig(Config):
+    refit_every: int = Field(default=20, ge=1, le=250, description=(
+        "Refit model parameters every N sessions of a fixed calendar grid; in between, models "
+        "only update their state. 1 refits every model on every date (the slow, naive path)."))
+    sarimax_order: list[int] = Field(default=[1, 1, 0], min_length=3, max_length=3,
+                                     description="SARIMAX (p, d, q) on log prices, with a drift.")
+    workers: int = Field(default=0, ge=0, le=64,
+                         description="Processes over tickers; 0 uses every core (at most 8).")
+
+
+@asset(
+    **STAGE_ASSET_ARGS,
+    group_name="forecasting",
+    deps=[
+        AssetDep("prices", partition_mapping=lookback_mapping(LOOKBACK_SESSIONS)),
+        AssetDep("features"),
+    ],
+    check_specs=[
+        AssetCheckSpec("ensemble_complete", asset="ts_forecasts", blocking=True),
+        AssetCheckSpec("all_models_fitted", asset="ts_forecasts"),
+    ],
+    description="Forecast of the 1, 5 and 20-session log return per ticker and date: SARIMAX, "
+    "SAMOSSA- and MSSA-RL-style SSA, random walk and drift, combined with weights from their "
+    "recent out-of-sample errors; 90% interval from GARCH(1,1)-t volatility (EWMA fallback, "
+    f"labelled). Reads prices up to the date only ({LOOKBACK_SESSIONS} sessions back).",
+)
+def ts_forecasts(
+    context: AssetExecutionContext, config: TsForecastsConfig, duckdb: DuckDBResource
+) -> MaterializeResult:
+    selection = decode_partition_keys(context.partition_keys)
+    forecast_config = ForecastConfig(fit_window=FIT_WINDOW, refit_every=config.refit_every,
+                                     sarimax_order=tuple(config.sarimax_order))
+    first_needed = calendar.shift_trading_days(selection.start, -(forecast_config.lookback_sessions - 1))
+    with duckdb.get_connection() as conn:
+        prices = read_rows(conn, "prices", selection.tickers, selection.end, first_needed)
+        features = read_rows(conn, "features", selection.tickers, selection.end, selection.start)
+    _require_inputs(prices, features, selection)
+
+    workers = config.workers or default_workers()
+    context.log.info(
+        f"forecasting {selection.describe()} from {prices.height} price rows "
+        f"(refit every {forecast_config.refit_every} sessions, {min(workers, len(selection.tickers))} process(es))"
+    )
+    rows = forecast_tickers(price_histories(prices), selection.dates,
+                            calendar.session_numbers(selection.end), forecast_config, workers)
+    rows = rows.join(
+        features.select("ticker", "date", "realised_vol_20d"), on=["ticker", "date"], how="left"
+    )
+    with duckdb.get_connection() as conn:
+        replace_partitions(conn, "ts_forecasts", rows, selection.tickers, selection.dates, KEY_COLUMNS)
+    context.log.info(f"wrote {rows.height} forecast rows")
+
+    metadata = run_metadata(selection, rows, ["ticker", "date", "horizon", "expected_log_return",
+                                              "lower_90", "upper_90", "volatility_model"])
+    metadata["weights"] = MetadataValue.md(weights_markdown(rows))
+    metadata["volatility_fallback_share"] = float(rows["volatility_model"].ne("garch_t").mean())
+    metadata["plot"] = MetadataValue.md(_plot_markdown(prices, rows, selection))
+    outcomes = {outcome.name: outcome for outcome in forecast_rules(rows)}
+    return MaterializeResult(
+        metadata=metadata,
+        check_results=check_results([outcomes["ensemble_complete"]], AssetCheckSeverity.ERROR)
+        + check_results([outcomes["all_models_fitted"]], AssetCheckSeverity.WARN),
+    )
+
+
+def _require_inputs(prices: pl.DataFrame, features: pl.DataFrame, selection: PartitionSelection) -> None:
+    expected = len(selection.tickers) * len(selection.dates)
+    for name, frame in (("prices", prices), ("features", features)):
+        held = 0 if frame.is_empty() else frame.filter(pl.col("date").is_in(list(selection.dates))).height
+        if held != expected:
+            raise MissingInputsError(
+                f"{name} cover {held} of the {expected} partitions of {selection.describe()}: "
+                f"materialize {name} for the range first"
+            )
+
+
+def weights_markdown(rows: pl.DataFrame) -> str:
+    """Mean ensemble weight of each model per horizon over the run, and on its last date."""
+    columns = [f"weight_{m}" for m in MEAN_MODELS]
+    last = rows.filter(pl.col("date") == pl.col("date").max())
+    table = pl.concat([
+        rows.group_by("horizon").agg(pl.col(columns).mean()).with_columns(pl.lit("run mean").alias("over")),
+        last.group_by("horizon").agg(pl.col(columns).mean()).with_columns(pl.lit(str(last["date"][0])).alias("over")),
+    ]).sort("over", "horizon")
+    table = table.rename({c: c.removeprefix("weight_") for c in columns})
+    return preview_markdown(table, ["over", "horizon", *MEAN_MODELS], rows=table.height)
+
+
+def _plot_markdown(prices: pl.DataFrame, rows: pl.DataFrame, selection: PartitionSelection) -> str:
+    partitions = len(selection.tickers) * len(selection.dates)
+    if partitions > PLOT_MAX_PARTITIONS:
+        return (f"Plot omitted: this run covers {partitions} partitions and Dagster stores a copy of "
+                f"the metadata with each; materialize up to {PLOT_MAX_PARTITIONS} to get the chart.")
+    histories = price_histories(prices)
+    recent = pl.concat([h.tail(120) for h in histories.values()])
+    sessions = calendar.trading_days(selection.start, selection.end + dt.timedelta(days=30))
+    target = {day: sessions[i + PLOT_HORIZON] for i, day in enumerate(sessions[:-PLOT_HORIZON])}
+    fan = (
+        rows.filter(pl.col("horizon") == PLOT_HORIZON)
+        .join(recent.rename({"price": "origin_price"}), on=["ticker", "date"])
+        .with_columns(
+            pl.col("date").replace_strict(target).alias("target_date"),
+            (pl.col("origin_price") * pl.col("expected_log_return").exp()).alias("expected_price"),
+            (pl.col("origin_price") * pl.col("lower_90").exp()).alias("lower_price"),
+            (pl.col("origin_price") * pl.col("upper_90").exp()).alias("upper_price"),
+        )
+    )
+    png = forecast_fan_png(recent, fan, list(selection.tickers), PLOT_HORIZON)
+    return png_markdown(png, f"price with the {PLOT_HORIZON}-session forecast fan")
