@@ -94,7 +94,7 @@ def run_demo() -> int:
     history_start = settings.start_date().isoformat()
     steps = [
         (["prices"], history_start, "price history for indicator warm-up and forecasts"),
-        (["features"], first_feature_day.isoformat(), f"the last {DEMO_SESSIONS} sessions of 2018"),
+        (["features", "ts_forecasts"], first_feature_day.isoformat(), f"the last {DEMO_SESSIONS} sessions of 2018"),
     ]
     checks_failed = 0
     for assets, start, why in steps:
@@ -112,7 +112,7 @@ def run_demo() -> int:
     print("\n".join(store_summary()))
     print(f"\nDagster instance: {instance.root_directory}")
     print("Open the UI on this instance with `make ui`, then http://127.0.0.1:3000 "
-          "(Assets -> prices / features -> Partitions shows the materialized keys, their metadata and the plot).")
+          "(Assets -> prices / features / ts_forecasts -> Partitions shows the materialized keys, their metadata and the plots).")
     return 0 if checks_failed == 0 else 1
 
 

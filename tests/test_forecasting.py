@@ -238,3 +238,16 @@ def test_gaps_and_bad_prices_fail_with_the_date(gspc):
     broken = gspc.with_columns(pl.when(pl.col("date") == dates[-30]).then(0.0).otherwise(pl.col("price")).alias("price"))
     with pytest.raises(ForecastError, match=str(dates[-30])):
         forecast_ticker(broken, dates[-1:], SESSIONS, FAST)
+
+
+def test_worker_processes_give_the_rows_of_one_process(gspc, monkeypatch):
+    from pm_domain.forecasting import engine
+
+    ixic = fetch_prices("sample", ["^IXIC"], gspc["date"].to_list()).select(
+        "ticker", "date", pl.col("adj_close").alias("price"))
+    histories = {"^GSPC": gspc, "^IXIC": ixic}
+    targets = gspc["date"].to_list()[-2:]
+    one = engine.forecast_tickers(histories, targets, SESSIONS, FAST, workers=1)
+    monkeypatch.setattr(engine, "PARALLEL_MIN_PARTITIONS", 0)
+    two = engine.forecast_tickers(histories, targets, SESSIONS, FAST, workers=2)
+    assert one.equals(two) and one["ticker"].unique().to_list() == ["^GSPC", "^IXIC"]

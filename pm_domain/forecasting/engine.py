@@ -27,13 +27,14 @@ import numpy as np
 import polars as pl
 import statsmodels
 from scipy.stats import norm
+from threadpoolctl import threadpool_limits
 
 from pm_domain.forecasting import baselines, garch, mssa_rl, samossa, sarimax
 from pm_domain.forecasting.ensemble import inverse_mse_weights
 
 ENGINE_VERSION = "ts_forecasts/1"
 MEAN_MODELS = ("random_walk", "drift", "sarimax", "samossa", "mssa_rl")
-PARALLEL_MIN_PARTITIONS = 400
+PARALLEL_MIN_PARTITIONS = 1000  # below this, starting workers (~2 s) costs more than it saves
 
 
 class ForecastError(ValueError):
@@ -323,7 +324,10 @@ def _to_frame(ticker: str, days: list[dt.date], out: dict, config: ForecastConfi
 
 
 def _forecast_one(args: tuple) -> pl.DataFrame:
-    return forecast_ticker(*args)
+    # One BLAS thread: the matrices are small, and OpenBLAS threads spinning on two cores made a
+    # ticker 1.5x slower in one process and ~6x slower with two worker processes (measured).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return forecast_ticker(*args)
 
 
 def forecast_tickers(
