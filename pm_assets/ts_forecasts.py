@@ -85,7 +85,8 @@ def ts_forecasts(
         f"(refit every {forecast_config.refit_every} sessions, {min(workers, len(selection.tickers))} process(es))"
     )
     rows = forecast_tickers(price_histories(prices), selection.dates,
-                            calendar.session_numbers(selection.end), forecast_config, workers)
+                            calendar.session_numbers(selection.end), forecast_config, workers,
+                            progress=context.log.info)
     rows = rows.join(
         features.select("ticker", "date", "realised_vol_20d"), on=["ticker", "date"], how="left"
     )

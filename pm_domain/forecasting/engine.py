@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -336,19 +336,29 @@ def forecast_tickers(
     session_numbers: dict[dt.date, int],
     config: ForecastConfig,
     workers: int = 1,
+    progress: Callable[[str], None] | None = None,
 ) -> pl.DataFrame:
     """forecast_ticker for every ticker, over `workers` processes (tickers are independent).
 
     Starting a worker costs seconds (it imports statsmodels and arch), so runs smaller than
-    PARALLEL_MIN_PARTITIONS stay in this process.
+    PARALLEL_MIN_PARTITIONS stay in this process. `progress` is told as each ticker finishes.
     """
-    jobs = [(histories[t], targets, session_numbers, config) for t in sorted(histories)]
+    tickers = sorted(histories)
+    jobs = [(histories[t], targets, session_numbers, config) for t in tickers]
+    frames = []
+
+    def collect(results: Iterable[pl.DataFrame]) -> None:
+        for done, (ticker, frame) in enumerate(zip(tickers, results), start=1):
+            frames.append(frame)
+            if progress is not None:
+                progress(f"forecast {done}/{len(tickers)} tickers ({ticker}: {frame.height} rows)")
+
     if workers <= 1 or len(jobs) <= 1 or len(jobs) * len(targets) < PARALLEL_MIN_PARTITIONS:
-        frames = [_forecast_one(job) for job in jobs]
+        collect(map(_forecast_one, jobs))
     else:
         # spawn, not fork: the caller (a Dagster step) runs threads that fork would copy mid-state.
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
-            frames = list(pool.map(_forecast_one, jobs))
+            collect(pool.map(_forecast_one, jobs))
     return pl.concat(frames).sort("ticker", "date", "horizon")
 
 
