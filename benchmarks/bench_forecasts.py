@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pm_domain import calendar  # noqa: E402
 from pm_domain.forecasting import evaluation  # noqa: E402
 from pm_domain.forecasting.engine import (  # noqa: E402
-    PARALLEL_MIN_PARTITIONS,
     ForecastConfig,
     forecast_tickers,
     price_histories,
+    processes_for,
 )
 from pm_domain.price_sources import fetch_synthetic  # noqa: E402
 
@@ -91,7 +91,7 @@ def main() -> int:
     began = time.perf_counter()
     fast = forecast_tickers(data, targets, sessions, fast_config, workers=2)
     fast_seconds = time.perf_counter() - began
-    processes = 2 if partitions >= PARALLEL_MIN_PARTITIONS else 1
+    processes = processes_for(n_tickers, len(targets), 2)
     print(f"  fast (refit every {fast_config.refit_every}, {processes} process(es)): {fast_seconds:7.1f} s "
           f"= {1000 * fast_seconds / partitions:6.1f} ms per partition", flush=True)
     began = time.perf_counter()

@@ -25,6 +25,7 @@ from pm_domain.forecasting.engine import (
     default_workers,
     forecast_tickers,
     price_histories,
+    processes_for,
 )
 from pm_domain.plots import forecast_fan_png, png_markdown
 from pm_domain.quality import forecast_rules
@@ -80,9 +81,10 @@ def ts_forecasts(
     _require_inputs(prices, features, selection)
 
     workers = config.workers or default_workers()
+    processes = processes_for(len(selection.tickers), len(selection.dates), workers)
     context.log.info(
         f"forecasting {selection.describe()} from {prices.height} price rows "
-        f"(refit every {forecast_config.refit_every} sessions, {min(workers, len(selection.tickers))} process(es))"
+        f"(refit every {forecast_config.refit_every} sessions, {processes} process(es))"
     )
     rows = forecast_tickers(price_histories(prices), selection.dates,
                             calendar.session_numbers(selection.end), forecast_config, workers,

@@ -353,13 +353,20 @@ def forecast_tickers(
             if progress is not None:
                 progress(f"forecast {done}/{len(tickers)} tickers ({ticker}: {frame.height} rows)")
 
-    if workers <= 1 or len(jobs) <= 1 or len(jobs) * len(targets) < PARALLEL_MIN_PARTITIONS:
+    if processes_for(len(jobs), len(targets), workers) == 1:
         collect(map(_forecast_one, jobs))
     else:
         # spawn, not fork: the caller (a Dagster step) runs threads that fork would copy mid-state.
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
             collect(pool.map(_forecast_one, jobs))
     return pl.concat(frames).sort("ticker", "date", "horizon")
+
+
+def processes_for(n_tickers: int, n_targets: int, workers: int) -> int:
+    """How many processes forecast_tickers uses for a run of n_tickers x n_targets partitions."""
+    if workers <= 1 or n_tickers <= 1 or n_tickers * n_targets < PARALLEL_MIN_PARTITIONS:
+        return 1
+    return min(workers, n_tickers)
 
 
 def default_workers() -> int:
