@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 
 import matplotlib
 
@@ -17,23 +18,18 @@ def png_markdown(png: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
-def price_bands_png(features: pl.DataFrame, tickers: list[str], max_tickers: int = 2) -> bytes:
-    """Close with SMA 20/50 and Bollinger 20/2 for up to `max_tickers` tickers, one panel each."""
+def _ticker_panels_png(tickers: list[str], max_tickers: int, legend_columns: int,
+                      draw: Callable[[plt.Axes, str], None]) -> bytes:
+    """One small panel per ticker (at most `max_tickers`), drawn by `draw`, as PNG bytes."""
     shown = tickers[:max_tickers]
     # Dagster copies a ranged run's metadata into every partition's event: keep the image small.
     fig, axes = plt.subplots(len(shown), 1, figsize=(7, 2.2 * len(shown)), squeeze=False)
     for ax, ticker in zip(axes[:, 0], shown, strict=True):
-        rows = features.filter(pl.col("ticker") == ticker).sort("date")
-        dates = rows["date"].to_list()
-        ax.fill_between(dates, rows["bb_lower"].to_numpy(), rows["bb_upper"].to_numpy(),
-                        color="tab:blue", alpha=0.12, label="Bollinger 20/2")
-        ax.plot(dates, rows["close"].to_numpy(), color="black", lw=1.1, label="close")
-        ax.plot(dates, rows["sma_20"].to_numpy(), color="tab:orange", lw=0.9, label="SMA 20")
-        ax.plot(dates, rows["sma_50"].to_numpy(), color="tab:green", lw=0.9, label="SMA 50")
+        draw(ax, ticker)
         ax.set_title(ticker, fontsize=9, loc="left")
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, ncol=4, loc="upper left")
+    axes[0, 0].legend(fontsize=7, ncol=legend_columns, loc="upper left")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=64)
@@ -41,14 +37,28 @@ def price_bands_png(features: pl.DataFrame, tickers: list[str], max_tickers: int
     return buffer.getvalue()
 
 
+def price_bands_png(features: pl.DataFrame, tickers: list[str], max_tickers: int = 2) -> bytes:
+    """Close with SMA 20/50 and Bollinger 20/2 for up to `max_tickers` tickers, one panel each."""
+
+    def draw(ax: plt.Axes, ticker: str) -> None:
+        rows = features.filter(pl.col("ticker") == ticker).sort("date")
+        dates = rows["date"].to_list()
+        ax.fill_between(dates, rows["bb_lower"].to_numpy(), rows["bb_upper"].to_numpy(),
+                        color="tab:blue", alpha=0.12, label="Bollinger 20/2")
+        ax.plot(dates, rows["close"].to_numpy(), color="black", lw=1.1, label="close")
+        ax.plot(dates, rows["sma_20"].to_numpy(), color="tab:orange", lw=0.9, label="SMA 20")
+        ax.plot(dates, rows["sma_50"].to_numpy(), color="tab:green", lw=0.9, label="SMA 50")
+
+    return _ticker_panels_png(tickers, max_tickers, 4, draw)
+
+
 def forecast_fan_png(prices: pl.DataFrame, fan: pl.DataFrame, tickers: list[str], horizon: int,
                      max_tickers: int = 2) -> bytes:
     """Recent prices (ticker, date, price) with the h-session forecast fan: for each origin, the
     expected price and 90% band drawn at the date the forecast is for (ticker, target_date,
     expected_price, lower_price, upper_price)."""
-    shown = tickers[:max_tickers]
-    fig, axes = plt.subplots(len(shown), 1, figsize=(7, 2.2 * len(shown)), squeeze=False)
-    for ax, ticker in zip(axes[:, 0], shown, strict=True):
+
+    def draw(ax: plt.Axes, ticker: str) -> None:
         history = prices.filter(pl.col("ticker") == ticker).sort("date")
         ahead = fan.filter(pl.col("ticker") == ticker).sort("target_date")
         ax.plot(history["date"].to_list(), history["price"].to_numpy(), color="black", lw=1.1, label="price")
@@ -57,12 +67,5 @@ def forecast_fan_png(prices: pl.DataFrame, fan: pl.DataFrame, tickers: list[str]
                         color="tab:purple", alpha=0.2, label=f"90% band, {horizon} sessions ahead")
         ax.plot(days, ahead["expected_price"].to_numpy(), color="tab:purple", lw=0.9,
                 marker="o" if len(days) < 3 else None, ms=3, label="ensemble forecast")
-        ax.set_title(ticker, fontsize=9, loc="left")
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, ncol=3, loc="upper left")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=64)
-    plt.close(fig)
-    return buffer.getvalue()
+
+    return _ticker_panels_png(tickers, max_tickers, 3, draw)
