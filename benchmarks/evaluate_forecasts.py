@@ -55,9 +55,8 @@ def realised_returns(histories: dict[str, pl.DataFrame], horizons: tuple[int, ..
 
 
 def score(rows: pl.DataFrame, horizon: int) -> list[str]:
-    subset = rows.filter(pl.col("horizon") == horizon)
+    subset = rows.filter(pl.col("horizon") == horizon).sort("ticker", "date")
     realised = subset["realised"].to_numpy()
-    rw_errors = realised - subset["forecast_random_walk"].to_numpy()
     lines = [f"\nh = {horizon} sessions: {subset.height} forecasts, "
              f"{subset['date'].min()} .. {subset['date'].max()}",
              "| model | RMSE | RMSE / RW | MASE | hit rate |", "|---|---|---|---|---|"]
@@ -73,9 +72,15 @@ def score(rows: pl.DataFrame, horizon: int) -> list[str]:
         lines.append(f"| {name}{coverage_note} | {evaluation.rmse(errors):.5f} | "
                      f"{evaluation.rmse(errors) / evaluation.rmse(rw):.4f} | "
                      f"{evaluation.mase(errors, rw):.4f} | {'-' if np.isnan(hit) else f'{hit:.3f}'} |")
-    ensemble_errors = realised - subset["expected_log_return"].to_numpy()
-    dm = evaluation.diebold_mariano(ensemble_errors, rw_errors, horizon)
-    lines.append(f"Diebold-Mariano ensemble vs random walk (squared error, HLN): "
+    # Same-day losses of the two indices move together: test the per-date mean loss differential
+    # (one series in date order), not the tickers stacked as if they were independent days.
+    per_date = (
+        subset.with_columns(((pl.col("realised") - pl.col("expected_log_return")) ** 2
+                             - pl.col("realised") ** 2).alias("loss_differential"))
+        .group_by("date").agg(pl.col("loss_differential").mean()).sort("date")
+    )
+    dm = evaluation.loss_differential_test(per_date["loss_differential"].to_numpy(), horizon)
+    lines.append(f"Diebold-Mariano ensemble vs random walk (squared error, HLN, per-date mean over tickers): "
                  f"DM = {dm.statistic:+.3f}, p = {dm.p_value:.3f} "
                  f"({'ensemble better' if dm.statistic < 0 else 'random walk better'}"
                  f"{'' if dm.p_value < 0.05 else ', not significant at 5%'})")

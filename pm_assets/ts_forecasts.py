@@ -32,7 +32,9 @@ from pm_domain.quality import forecast_rules
 from pm_resources.store import read_rows, replace_partitions
 
 FIT_WINDOW = settings.forecast_fit_window()
-LOOKBACK_SESSIONS = ForecastConfig(fit_window=FIT_WINDOW).lookback_sessions
+MAX_REFIT_EVERY = 60
+# Declared with the largest refit interval the run config allows, so the lineage covers every read.
+LOOKBACK_SESSIONS = ForecastConfig(fit_window=FIT_WINDOW, refit_every=MAX_REFIT_EVERY).lookback_sessions
 KEY_COLUMNS = ("ticker", "date", "horizon")
 PLOT_HORIZON = 5
 PLOT_MAX_PARTITIONS = 500  # metadata is copied into every partition's event: see features
@@ -43,13 +45,17 @@ class MissingInputsError(RuntimeError):
 
 
 class TsForecastsConfig(Config):
-    refit_every: int = Field(default=20, ge=1, le=250, description=(
+    refit_every: int = Field(default=20, ge=1, le=MAX_REFIT_EVERY, description=(
         "Refit model parameters every N sessions of a fixed calendar grid; in between, models "
         "only update their state. 1 refits every model on every date (the slow, naive path)."))
     sarimax_order: list[int] = Field(default=[1, 1, 0], min_length=3, max_length=3,
                                      description="SARIMAX (p, d, q) on log prices, with a drift.")
     workers: int = Field(default=0, ge=0, le=64,
                          description="Processes over tickers; 0 uses every core (at most 8).")
+    allow_short_history: bool = Field(default=False, description=(
+        "Forecast tickers whose stored prices start later than the lookback needs (a new "
+        "listing): their rows say how many sessions were used. Off, such a run fails and names "
+        "the prices to backfill, so a date never silently gets a different forecast."))
 
 
 @asset(
@@ -79,6 +85,8 @@ def ts_forecasts(
         prices = read_rows(conn, "prices", selection.tickers, selection.end, first_needed)
         features = read_rows(conn, "features", selection.tickers, selection.end, selection.start)
     _require_inputs(prices, features, selection)
+    if not config.allow_short_history:
+        _require_lookback(prices, first_needed)
 
     workers = config.workers or default_workers()
     processes = processes_for(len(selection.tickers), len(selection.dates), workers)
@@ -118,6 +126,21 @@ def _require_inputs(prices: pl.DataFrame, features: pl.DataFrame, selection: Par
                 f"{name} cover {held} of the {expected} partitions of {selection.describe()}: "
                 f"materialize {name} for the range first"
             )
+
+
+def _require_lookback(prices: pl.DataFrame, first_needed: dt.date) -> None:
+    """Fail when a ticker's stored prices start after the lookback although the partition set
+    reaches further back: the earlier prices exist as partitions but were not materialized."""
+    reachable = max(first_needed, settings.start_date())
+    starts = prices.group_by("ticker").agg(pl.col("date").min().alias("first")).sort("ticker")
+    late = starts.filter(pl.col("first") > reachable)
+    if late.height:
+        ticker, first = late.row(0)
+        raise MissingInputsError(
+            f"prices for {ticker} start on {first}, but these forecasts read from {reachable}: "
+            f"materialize prices for {reachable}..{first} first, or set allow_short_history "
+            f"for a ticker listed later (its rows then record the shorter fit window)"
+        )
 
 
 def weights_markdown(rows: pl.DataFrame) -> str:

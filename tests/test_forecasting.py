@@ -251,3 +251,16 @@ def test_worker_processes_give_the_rows_of_one_process(gspc, monkeypatch):
     monkeypatch.setattr(engine, "PARALLEL_MIN_PARTITIONS", 0)
     two = engine.forecast_tickers(histories, targets, SESSIONS, FAST, workers=2)
     assert one.equals(two) and one["ticker"].unique(maintain_order=True).to_list() == ["^GSPC", "^IXIC"]
+
+
+def test_skill_gate_compares_a_model_and_the_random_walk_on_the_same_origins():
+    realised = np.r_[np.full(30, 0.1), np.full(30, 2.0)]  # calm outcomes, then violent ones
+    # The model forecast only the calm origins (and the target), each 0.15 off where the RW is 0.1
+    # off: worse than the RW on every shared origin, though its own MSE (0.0225) is far below the
+    # RW's over all origins (~2).
+    model = np.r_[np.full(30, 0.25), np.full(29, np.nan), 0.25]
+    forecasts = np.column_stack([np.zeros(60), model])
+    weights = inverse_mse_weights(forecasts, realised, 1, np.array([59]), 60, 20, benchmark=0)
+    assert weights.values[0].tolist() == [1.0, 0.0]
+    ungated = inverse_mse_weights(forecasts, realised, 1, np.array([59]), 60, 20)
+    assert ungated.values[0, 1] > 0.9  # without the gate its small MSE would dominate

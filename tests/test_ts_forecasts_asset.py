@@ -42,3 +42,26 @@ def test_missing_features_fail_with_a_clear_message_and_write_nothing(instance, 
     assert "materialize features" in failure_message(result)
     with duckdb.connect(db_path, read_only=True) as conn:
         assert not table_exists(conn, "ts_forecasts")
+
+
+def test_prices_missing_from_the_lookback_fail_unless_short_history_is_allowed(instance, db_path):
+    assert run(instance, db_path, [prices, features], "2018-06-01", "2018-12-31", tickers=["^GSPC"]).success
+    result = run(instance, db_path, [ts_forecasts], "2018-12-28", "2018-12-31", tickers=["^GSPC"])
+    assert not result.success
+    assert "prices for ^GSPC start on 2018-06-01, but these forecasts read from 2016-" in failure_message(result)
+
+    allowed = materialize_with_config(instance, db_path, {"allow_short_history": True}, "2018-12-28", "2018-12-31")
+    assert allowed.success
+    rows = table(db_path, "ts_forecasts")
+    assert rows["fit_sessions"].max() < 200 and rows["models_failed"].str.contains("min_history").all()
+
+
+def materialize_with_config(instance, db_path, config, start, end):
+    from dagster import materialize
+    from dagster_duckdb import DuckDBResource
+
+    from tests.conftest import range_tags
+
+    return materialize([ts_forecasts], instance=instance, resources={"duckdb": DuckDBResource(database=db_path)},
+                       tags=range_tags(["^GSPC"], start, end), raise_on_error=False,
+                       run_config={"ops": {"ts_forecasts": {"config": config}}})

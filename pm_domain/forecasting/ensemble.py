@@ -60,7 +60,11 @@ def inverse_mse_weights(
         with np.errstate(invalid="ignore"):
             mse[usable] = np.nanmean(errors[:, usable] ** 2, axis=0)
         if benchmark is not None and usable[benchmark]:
-            usable &= mse <= mse[benchmark]
+            # Each model against the benchmark on the same origins (a model may have gaps).
+            for model in np.flatnonzero(usable):
+                both = np.isfinite(errors[:, model]) & np.isfinite(errors[:, benchmark])
+                if np.mean(errors[both, model] ** 2) > np.mean(errors[both, benchmark] ** 2):
+                    usable[model] = False
         inverse = np.where(usable, 1.0 / np.maximum(mse, np.finfo(float).tiny), 0.0)
         values[row] = inverse / inverse.sum()
         errors_used[row] = int(counts[usable].min())

@@ -41,14 +41,19 @@ class DieboldMariano:
 
 
 def diebold_mariano(errors_a: np.ndarray, errors_b: np.ndarray, horizon: int) -> DieboldMariano:
-    """Diebold-Mariano test of equal squared-error loss, with the Harvey-Leybourne-Newbold
-    small-sample correction.
+    """Diebold-Mariano test of equal squared-error loss for one series of forecasts:
+    loss_differential_test(e_a^2 - e_b^2, horizon). Negative: a is better."""
+    return loss_differential_test(np.square(errors_a) - np.square(errors_b), horizon)
 
-    d = e_a^2 - e_b^2; DM = mean(d) / sqrt(V / n), V = gamma_0 + 2 sum_{k=1}^{h-1} gamma_k (h-step
-    forecasts overlap, so their loss differences are MA(h-1)); HLN multiplies DM by
-    sqrt((n + 1 - 2h + h(h-1)/n) / n) and compares it with Student-t(n - 1). Negative: a is better.
+
+def loss_differential_test(d: np.ndarray, horizon: int) -> DieboldMariano:
+    """Diebold-Mariano statistic of a loss-differential series d (in time order), with the
+    Harvey-Leybourne-Newbold small-sample correction.
+
+    DM = mean(d) / sqrt(V / n), V = gamma_0 + 2 sum_{k=1}^{h-1} gamma_k (h-step forecasts
+    overlap, so their loss differences are MA(h-1)); HLN multiplies DM by
+    sqrt((n + 1 - 2h + h(h-1)/n) / n) and compares it with Student-t(n - 1).
     """
-    d = np.square(errors_a) - np.square(errors_b)
     n = len(d)
     centred = d - d.mean()
     gamma = [centred @ centred / n] + [centred[k:] @ centred[:-k] / n for k in range(1, horizon)]

@@ -61,7 +61,9 @@ def fit_volatility(returns: np.ndarray) -> VolatilityFit:
     persistence = alpha + beta
     if not converged:
         return ewma_fit("GARCH optimiser did not converge", persistence, converged, nu)
-    if not np.isfinite([omega, alpha, beta]).all() or persistence >= PERSISTENCE_LIMIT:
+    if not np.isfinite([omega, alpha, beta]).all():
+        return ewma_fit("GARCH returned non-finite parameters", None, converged, nu)
+    if persistence >= PERSISTENCE_LIMIT:
         return ewma_fit(f"GARCH persistence {persistence:.4f} >= {PERSISTENCE_LIMIT}", persistence, converged, nu)
     return VolatilityFit("garch_t", omega / _SCALE**2, alpha, beta, nu, converged, persistence, None)
 

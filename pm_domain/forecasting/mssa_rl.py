@@ -111,7 +111,7 @@ def fit_mssa_rl(
     # Past origins of the window whose one-step outcome lies inside the window.
     origins = np.arange(span - 1 + cusum_window + 1, len(returns) - 1)
     if len(origins) < 3 * min_visits:
-        raise ValueError(f"MSSA-RL needs at least {span + cusum_window + 3 * min_visits} sessions")
+        raise ValueError(f"MSSA-RL needs at least {span + cusum_window + 3 * min_visits + 2} returns")
     cusum, variance = _regime_features(returns, origins, base, cusum_window, variance_window)
     terciles = (float(np.quantile(variance, 1 / 3)), float(np.quantile(variance, 2 / 3)))
     labels = np.array(regime_labels(cusum, variance, terciles))

@@ -122,5 +122,8 @@ def forecast_map(coefficients: np.ndarray, steps: int) -> np.ndarray:
 
 def lagged_windows(series: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
     """Rows series[e - length + 1 : e + 1] for each end index e (len(ends) x length)."""
+    starts = ends - length + 1
+    if starts.min() < 0:  # a negative index would wrap around to the end of the series
+        raise SsaError(f"an origin has fewer than {length} values before it")
     windows = sliding_window_view(series, length)
-    return windows[ends - length + 1]
+    return windows[starts]
