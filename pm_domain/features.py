@@ -76,6 +76,21 @@ def atr(period: int = 14) -> pl.Expr:
     return wilder(true_range(), period)
 
 
+def _adj_close_complete() -> pl.Expr:
+    return pl.col("adj_close").is_not_null().all().over("ticker")
+
+
+def return_price() -> pl.Expr:
+    """The price returns are measured on: adj_close (dividends and splits) when the source gives
+    it for every row of the ticker, else close. Every stage that uses returns uses this rule."""
+    return pl.when(_adj_close_complete()).then(pl.col("adj_close")).otherwise(pl.col("close"))
+
+
+def return_basis() -> pl.Expr:
+    """Which column return_price() took: "adj_close" or "close"."""
+    return pl.when(_adj_close_complete()).then(pl.lit("adj_close")).otherwise(pl.lit("close"))
+
+
 def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
     """Indicators for every row of `prices` (ticker, date, open, high, low, close, adj_close, volume).
 
@@ -85,14 +100,7 @@ def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
     if prices.is_empty():
         return pl.DataFrame(schema={"ticker": pl.String, "date": pl.Date})
     ordered = prices.sort("ticker", "date").with_columns(
-        pl.when(pl.col("adj_close").is_not_null().all().over("ticker"))
-        .then(pl.col("adj_close"))
-        .otherwise(pl.col("close"))
-        .alias("_return_price"),
-        pl.when(pl.col("adj_close").is_not_null().all().over("ticker"))
-        .then(pl.lit("adj_close"))
-        .otherwise(pl.lit("close"))
-        .alias("return_basis"),
+        return_price().alias("_return_price"), return_basis().alias("return_basis")
     )
     per_ticker = lambda expr: expr.over("ticker")  # noqa: E731 - reads better inline below
 

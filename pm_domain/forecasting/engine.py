@@ -29,6 +29,7 @@ import statsmodels
 from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
+from pm_domain.features import return_price
 from pm_domain.forecasting import baselines, garch, mssa_rl, samossa, sarimax
 from pm_domain.forecasting.ensemble import inverse_mse_weights
 
@@ -374,10 +375,6 @@ def default_workers() -> int:
 
 
 def price_histories(prices: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    """ticker, date, price per ticker from stored prices: adj_close where the source gives it for
-    every row of the ticker (dividends and splits), else close, as `features` does."""
-    out = {}
-    for (ticker,), rows in prices.sort("date").partition_by("ticker", as_dict=True).items():
-        column = "adj_close" if rows["adj_close"].null_count() == 0 else "close"
-        out[ticker] = rows.select("ticker", "date", pl.col(column).alias("price"))
-    return out
+    """ticker, date, price per ticker from stored prices, price as features measures returns."""
+    with_price = prices.sort("ticker", "date").select("ticker", "date", return_price().alias("price"))
+    return {ticker: rows for (ticker,), rows in with_price.partition_by("ticker", as_dict=True).items()}
