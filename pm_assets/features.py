@@ -12,6 +12,7 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
+from pm_assets.inputs import require_partitions
 from pm_assets.metadata import check_results, run_metadata
 from pm_assets.partitions import (
     STAGE_ASSET_ARGS,
@@ -28,10 +29,6 @@ from pm_resources.store import read_rows, replace_partitions
 # A ranged run's metadata is copied into each partition's materialization event, so the chart
 # (~25 KB) is attached only to runs small enough for those copies to stay cheap.
 PLOT_MAX_PARTITIONS = 500
-
-
-class MissingPricesError(RuntimeError):
-    """features was asked for partitions whose prices are not in the store."""
 
 
 @asset(
@@ -51,18 +48,7 @@ def features(context: AssetExecutionContext, duckdb: DuckDBResource) -> Material
     selection = decode_partition_keys(context.partition_keys)
     with duckdb.get_connection() as conn:
         history = read_rows(conn, "prices", selection.tickers, selection.end)
-    if history.is_empty():
-        raise MissingPricesError(
-            f"no stored prices for {selection.describe()}: materialize prices first"
-        )
-    in_run = history.filter(pl.col("date").is_in(list(selection.dates)))
-    expected = len(selection.tickers) * len(selection.dates)
-    if in_run.height != expected:
-        held = in_run.group_by("ticker").len()
-        raise MissingPricesError(
-            f"prices cover {in_run.height} of the {expected} partitions of {selection.describe()} "
-            f"(rows per ticker: {dict(held.iter_rows())}): materialize prices for the range first"
-        )
+    require_partitions(history, "prices", selection)
     context.log.info(f"computing features for {selection.describe()} from {history.height} price rows")
     all_features = compute_features(history)
     rows = all_features.filter(pl.col("date").is_in(list(selection.dates)))

@@ -16,6 +16,7 @@ from dagster import (
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from pm_assets.inputs import MissingInputsError, require_partitions
 from pm_assets.metadata import check_results, preview_markdown, run_metadata
 from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection, decode_partition_keys, lookback_mapping
 from pm_domain import calendar, settings
@@ -38,10 +39,6 @@ LOOKBACK_SESSIONS = ForecastConfig(fit_window=FIT_WINDOW, refit_every=MAX_REFIT_
 KEY_COLUMNS = ("ticker", "date", "horizon")
 PLOT_HORIZON = 5
 PLOT_MAX_PARTITIONS = 500  # metadata is copied into every partition's event: see features
-
-
-class MissingInputsError(RuntimeError):
-    """ts_forecasts was asked for partitions whose prices or features are not in the store."""
 
 
 class TsForecastsConfig(Config):
@@ -84,7 +81,8 @@ def ts_forecasts(
     with duckdb.get_connection() as conn:
         prices = read_rows(conn, "prices", selection.tickers, selection.end, first_needed)
         features = read_rows(conn, "features", selection.tickers, selection.end, selection.start)
-    _require_inputs(prices, features, selection)
+    require_partitions(prices, "prices", selection)
+    require_partitions(features, "features", selection)
     if not config.allow_short_history:
         _require_lookback(prices, first_needed)
 
@@ -115,17 +113,6 @@ def ts_forecasts(
         check_results=check_results([outcomes["ensemble_complete"]], AssetCheckSeverity.ERROR)
         + check_results([outcomes["all_models_fitted"]], AssetCheckSeverity.WARN),
     )
-
-
-def _require_inputs(prices: pl.DataFrame, features: pl.DataFrame, selection: PartitionSelection) -> None:
-    expected = len(selection.tickers) * len(selection.dates)
-    for name, frame in (("prices", prices), ("features", features)):
-        held = 0 if frame.is_empty() else frame.filter(pl.col("date").is_in(list(selection.dates))).height
-        if held != expected:
-            raise MissingInputsError(
-                f"{name} cover {held} of the {expected} partitions of {selection.describe()}: "
-                f"materialize {name} for the range first"
-            )
 
 
 def _require_lookback(prices: pl.DataFrame, first_needed: dt.date) -> None:

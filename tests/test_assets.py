@@ -87,7 +87,8 @@ def test_source_gap_fails_the_run_and_writes_nothing(instance, db_path):
 def test_features_without_prices_fails_clearly(instance, db_path):
     result = run(instance, db_path, [features], "2018-12-03", "2018-12-31")
     assert not result.success
-    assert "materialize prices first" in failure_message(result)
+    assert "prices cover 0 of the 38 partitions" in failure_message(result)
+    assert "first missing ^GSPC on 2018-12-03: materialize prices for the range first" in failure_message(result)
 
 
 def test_session_not_closed_is_refused(instance, db_path, monkeypatch):
