@@ -40,22 +40,13 @@ from pm_domain.price_sources import fetch_synthetic  # noqa: E402
 END = dt.date(2018, 12, 31)
 
 
-def histories(tickers: list[str], n_dates: int, config: ForecastConfig) -> tuple[dict, list[dt.date], pl.DataFrame]:
+def histories(tickers: list[str], n_dates: int, config: ForecastConfig) -> tuple[dict, list[dt.date], dict]:
     first_target = calendar.shift_trading_days(END, -(n_dates - 1))
     start = calendar.shift_trading_days(first_target, -(config.lookback_sessions - 1))
     prices = fetch_synthetic(tickers, start, END + dt.timedelta(days=45))
     targets = calendar.trading_days(first_target, END)
-    known = prices.filter(pl.col("date") <= END)
-    return price_histories(known), targets, prices
-
-
-def realised(prices: pl.DataFrame, horizons: tuple[int, ...]) -> pl.DataFrame:
-    ordered = prices.sort("ticker", "date").with_columns(pl.col("adj_close").log().alias("lp"))
-    return pl.concat([
-        ordered.select("ticker", "date", pl.lit(h, pl.Int64).alias("horizon"),
-                       (pl.col("lp").shift(-h).over("ticker") - pl.col("lp")).alias("realised"))
-        for h in horizons
-    ]).drop_nulls()
+    # Forecasts see prices up to END only; the later ones score them.
+    return price_histories(prices.filter(pl.col("date") <= END)), targets, price_histories(prices)
 
 
 def accuracy(rows: pl.DataFrame, outcomes: pl.DataFrame, horizon: int) -> tuple[float, float]:
@@ -82,7 +73,7 @@ def main() -> int:
     n_tickers, n_dates = (4, 60) if args.quick else (20, 250)
     tickers = [f"SYN{i:02d}" for i in range(n_tickers)]
     fast_config, naive_config = ForecastConfig(), ForecastConfig(refit_every=1)
-    data, targets, prices = histories(tickers, n_dates, fast_config)
+    data, targets, everything = histories(tickers, n_dates, fast_config)
     sessions = calendar.session_numbers(END)
     partitions = n_tickers * len(targets)
     print(f"ts_forecasts: {n_tickers} synthetic tickers x {len(targets)} dates = {partitions} partitions "
@@ -107,7 +98,7 @@ def main() -> int:
     print(f"  ratio naive / fast: {naive_seconds / fast_seconds:.1f}x (target >= 4x); "
           f"from parameter reuse alone (1 process): {naive_seconds / one_process_seconds:.1f}x")
 
-    outcomes = realised(prices, fast_config.horizons)
+    outcomes = evaluation.realised_log_returns(everything, fast_config.horizons)
     print("  accuracy on the same origins (RMSE of the ensemble, 90% interval coverage):")
     for horizon in fast_config.horizons:
         (fast_rmse, fast_cover), (naive_rmse, naive_cover) = (

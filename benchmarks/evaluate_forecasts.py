@@ -27,31 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pm_domain import calendar  # noqa: E402
 from pm_domain.forecasting import evaluation  # noqa: E402
-from pm_domain.forecasting.engine import MEAN_MODELS, ForecastConfig, forecast_tickers  # noqa: E402
+from pm_domain.forecasting.engine import MEAN_MODELS, ForecastConfig, forecast_tickers, price_histories  # noqa: E402
 from pm_domain.price_sources import SAMPLE_DATASETS, fetch_prices  # noqa: E402
 
 
 
 
 def sample_histories(tickers: list[str], end: dt.date) -> dict[str, pl.DataFrame]:
-    days = calendar.trading_days(dt.date(1999, 1, 4), end)
-    prices = fetch_prices("sample", tickers, days, None)
-    return {
-        t: prices.filter(pl.col("ticker") == t).select("ticker", "date", pl.col("adj_close").alias("price"))
-        for t in tickers
-    }
-
-
-def realised_returns(histories: dict[str, pl.DataFrame], horizons: tuple[int, ...]) -> pl.DataFrame:
-    frames = []
-    for ticker, history in histories.items():
-        ordered = history.sort("date").with_columns(pl.col("price").log().alias("log_price"))
-        for h in horizons:
-            frames.append(ordered.select(
-                "ticker", "date", pl.lit(h, pl.Int64).alias("horizon"),
-                (pl.col("log_price").shift(-h) - pl.col("log_price")).alias("realised"),
-            ))
-    return pl.concat(frames).drop_nulls("realised")
+    return price_histories(fetch_prices("sample", tickers, calendar.trading_days(dt.date(1999, 1, 4), end)))
 
 
 def score(rows: pl.DataFrame, horizon: int) -> list[str]:
@@ -109,7 +92,7 @@ def main() -> int:
     # Forecasting reads only the prices up to each target; the outcomes are joined afterwards.
     forecasts = forecast_tickers(histories, targets, calendar.session_numbers(end), config, workers=args.workers)
     elapsed = time.perf_counter() - began
-    rows = forecasts.join(realised_returns(histories, config.horizons), on=["ticker", "date", "horizon"])
+    rows = forecasts.join(evaluation.realised_log_returns(histories, config.horizons), on=["ticker", "date", "horizon"])
     print(f"walk-forward evaluation of ts_forecasts on {', '.join(args.tickers)}, origins {start} .. {end}, "
           f"refit every {config.refit_every} sessions, fit window {config.fit_window}; "
           f"{forecasts.height} forecasts in {elapsed:.1f} s")

@@ -92,7 +92,8 @@ def ts_forecasts(
         f"forecasting {selection.describe()} from {prices.height} price rows "
         f"(refit every {forecast_config.refit_every} sessions, {processes} process(es))"
     )
-    rows = forecast_tickers(price_histories(prices), selection.dates,
+    histories = price_histories(prices)
+    rows = forecast_tickers(histories, selection.dates,
                             calendar.session_numbers(selection.end), forecast_config, workers,
                             progress=context.log.info)
     rows = rows.join(
@@ -106,7 +107,7 @@ def ts_forecasts(
                                               "lower_90", "upper_90", "volatility_model"])
     metadata["weights"] = MetadataValue.md(weights_markdown(rows))
     metadata["volatility_fallback_share"] = float(rows["volatility_model"].ne("garch_t").mean())
-    metadata["plot"] = MetadataValue.md(_plot_markdown(prices, rows, selection))
+    metadata["plot"] = MetadataValue.md(_plot_markdown(histories, rows, selection))
     outcomes = {outcome.name: outcome for outcome in forecast_rules(rows)}
     return MaterializeResult(
         metadata=metadata,
@@ -142,12 +143,11 @@ def weights_markdown(rows: pl.DataFrame) -> str:
     return preview_markdown(table, ["over", "horizon", *MEAN_MODELS], rows=table.height)
 
 
-def _plot_markdown(prices: pl.DataFrame, rows: pl.DataFrame, selection: PartitionSelection) -> str:
+def _plot_markdown(histories: dict[str, pl.DataFrame], rows: pl.DataFrame, selection: PartitionSelection) -> str:
     partitions = len(selection.tickers) * len(selection.dates)
     if partitions > PLOT_MAX_PARTITIONS:
         return (f"Plot omitted: this run covers {partitions} partitions and Dagster stores a copy of "
                 f"the metadata with each; materialize up to {PLOT_MAX_PARTITIONS} to get the chart.")
-    histories = price_histories(prices)
     recent = pl.concat([h.tail(120) for h in histories.values()])
     sessions = calendar.trading_days(selection.start, selection.end + dt.timedelta(days=30))
     target = {day: sessions[i + PLOT_HORIZON] for i, day in enumerate(sessions[:-PLOT_HORIZON])}

@@ -264,3 +264,11 @@ def test_skill_gate_compares_a_model_and_the_random_walk_on_the_same_origins():
     assert weights.values[0].tolist() == [1.0, 0.0]
     ungated = inverse_mse_weights(forecasts, realised, 1, np.array([59]), 60, 20)
     assert ungated.values[0, 1] > 0.9  # without the gate its small MSE would dominate
+
+
+def test_realised_log_returns_look_h_sessions_ahead_and_drop_unknown_outcomes():
+    history = pl.DataFrame({"ticker": ["X"] * 4, "date": [dt.date(2018, 12, d) for d in (24, 26, 27, 28)],
+                            "price": [100.0, 110.0, 121.0, 133.1]})
+    realised = evaluation.realised_log_returns({"X": history}, (1, 2)).sort("horizon", "date")
+    assert realised.height == 3 + 2
+    assert np.allclose(realised["realised"].to_numpy(), [np.log(1.1)] * 3 + [np.log(1.21)] * 2)

@@ -55,7 +55,6 @@ class ForecastConfig:
     error_window: int = 60
     min_errors: int = 20
     interval_level: float = 0.90
-    skill_gate: bool = True
 
     @property
     def warmup_origins(self) -> int:
@@ -124,8 +123,10 @@ def _fit_block(log_prices: np.ndarray, anchor: int, origins: np.ndarray, config:
         raise ForecastError(
             f"prices are constant over the {len(window)} sessions to {dates[anchor]}: nothing to forecast"
         )
+    segment_returns = np.diff(segment)
+    last_return = local - 1  # the return ending at each origin
     volatility = garch.fit_volatility(returns)
-    next_variance = garch.conditional_variance(volatility, np.diff(segment))[local]
+    next_variance = garch.conditional_variance(volatility, segment_returns)[local]
     paths = garch.variance_paths(volatility, next_variance, max(horizons))
     columns.forecasts["variance"][slots] = np.cumsum(paths, axis=1)[:, np.asarray(horizons) - 1]
 
@@ -136,8 +137,6 @@ def _fit_block(log_prices: np.ndarray, anchor: int, origins: np.ndarray, config:
         columns.numbers["sarimax_ljung_box_p"][slots] = fit.ljung_box_p
     except Exception as exc:  # noqa: BLE001 - a model failing is recorded, the others go on
         failed.append(f"sarimax: {type(exc).__name__}: {exc}"[:160])
-    segment_returns = np.diff(segment)
-    last_return = local - 1  # the return ending at each origin
     try:
         fit = samossa.fit_samossa(returns, config.ssa_window, config.ssa_variance_share,
                                   config.ar_lags, max(horizons))
@@ -220,7 +219,7 @@ def forecast_series(
 
     target_slots = targets - first_origin
     z = float(norm.ppf(0.5 + config.interval_level / 2))
-    result: dict[str, object] = {"positions": targets}
+    result: dict[str, object] = {}
     stacked = np.stack([columns.forecasts[m] for m in MEAN_MODELS], axis=2)  # origins x H x models
     expected = np.empty((len(targets), len(config.horizons)))
     weights = np.empty((len(targets), len(config.horizons), len(MEAN_MODELS)))
@@ -232,7 +231,7 @@ def forecast_series(
         realised[known] = log_prices[ends[known]] - log_prices[origins[known]]
         weight = inverse_mse_weights(stacked[:, column, :], realised, horizon, target_slots,
                                      config.error_window, config.min_errors,
-                                     benchmark=MEAN_MODELS.index("random_walk") if config.skill_gate else None)
+                                     benchmark=MEAN_MODELS.index("random_walk"))
         weights[:, column, :] = weight.values
         expected[:, column] = np.nansum(stacked[target_slots, column, :] * weight.values, axis=1)
         bases.append(weight.basis)
@@ -298,7 +297,7 @@ def _to_frame(ticker: str, days: list[dt.date], out: dict, config: ForecastConfi
             f"upper_{level}": out["upper"][:, column],
             "sigma": out["sigma"][:, column],
         }
-        for index, model in enumerate(MEAN_MODELS):
+        for model in MEAN_MODELS:
             data[f"forecast_{model}"] = out["models"][model][:, column]
         for index, model in enumerate(MEAN_MODELS):
             data[f"weight_{model}"] = out["weights"][:, column, index]

@@ -5,7 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 from scipy import stats
+
+
+def realised_log_returns(histories: dict[str, pl.DataFrame], horizons: tuple[int, ...]) -> pl.DataFrame:
+    """ticker, date, horizon, realised = log(P[t+h] / P[t]) from (ticker, date, price) histories;
+    origins without h later prices are left out."""
+    frames = []
+    for history in histories.values():
+        ordered = history.sort("date").with_columns(pl.col("price").log().alias("log_price"))
+        frames.extend(
+            ordered.select("ticker", "date", pl.lit(h, pl.Int64).alias("horizon"),
+                           (pl.col("log_price").shift(-h) - pl.col("log_price")).alias("realised"))
+            for h in horizons
+        )
+    return pl.concat(frames).drop_nulls("realised")
 
 
 def rmse(errors: np.ndarray) -> float:
