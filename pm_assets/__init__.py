@@ -11,9 +11,12 @@ warnings.filterwarnings("ignore", category=BetaWarning)
 warnings.filterwarnings("ignore", category=PreviewWarning)
 
 from pm_assets.features import features
+from pm_assets.llm_analysis import llm_analysis
+from pm_assets.llm_signals import llm_signals
 from pm_assets.prices import prices
+from pm_assets.risk_assessments import risk_assessments
 from pm_assets.ts_forecasts import ts_forecasts
 
-ALL_ASSETS = [prices, features, ts_forecasts]
+ALL_ASSETS = [prices, features, ts_forecasts, llm_analysis, llm_signals, risk_assessments]
 
-__all__ = ["ALL_ASSETS", "features", "prices", "ts_forecasts"]
+__all__ = ["ALL_ASSETS", "features", "llm_analysis", "llm_signals", "prices", "risk_assessments", "ts_forecasts"]

@@ -97,3 +97,15 @@ def forecast_rules(rows: pl.DataFrame) -> list[RuleOutcome]:
         _rule("all_models_fitted", "SARIMAX, SAMOSSA and MSSA-RL all produced a forecast",
               rows, pl.col("models_failed").is_not_null()),
     ]
+
+
+def risk_rules(rows: pl.DataFrame) -> list[RuleOutcome]:
+    """risk_complete: every row has a risk score in [0, 1], a level, a historical and a model VaR."""
+    return [
+        _rule("risk_complete",
+              "risk score in [0, 1] with a level, historical and model VaR present (needs 20+ returns)",
+              rows,
+              (pl.col("risk_score").is_null() | ~pl.col("risk_score").is_between(0.0, 1.0)
+               | (pl.col("risk_level") == "unknown") | pl.col("var_95_hist").is_null()
+               | pl.col("var_95_model").is_null()).fill_null(True)),
+    ]

@@ -55,3 +55,13 @@ def forecast_fit_window() -> int:
     if not raw.isdigit() or not 250 <= int(raw) <= 2520:
         raise SettingsError(f"PM_FORECAST_FIT_WINDOW={raw!r} must be a whole number of sessions in 250..2520")
     return int(raw)
+
+
+def benchmark_ticker() -> str:
+    """The ticker risk measures beta against (PM_BENCHMARK, default ^GSPC)."""
+    from pm_domain.tickers import TickerError, validate_ticker
+
+    try:
+        return validate_ticker(os.environ.get("PM_BENCHMARK", "^GSPC"))
+    except TickerError as exc:
+        raise SettingsError(f"PM_BENCHMARK: {exc}") from None

@@ -11,6 +11,7 @@ from dagster_duckdb import DuckDBResource
 from pm_assets import ALL_ASSETS
 from pm_assets.partitions import daily_ticker_partitions
 from pm_domain import settings
+from pm_resources.ollama import ollama_from_env
 from pm_resources.price_source import PriceSourceResource
 
 
@@ -24,6 +25,7 @@ def build_resources() -> dict:
             source=os.environ.get("PM_PRICE_SOURCE", "yfinance"),
             csv_dir=os.environ.get("PM_CSV_DIR"),
         ),
+        "ollama": ollama_from_env(),
     }
 
 

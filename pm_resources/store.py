@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import duckdb
 import polars as pl
@@ -45,8 +46,8 @@ def _duckdb_type(dtype: pl.DataType) -> str:
     for polars_type, sql_type in _DUCKDB_TYPES.items():
         if isinstance(dtype, polars_type):
             return sql_type
-    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Float64):
-        return "DOUBLE[]"
+    if isinstance(dtype, pl.List) and isinstance(dtype.inner, (pl.Float64, pl.String)):
+        return "DOUBLE[]" if isinstance(dtype.inner, pl.Float64) else "VARCHAR[]"
     raise StoreError(f"no DuckDB column type for polars dtype {dtype}")
 
 
@@ -65,54 +66,82 @@ def _ensure_table(
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {identifier(column)} {_duckdb_type(dtype)}")
 
 
-def replace_partitions(
-    conn: duckdb.DuckDBPyConnection,
-    table: str,
-    frame: pl.DataFrame,
-    tickers: Sequence[str],
-    dates: Sequence[dt.date],
-    key_columns: Sequence[str] = KEY_COLUMNS,
-) -> int:
-    """Replace the rows of `table` for tickers x dates with `frame`, atomically. Returns rows written.
+@dataclass(frozen=True)
+class PartitionRows:
+    """Rows that replace a table's rows for the run's tickers x dates.
 
-    `frame` may hold fewer rows than tickers x dates (a partition can legitimately be empty) but
-    never a row outside them, and never two rows for one key. The key is (ticker, date) plus any
-    further `key_columns` a stage needs (ts_forecasts: horizon).
-    """
-    identifier(table)
+    The key is (ticker, date) plus any further `key_columns` a table needs (ts_forecasts:
+    horizon). `scope` narrows what is replaced to rows with these column values, for a table
+    several stages share (llm_calls: one stage's calls)."""
+
+    table: str
+    frame: pl.DataFrame
+    key_columns: tuple[str, ...] = KEY_COLUMNS
+    scope: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KeyedRows:
+    """Rows upserted by key regardless of partitions (the LLM response cache)."""
+
+    table: str
+    frame: pl.DataFrame
+    key_columns: tuple[str, ...]
+
+
+def _check_partition_rows(rows: PartitionRows, tickers: Sequence[str], dates: Sequence[dt.date]) -> None:
+    table, frame, key_columns = identifier(rows.table), rows.frame, rows.key_columns
     if tuple(key_columns[:2]) != KEY_COLUMNS:
         raise StoreError(f"{table}: a row key starts with {KEY_COLUMNS}, got {tuple(key_columns)}")
-    missing = [c for c in key_columns if c not in frame.columns]
+    missing = [c for c in (*key_columns, *rows.scope) if c not in frame.columns]
     if missing:
         raise StoreError(f"{table}: rows lack key column(s) {missing}")
-    if frame.height:
-        outside = frame.filter(
-            ~pl.col("ticker").is_in(list(tickers)) | ~pl.col("date").is_in(list(dates))
+    if not frame.height:
+        return
+    outside = frame.filter(
+        ~pl.col("ticker").is_in(list(tickers)) | ~pl.col("date").is_in(list(dates))
+    )
+    if outside.height:
+        first = outside.row(0, named=True)
+        raise StoreError(
+            f"{table}: {outside.height} row(s) fall outside the run's partitions, first "
+            f"{first['ticker']} on {first['date']}"
         )
-        if outside.height:
-            first = outside.row(0, named=True)
-            raise StoreError(
-                f"{table}: {outside.height} row(s) fall outside the run's partitions, first "
-                f"{first['ticker']} on {first['date']}"
-            )
-        if frame.select(pl.struct(*key_columns).is_duplicated().any()).item():
-            raise StoreError(f"{table}: rows repeat a ({', '.join(key_columns)}) key")
+    for column, value in rows.scope.items():
+        if frame.filter(pl.col(column) != value).height:
+            raise StoreError(f"{table}: rows outside the scope {column} = {value!r}")
+    if frame.select(pl.struct(*key_columns).is_duplicated().any()).item():
+        raise StoreError(f"{table}: rows repeat a ({', '.join(key_columns)}) key")
 
-    ticker_keys = pa.table({"ticker": pa.array(list(tickers), pa.string())})
-    date_keys = pa.table({"date": pa.array(list(dates), pa.date32())})
-    conn.register("_pm_ticker_keys", ticker_keys)
-    conn.register("_pm_date_keys", date_keys)
-    conn.register("_pm_incoming", frame.to_arrow())
+
+def write_partitions(
+    conn: duckdb.DuckDBPyConnection,
+    tickers: Sequence[str],
+    dates: Sequence[dt.date],
+    partition_rows: Sequence[PartitionRows],
+    keyed_rows: Sequence[KeyedRows] = (),
+) -> None:
+    """Replace the run's partitions in every table of `partition_rows` and upsert `keyed_rows`,
+    all in one transaction: a stage's rows and its side tables land together or not at all.
+
+    A frame may hold fewer rows than tickers x dates (a partition can legitimately be empty) but
+    never a row outside them, and never two rows for one key.
+    """
+    for rows in partition_rows:
+        _check_partition_rows(rows, tickers, dates)
+    for rows in keyed_rows:
+        identifier(rows.table)
+        if rows.frame.height and rows.frame.select(pl.struct(*rows.key_columns).is_duplicated().any()).item():
+            raise StoreError(f"{rows.table}: rows repeat a ({', '.join(rows.key_columns)}) key")
+    conn.register("_pm_ticker_keys", pa.table({"ticker": pa.array(list(tickers), pa.string())}))
+    conn.register("_pm_date_keys", pa.table({"date": pa.array(list(dates), pa.date32())}))
     try:
         conn.execute("BEGIN TRANSACTION")
         try:
-            _ensure_table(conn, table, frame, [identifier(c) for c in key_columns])
-            conn.execute(
-                f"DELETE FROM {table} WHERE ticker IN (SELECT ticker FROM _pm_ticker_keys) "
-                "AND date IN (SELECT date FROM _pm_date_keys)"
-            )
-            if frame.height:
-                conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _pm_incoming")
+            for rows in partition_rows:
+                _replace(conn, rows)
+            for rows in keyed_rows:
+                _upsert(conn, rows)
             conn.execute("COMMIT")
         except BaseException:
             try:
@@ -122,8 +151,54 @@ def replace_partitions(
             raise
     finally:
         for name in ("_pm_ticker_keys", "_pm_date_keys", "_pm_incoming"):
-            conn.unregister(name)
+            try:
+                conn.unregister(name)
+            except duckdb.Error:
+                pass
+
+
+def _replace(conn: duckdb.DuckDBPyConnection, rows: PartitionRows) -> None:
+    _ensure_table(conn, rows.table, rows.frame, [identifier(c) for c in rows.key_columns])
+    scope_sql = "".join(f" AND {identifier(column)} = ?" for column in rows.scope)
+    conn.execute(
+        f"DELETE FROM {rows.table} WHERE ticker IN (SELECT ticker FROM _pm_ticker_keys) "
+        f"AND date IN (SELECT date FROM _pm_date_keys){scope_sql}",
+        list(rows.scope.values()),
+    )
+    if rows.frame.height:
+        conn.register("_pm_incoming", rows.frame.to_arrow())
+        conn.execute(f"INSERT INTO {rows.table} BY NAME SELECT * FROM _pm_incoming")
+        conn.unregister("_pm_incoming")
+
+
+def _upsert(conn: duckdb.DuckDBPyConnection, rows: KeyedRows) -> None:
+    keys = [identifier(c) for c in rows.key_columns]
+    _ensure_table(conn, rows.table, rows.frame, keys)
+    if rows.frame.height:
+        conn.register("_pm_incoming", rows.frame.to_arrow())
+        conn.execute(f"INSERT OR REPLACE INTO {rows.table} BY NAME SELECT * FROM _pm_incoming")
+        conn.unregister("_pm_incoming")
+
+
+def replace_partitions(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    frame: pl.DataFrame,
+    tickers: Sequence[str],
+    dates: Sequence[dt.date],
+    key_columns: Sequence[str] = KEY_COLUMNS,
+) -> int:
+    """Replace the rows of `table` for tickers x dates with `frame`, atomically. Returns rows written."""
+    write_partitions(conn, tickers, dates, [PartitionRows(table, frame, tuple(key_columns))])
     return frame.height
+
+
+def read_keyed(conn: duckdb.DuckDBPyConnection, table: str, column: str, values: Sequence[str]) -> pl.DataFrame:
+    """Rows of `table` whose `column` is one of `values` (empty frame when the table is new)."""
+    if not table_exists(conn, table):
+        return pl.DataFrame()
+    return query(conn, f"SELECT * FROM {identifier(table)} WHERE {identifier(column)} IN "
+                       "(SELECT unnest(?::VARCHAR[]))", [list(values)])
 
 
 def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:

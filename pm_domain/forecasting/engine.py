@@ -87,7 +87,7 @@ class _Columns:
         for name in ("volatility_model", "volatility_fallback_reason", "mssa_regime",
                      "mssa_rank_table", "models_failed", "params_fit_date"):
             self.text[name] = [None] * self.n
-        for name in ("garch_persistence", "sarimax_ljung_box_p", "samossa_rank", "mssa_rank",
+        for name in ("garch_persistence", "garch_nu", "sarimax_ljung_box_p", "samossa_rank", "mssa_rank",
                      "fit_sessions", "sarimax_converged", "garch_converged"):
             self.numbers[name] = np.full(self.n, np.nan)
 
@@ -165,6 +165,9 @@ def _fit_block(log_prices: np.ndarray, anchor: int, origins: np.ndarray, config:
         np.nan if volatility.persistence is None else volatility.persistence
     )
     columns.numbers["garch_converged"][slots] = volatility.converged
+    # The Student-t degrees of freedom of the distribution the rows' sigma belongs to (risk's
+    # model VaR reads it); null when EWMA, whose rows are read as normal.
+    columns.numbers["garch_nu"][slots] = np.nan if volatility.is_fallback or volatility.nu is None else volatility.nu
     columns.numbers["fit_sessions"][slots] = len(window)
 
 

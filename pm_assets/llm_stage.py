@@ -1,0 +1,93 @@
+"""What the three LLM stages share: asking through the cache, writing rows with their calls, and
+reporting sources, latency and invalid replies in the UI."""
+
+import datetime as dt
+import statistics
+from collections.abc import Sequence
+
+import polars as pl
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, MetadataValue
+from dagster_duckdb import DuckDBResource
+from pydantic import BaseModel
+
+from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection
+from pm_domain.llm.client import LLMCall, LLMClient
+from pm_domain.llm.prompts import Prompt
+from pm_domain.llm.records import answer_all, cache_frame, cached_replies, calls_frame, invalid_replies, source_counts
+from pm_resources.store import KeyedRows, PartitionRows, read_keyed, write_partitions
+
+# The LLM stages queue on the `ollama` pool (limit 1 in dagster.yaml), so one call at a time
+# reaches the server however many runs a backfill starts. Their DuckDB writes are short, and
+# DuckDBResource retries opening the file while another process holds the write lock.
+LLM_STAGE_ASSET_ARGS = {**STAGE_ASSET_ARGS, "pool": "ollama", "kinds": {"duckdb", "polars", "ollama"}}
+CACHE_TABLE = "llm_cache"
+CALLS_TABLE = "llm_calls"
+
+
+def ask(context: AssetExecutionContext, duckdb: DuckDBResource, client: LLMClient, stage: str,
+        requests: Sequence[tuple[str, dt.date, Prompt]], schema: type[BaseModel]) -> list[LLMCall]:
+    """Answer every request (mode=ollama fails here, before anything is written)."""
+    client.require_available()
+    availability = client.availability()
+    settings = client.settings
+    if availability.reachable:
+        context.log.info(f"{stage}: asking {settings.models[stage]} at {settings.host} for "
+                         f"{len(requests)} row(s), cached replies first")
+    else:
+        context.log.warning(f"{stage}: {availability.error}; writing {len(requests)} rule-based "
+                            f"fallback row(s), labelled llm_source='fallback' (mode={settings.mode})")
+
+    def read_cache(keys: list[str]):
+        with duckdb.get_connection() as conn:
+            return cached_replies(read_keyed(conn, CACHE_TABLE, "cache_key", keys))
+
+    calls = answer_all(client, stage, requests, schema, read_cache, progress=context.log.info)
+    context.log.info(f"{stage}: {source_counts(calls)}")
+    return calls
+
+
+def write(duckdb: DuckDBResource, selection: PartitionSelection, table: str, rows: pl.DataFrame,
+          calls: Sequence[LLMCall], stage: str) -> None:
+    """The stage's rows, its calls and new cache entries, in one transaction."""
+    with duckdb.get_connection() as conn:
+        write_partitions(
+            conn, selection.tickers, selection.dates,
+            [PartitionRows(table, rows),
+             PartitionRows(CALLS_TABLE, calls_frame(calls, dt.datetime.now(dt.UTC).replace(tzinfo=None)),
+                           ("ticker", "date", "stage"), {"stage": stage})],
+            [KeyedRows(CACHE_TABLE, cache_frame(calls), ("cache_key",))],
+        )
+
+
+def llm_metadata(calls: Sequence[LLMCall]) -> dict:
+    counts = source_counts(calls)
+    latencies = [c.latency_ms for c in calls if c.source == "ollama" and c.latency_ms is not None]
+    speeds = [c.tokens_per_second for c in calls if c.source == "ollama" and c.tokens_per_second]
+    return {
+        **{f"rows_from_{source}": n for source, n in counts.items()},
+        "invalid_replies": len(invalid_replies(calls)),
+        "median_latency_ms": statistics.median(latencies) if latencies else MetadataValue.text("no fresh Ollama call"),
+        "median_tokens_per_second": statistics.median(speeds) if speeds else MetadataValue.text("no fresh Ollama call"),
+        "prompt_chars_max": max(len(c.prompt.system) + len(c.prompt.user) for c in calls) if calls else 0,
+    }
+
+
+def replies_check(calls: Sequence[LLMCall]) -> AssetCheckResult:
+    """llm_replies_valid (warn): every call Ollama was asked gave a valid reply. Rows still stand,
+    written from the fallback and labelled; fallback by mode or outage is reported, not failed."""
+    invalid = invalid_replies(calls)
+    counts = source_counts(calls)
+    return AssetCheckResult(
+        check_name="llm_replies_valid",
+        passed=not invalid,
+        severity=AssetCheckSeverity.WARN,
+        description=f"{len(invalid)} invalid or failed repl(ies); rows from ollama {counts['ollama']}, "
+                    f"cache {counts['cache']}, fallback {counts['fallback']}",
+        metadata={"invalid_replies": len(invalid),
+                  "examples": "; ".join(f"{c.ticker} {c.date}: {c.outcome}: {c.error}" for c in invalid[:3]) or "none",
+                  **{f"rows_from_{s}": n for s, n in counts.items()}},
+    )
+
+
+def telemetry_preview_columns() -> list[str]:
+    return ["llm_source", "llm_outcome", "latency_ms", "completion_tokens", "tokens_per_second"]

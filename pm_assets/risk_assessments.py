@@ -1,0 +1,90 @@
+"""`risk_assessments`: VaR/CVaR (historical and from the fitted volatility model), volatility,
+drawdown, beta and a risk score per ticker and trading day, with the LLM's narrative of concerns."""
+
+import polars as pl
+from dagster import AssetCheckSeverity, AssetCheckSpec, AssetDep, AssetExecutionContext, MaterializeResult, asset
+from dagster_duckdb import DuckDBResource
+
+from pm_assets import llm_stage
+from pm_assets.inputs import require_partitions
+from pm_assets.metadata import check_results, run_metadata
+from pm_assets.partitions import decode_partition_keys, lookback_mapping
+from pm_domain import calendar, risk, settings
+from pm_domain.forecasting.engine import price_histories
+from pm_domain.llm.schemas import RiskNarrative
+from pm_domain.llm.stages import risk_prompt, risk_rows
+from pm_domain.quality import risk_rules
+from pm_resources.ollama import OllamaResource
+from pm_resources.store import read_rows
+
+LOOKBACK_SESSIONS = 253  # 252 returns: drawdown and beta windows
+
+
+@asset(
+    **llm_stage.LLM_STAGE_ASSET_ARGS,
+    group_name="llm",
+    deps=[
+        AssetDep("prices", partition_mapping=lookback_mapping(LOOKBACK_SESSIONS)),
+        AssetDep("ts_forecasts"),
+        AssetDep("llm_signals"),
+    ],
+    check_specs=[AssetCheckSpec("risk_complete", asset="risk_assessments"),
+                 AssetCheckSpec("llm_replies_valid", asset="risk_assessments")],
+    description="Per ticker and date: historical VaR/CVaR 95% (250 daily returns), model VaR/CVaR "
+    "95% from the 1-day forecast distribution (GARCH-t; normal under the EWMA fallback), 20-day "
+    "volatility, 252-day max drawdown, beta to PM_BENCHMARK (^GSPC), a heuristic risk score and "
+    "level, and the risk model's narrative of concerns about the day's signal.",
+)
+def risk_assessments(context: AssetExecutionContext, duckdb: DuckDBResource, ollama: OllamaResource) -> MaterializeResult:
+    selection = decode_partition_keys(context.partition_keys)
+    benchmark = settings.benchmark_ticker()
+    first_price = calendar.shift_trading_days(selection.start, -(LOOKBACK_SESSIONS - 1))
+    with duckdb.get_connection() as conn:
+        prices = read_rows(conn, "prices", sorted({*selection.tickers, benchmark}), selection.end, first_price)
+        forecasts = read_rows(conn, "ts_forecasts", selection.tickers, selection.end, selection.start)
+        signals = read_rows(conn, "llm_signals", selection.tickers, selection.end, selection.start)
+    for frame, table in [(prices, "prices"), (forecasts, "ts_forecasts"), (signals, "llm_signals")]:
+        require_partitions(frame, table, selection)
+
+    histories = price_histories(prices)
+    if benchmark not in histories:
+        context.log.warning(f"no prices for the benchmark {benchmark}: beta is null")
+    one_day = forecasts.filter(pl.col("horizon") == 1)
+    inputs = (
+        risk.assess_tickers({t: histories[t] for t in selection.tickers}, histories.get(benchmark), selection.dates)
+        .join(model_var(one_day), on=["ticker", "date"], how="left")
+        .join(signals.select("ticker", "date", "action", "position_size", "stop_distance"), on=["ticker", "date"])
+        .with_columns(pl.lit(benchmark).alias("benchmark"))
+        .sort("ticker", "date")
+    )
+    requests = [(row["ticker"], row["date"], risk_prompt(row, benchmark)) for row in inputs.iter_rows(named=True)]
+    calls = llm_stage.ask(context, duckdb, ollama.client(), "risk", requests, RiskNarrative)
+    rows = risk_rows(inputs, calls)
+    llm_stage.write(duckdb, selection, "risk_assessments", rows, calls, "risk")
+
+    levels = dict(rows.group_by("risk_level").len().iter_rows())
+    context.log.info(f"wrote {rows.height} risk assessments: {levels}")
+    metadata = run_metadata(selection, rows, ["ticker", "date", "risk_score", "risk_level", "var_95_hist",
+                                              "var_95_model", "llm_source", "latency_ms"])
+    return MaterializeResult(
+        metadata=metadata | llm_stage.llm_metadata(calls) | {f"level_{k}": v for k, v in levels.items()},
+        check_results=check_results(risk_rules(rows), AssetCheckSeverity.WARN) + [llm_stage.replies_check(calls)],
+    )
+
+
+def model_var(one_day: pl.DataFrame) -> pl.DataFrame:
+    """VaR/CVaR 95% of the next day's log return from the forecast distribution of that row."""
+    rows = []
+    for row in one_day.iter_rows(named=True):
+        mu, sigma, nu = row["expected_log_return"], row["sigma"], row.get("garch_nu")
+        usable = mu is not None and sigma is not None and sigma > 0
+        rows.append({
+            "ticker": row["ticker"], "date": row["date"],
+            "var_95_model": risk.garch_var(mu, sigma, nu) if usable else None,
+            "cvar_95_model": risk.garch_cvar(mu, sigma, nu) if usable else None,
+            "volatility_model": row["volatility_model"],
+            "var_model_distribution": f"student_t(nu={nu:.2f})" if nu else "normal",
+        })
+    return pl.DataFrame(rows, schema={"ticker": pl.String, "date": pl.Date, "var_95_model": pl.Float64,
+                                      "cvar_95_model": pl.Float64, "volatility_model": pl.String,
+                                      "var_model_distribution": pl.String})

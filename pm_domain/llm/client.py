@@ -1,0 +1,268 @@
+"""The Ollama client the LLM stages use: structured output, retries, cache, real telemetry.
+
+Built on the official `ollama` client. One `LLMClient` serves one run: it probes the server once
+(GET /api/tags, which also gives each model's digest for the cache key), then answers requests one
+at a time. Every request ends in an `LLMCall` that says where the answer came from:
+
+- `ollama`: a fresh reply that validated against the task's schema;
+- `cache`: a validated reply stored earlier for the same prompt, model digest and options;
+- `fallback`: no valid reply (mode, unreachable server, timeout, HTTP error, invalid JSON); the
+  caller writes its rule-based answer and the row carries `outcome` and `error` saying why.
+
+Latency and throughput come from Ollama's own counters (`total_duration`, `eval_count`,
+`eval_duration`, `prompt_eval_count`), never from words divided by wall time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import httpx
+import ollama
+from pydantic import BaseModel
+
+from pm_domain.llm.parsing import parse_reply
+from pm_domain.llm.prompts import Prompt
+
+Mode = Literal["auto", "ollama", "fallback"]
+MODES = ("auto", "ollama", "fallback")
+TASKS = ("analysis", "signal", "risk")
+
+
+class OllamaUnavailableError(RuntimeError):
+    """mode=ollama and the server (or the model) cannot be used: the run fails before writing."""
+
+
+@dataclass(frozen=True)
+class OllamaSettings:
+    host: str
+    models: Mapping[str, str]  # task -> model name
+    mode: Mode = "auto"
+    timeout_seconds: float = 120.0
+    retries: int = 2  # further attempts after the first, on connection errors and HTTP 5xx only
+    backoff_seconds: float = 1.0  # doubled after every failed attempt
+    keep_alive: str = "10m"
+    seed: int = 42
+    max_tokens: int = 400
+    probe_timeout_seconds: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"LLM mode {self.mode!r}: use one of {', '.join(MODES)}")
+        missing = [task for task in TASKS if not self.models.get(task)]
+        if missing:
+            raise ValueError(f"no Ollama model configured for task(s) {', '.join(missing)}")
+
+    def options(self) -> dict[str, object]:
+        # temperature 0 and a fixed seed: the same prompt gives the same reply, which is what
+        # makes the cache sound and a re-run reproducible.
+        return {"temperature": 0.0, "seed": self.seed, "num_predict": self.max_tokens}
+
+
+@dataclass(frozen=True)
+class CachedReply:
+    cache_key: str
+    model: str
+    model_digest: str
+    prompt_hash: str
+    content: str
+    total_duration_ns: int | None
+    prompt_eval_count: int | None
+    eval_count: int | None
+    eval_duration_ns: int | None
+    created_at: dt.datetime
+
+
+@dataclass
+class LLMCall:
+    """One request and how it ended; `value` is the validated reply or None (use the fallback)."""
+
+    stage: str
+    ticker: str
+    date: dt.date
+    model: str
+    prompt: Prompt
+    source: Literal["ollama", "cache", "fallback"] = "fallback"
+    outcome: str = "disabled"  # ok | invalid_reply | timeout | http_error | unreachable | model_missing | disabled
+    value: BaseModel | None = None
+    model_digest: str | None = None
+    parse_method: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    total_duration_ns: int | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    eval_duration_ns: int | None = None
+    wall_ms: float | None = None
+    new_cache_entry: CachedReply | None = None
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Ollama's `total_duration` (load + prompt evaluation + generation), in milliseconds."""
+        return None if self.total_duration_ns is None else self.total_duration_ns / 1e6
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Generated tokens per second of generation: eval_count / eval_duration."""
+        if not self.eval_count or not self.eval_duration_ns:
+            return None
+        return self.eval_count / (self.eval_duration_ns / 1e9)
+
+
+@dataclass(frozen=True)
+class Availability:
+    reachable: bool
+    digests: Mapping[str, str] = field(default_factory=dict)  # model name -> digest
+    error: str | None = None
+
+
+def cache_key(prompt_hash: str, model: str, digest: str, options: Mapping[str, object],
+              schema: type[BaseModel]) -> str:
+    """sha256 over everything that decides the reply: prompt, model and its digest, options and
+    the output schema. A re-pulled model (new digest) or an edited prompt misses the cache."""
+    material = json.dumps({"prompt": prompt_hash, "model": model, "digest": digest,
+                           "options": dict(options), "schema": schema.model_json_schema()},
+                          sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+class LLMClient:
+    """Answers prompts for one run. Not thread-safe: the stages call it one request at a time."""
+
+    def __init__(self, settings: OllamaSettings,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings = settings
+        self._sleep = sleep
+        self._client = ollama.Client(host=settings.host, timeout=settings.timeout_seconds)
+        self._availability: Availability | None = None
+        self._down: str | None = None  # set when the server stopped answering during the run
+
+    def availability(self) -> Availability:
+        """Probe the server once per client: reachable, and which models it has (with digests)."""
+        if self._availability is None:
+            self._availability = self._probe()
+        return self._availability
+
+    def _probe(self) -> Availability:
+        if self.settings.mode == "fallback":
+            return Availability(False, error="mode=fallback: Ollama is not called")
+        try:
+            probe = ollama.Client(host=self.settings.host, timeout=self.settings.probe_timeout_seconds)
+            listing = probe.list()
+        except (ConnectionError, httpx.HTTPError, ollama.ResponseError) as exc:
+            return Availability(False, error=f"Ollama unreachable at {self.settings.host}: {_describe(exc)}")
+        digests = {m.model: m.digest or "" for m in listing.models if m.model}
+        return Availability(True, digests)
+
+    def require_available(self) -> None:
+        """mode=ollama: raise OllamaUnavailableError unless the server and every model are there."""
+        if self.settings.mode != "ollama":
+            return
+        availability = self.availability()
+        if not availability.reachable:
+            raise OllamaUnavailableError(f"{availability.error} (mode=ollama; use mode=auto to "
+                                         "write labelled fallback rows instead)")
+        missing = sorted({m for m in self.settings.models.values() if m not in availability.digests})
+        if missing:
+            raise OllamaUnavailableError(
+                f"model(s) {', '.join(missing)} not on {self.settings.host}: run `ollama pull "
+                f"{missing[0]}` there, or configure another model")
+
+    def ask(self, stage: str, ticker: str, date: dt.date, prompt: Prompt,
+            schema: type[BaseModel], cache: Mapping[str, CachedReply]) -> LLMCall:
+        model = self.settings.models[stage]
+        call = LLMCall(stage, ticker, date, model, prompt)
+        if self.settings.mode == "fallback":
+            call.error = "mode=fallback: Ollama is not called"
+            return call
+        self.require_available()
+        availability = self.availability()
+        if not availability.reachable or self._down:
+            call.outcome, call.error = "unreachable", self._down or availability.error
+            return call
+        digest = availability.digests.get(model)
+        if digest is None:
+            call.outcome, call.error = "model_missing", f"model {model} not on {self.settings.host} (ollama pull {model})"
+            return call
+        call.model_digest = digest
+        key = cache_key(prompt.prompt_hash, model, digest, self.settings.options(), schema)
+        if key in cache:
+            return self._from_cache(call, cache[key], schema)
+        return self._from_ollama(call, key, schema)
+
+    def _from_cache(self, call: LLMCall, entry: CachedReply, schema: type[BaseModel]) -> LLMCall:
+        parsed = parse_reply(entry.content, schema)
+        if parsed.value is None:  # only validated replies are cached; a schema change would show here
+            call.outcome, call.error = "invalid_reply", f"cached reply no longer validates: {parsed.error}"
+            return call
+        call.source, call.outcome, call.value, call.parse_method = "cache", "ok", parsed.value, parsed.method
+        call.total_duration_ns, call.prompt_eval_count = entry.total_duration_ns, entry.prompt_eval_count
+        call.eval_count, call.eval_duration_ns = entry.eval_count, entry.eval_duration_ns
+        return call
+
+    def _from_ollama(self, call: LLMCall, key: str, schema: type[BaseModel]) -> LLMCall:
+        began = time.perf_counter()
+        response = self._chat_with_retries(call, schema)
+        call.wall_ms = (time.perf_counter() - began) * 1e3
+        if response is None:
+            return call
+        content = response.message.content or ""
+        call.total_duration_ns, call.prompt_eval_count = response.total_duration, response.prompt_eval_count
+        call.eval_count, call.eval_duration_ns = response.eval_count, response.eval_duration
+        parsed = parse_reply(content, schema)
+        if parsed.value is None:
+            cut = " (generation stopped at the token cap)" if response.done_reason == "length" else ""
+            call.outcome, call.error = "invalid_reply", f"{parsed.error}{cut}"
+            return call
+        call.source, call.outcome, call.value, call.parse_method = "ollama", "ok", parsed.value, parsed.method
+        call.new_cache_entry = CachedReply(
+            key, call.model, call.model_digest or "", call.prompt.prompt_hash, content,
+            call.total_duration_ns, call.prompt_eval_count, call.eval_count, call.eval_duration_ns,
+            dt.datetime.now(dt.UTC).replace(tzinfo=None),
+        )
+        return call
+
+    def _chat_with_retries(self, call: LLMCall, schema: type[BaseModel]) -> ollama.ChatResponse | None:
+        delay = self.settings.backoff_seconds
+        for attempt in range(1, self.settings.retries + 2):
+            call.attempts = attempt
+            try:
+                return self._client.chat(
+                    model=call.model,
+                    messages=[{"role": "system", "content": call.prompt.system},
+                              {"role": "user", "content": call.prompt.user}],
+                    format=schema.model_json_schema(),
+                    options=self.settings.options(),
+                    keep_alive=self.settings.keep_alive,
+                    stream=False,
+                )
+            except (ConnectionError, httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                call.outcome, call.error = "unreachable", _describe(exc)
+                retry = True
+            except ollama.ResponseError as exc:
+                call.outcome, call.error = "http_error", f"HTTP {exc.status_code}: {exc.error}"[:300]
+                retry = exc.status_code >= 500
+            except httpx.TimeoutException as exc:
+                # A reply slower than the timeout: asking again would only double the wait.
+                call.outcome = "timeout"
+                call.error = f"no reply within {self.settings.timeout_seconds:g} s ({type(exc).__name__})"
+                return None
+            if not retry or attempt > self.settings.retries:
+                break
+            self._sleep(delay)
+            delay *= 2
+        if call.outcome == "unreachable":
+            self._down = f"Ollama stopped answering at {self.settings.host}: {call.error}"
+            if self.settings.mode == "ollama":
+                raise OllamaUnavailableError(f"{self._down} after {call.attempts} attempt(s) (mode=ollama)")
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]

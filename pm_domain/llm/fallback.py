@@ -1,0 +1,87 @@
+"""Deterministic, rule-based answers for when no valid LLM reply exists.
+
+They answer in the same schema as the model so a row always has the same shape, and every row
+built from them says `source = 'fallback'` with the reason: they are a labelled stand-in, not a
+second opinion. The signal stage has no fallback opinion at all: without a valid reply the
+time-series rule decides alone (see pm_domain.signals).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from pm_domain.llm.schemas import MarketAnalysis, RiskNarrative
+
+VOLATILE_ABOVE = 0.35  # annualised 20-day volatility treated as a volatile regime
+TRENDING_SMA_GAP = 0.02  # |SMA20 / SMA50 - 1| beyond which a directional market is trending
+
+
+def _sign(value: float | None) -> int:
+    if value is None or math.isnan(value):
+        return 0
+    return (value > 0) - (value < 0)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:+.2%}"
+
+
+def analysis_fallback(row: Mapping[str, float | None]) -> MarketAnalysis:
+    """Trend from three votes (close vs SMA50, SMA20 vs SMA50, MACD histogram); strength from the
+    distance of the close to SMA50 (10% or more = 10); regime from volatility and the SMA gap."""
+    close, sma_20, sma_50 = row["close"], row["sma_20"], row["sma_50"]
+    votes = 0
+    if sma_50:
+        votes += _sign(close - sma_50) + _sign(sma_20 - sma_50 if sma_20 else None)
+    votes += _sign(row.get("macd_hist"))
+    trend = "bullish" if votes >= 2 else "bearish" if votes <= -2 else "sideways"
+    gap = abs(close / sma_50 - 1) if sma_50 else 0.0
+    strength = max(1, min(10, 1 + round(9 * min(1.0, gap / 0.10))))
+    volatility = row.get("realised_vol_20d")
+    sma_gap = abs(sma_20 / sma_50 - 1) if sma_20 and sma_50 else 0.0
+    if volatility is not None and not math.isnan(volatility) and volatility > VOLATILE_ABOVE:
+        regime = "volatile"
+    elif trend != "sideways" and sma_gap > TRENDING_SMA_GAP:
+        regime = "trending"
+    else:
+        regime = "ranging"
+    rsi = row.get("rsi_14")
+    observations = [
+        f"Close {close:.2f} is {_pct(close / sma_50 - 1 if sma_50 else None)} from SMA50",
+        f"20-day return {_pct(row.get('return_20d'))}, 20-day volatility {_pct(volatility)} annualised",
+    ]
+    if rsi is not None and not math.isnan(rsi):
+        observations.append(f"RSI14 {rsi:.1f}" + (" (overbought)" if rsi > 70 else " (oversold)" if rsi < 30 else ""))
+    forecast = row.get("expected_log_return_5d")
+    observations.append(f"5-day forecast {_pct(forecast)} log return")
+    summary = (f"Rule-based fallback: {trend} ({votes:+d} of 3 trend votes), strength {strength}/10, "
+               f"{regime} regime.")
+    return MarketAnalysis(trend=trend, strength=strength, regime=regime,
+                          key_observations=observations, summary=summary)
+
+
+def risk_fallback(row: Mapping[str, object]) -> RiskNarrative:
+    """Concerns are the metrics past fixed thresholds, in order of the risk score's weights."""
+    concerns = []
+    volatility = row.get("volatility_20d")
+    if isinstance(volatility, float) and volatility > 0.30:
+        concerns.append(f"20-day volatility {volatility:.1%} annualised is elevated")
+    drawdown = row.get("max_drawdown_252d")
+    if isinstance(drawdown, float) and drawdown < -0.20:
+        concerns.append(f"max drawdown over 252 sessions {drawdown:.1%}")
+    var = row.get("var_95_hist")
+    if isinstance(var, float) and var > 0.025:
+        concerns.append(f"daily historical VaR95 {var:.2%}")
+    beta = row.get("beta")
+    if isinstance(beta, float) and abs(beta) > 1.3:
+        concerns.append(f"beta {beta:.2f} to the benchmark amplifies market moves")
+    if row.get("action") in ("BUY", "SELL") and isinstance(row.get("stop_distance"), float) \
+            and isinstance(var, float) and row["stop_distance"] < 2 * var:
+        concerns.append(f"stop {row['stop_distance']:.2%} is under two days of VaR95")
+    if not concerns:
+        concerns.append("no metric past its alert threshold")
+    summary = (f"Rule-based fallback: risk level {row.get('risk_level')} "
+               f"(score {row.get('risk_score') if row.get('risk_score') is not None else 'n/a'}), "
+               f"{len(concerns)} concern(s).")
+    return RiskNarrative(concerns=concerns[:5], summary=summary)
