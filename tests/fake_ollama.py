@@ -528,3 +528,18 @@ class FakeOllama:
             if fail:
                 self.fail_first -= 1
         return self._behaviour, self.reply_json, dict(self.counters), float(self.delay_seconds), fail
+
+
+def schema_answer(body: dict[str, Any]) -> dict[str, Any]:
+    """A valid answer for whichever of the project's schemas the request's `format` asks for
+    (pm_domain.llm.schemas), so one fake can serve all three LLM stages."""
+    properties = (body.get("format") or {}).get("properties", {})
+    if "trend" in properties:
+        return {"trend": "bullish", "strength": 6, "regime": "trending",
+                "key_observations": ["close above SMA50", "RSI14 near 55"],
+                "summary": "A steady uptrend with moderate volatility."}
+    if "action" in properties:
+        return {"action": "HOLD", "confidence": 0.7, "reasoning": "The forecast edge is too small to trade."}
+    if "concerns" in properties:
+        return {"concerns": ["volatility is elevated"], "summary": "Risk is moderate for this date."}
+    return {"answer": "ok"}

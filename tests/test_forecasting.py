@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 from arch import arch_model
+from arch.univariate import GARCH, StudentsT, ZeroMean
 from statsmodels.tsa.statespace.sarimax import SARIMAX
 
 from pm_domain import calendar
@@ -45,9 +46,9 @@ def test_rank_for_variance_counts_eigentriples():
 
 
 def test_garch_recovers_simulated_parameters():
-    simulated = arch_model(None, mean="Zero", vol="GARCH", p=1, q=1, dist="t").simulate(
-        [0.05, 0.08, 0.86, 8.0], 6000, burn=500
-    )
+    # Seeded: an unseeded simulation made this test pass or fail by luck (alpha 0.05 on one draw).
+    model = ZeroMean(None, volatility=GARCH(p=1, q=1), distribution=StudentsT(seed=np.random.default_rng(7)))
+    simulated = model.simulate([0.05, 0.08, 0.86, 8.0], 6000, burn=500)
     fit = garch.fit_volatility(simulated["data"].to_numpy() / 100)
     assert fit.model == "garch_t" and fit.fallback_reason is None
     assert fit.alpha == pytest.approx(0.08, abs=0.03)
@@ -55,9 +56,8 @@ def test_garch_recovers_simulated_parameters():
 
 
 def test_garch_falls_back_to_ewma_when_persistence_is_high_and_says_so():
-    simulated = arch_model(None, mean="Zero", vol="GARCH", p=1, q=1, dist="t").simulate(
-        [0.01, 0.06, 0.935, 8.0], 4000, burn=500
-    )
+    model = ZeroMean(None, volatility=GARCH(p=1, q=1), distribution=StudentsT(seed=np.random.default_rng(8)))
+    simulated = model.simulate([0.01, 0.06, 0.935, 8.0], 4000, burn=500)
     fit = garch.fit_volatility(simulated["data"].to_numpy() / 100)
     assert fit.model == "ewma_0.94" and fit.is_fallback
     assert "persistence" in fit.fallback_reason and fit.persistence >= garch.PERSISTENCE_LIMIT
