@@ -121,7 +121,10 @@ def llm_signals(context: AssetExecutionContext, config: LlmSignalsConfig, duckdb
         .join(hit_rates, on=["ticker", "date"], how="left")
         .join(unchanged_sessions(prices), on=["ticker", "date"], how="left")
         .join(analysis.select("ticker", "date", "trend", "strength", "regime"), on=["ticker", "date"])
-        .join(prices.select("ticker", "date", pl.col("date").alias("price_date")), on=["ticker", "date"], how="left")
+        .with_columns(pl.col("hit_observations").fill_null(0))
+        .sort("date")
+        .join_asof(prices.select("ticker", "date", pl.col("date").alias("price_date")).sort("date"),
+                   on="date", by="ticker", strategy="backward")
         .sort("ticker", "date")
     )
     proposals = forecast_signals(inputs, rules)

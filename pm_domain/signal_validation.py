@@ -53,7 +53,8 @@ def _structure(rules: SignalRules) -> tuple[pl.Expr, pl.Expr]:
     size = pl.col("position_size")
     return _verdict([
         (~pl.col("action").is_in(["BUY", "SELL", "HOLD"]) | pl.col("action").is_null(), "action not BUY/SELL/HOLD"),
-        (pl.col("confidence").is_null() | ~pl.col("confidence").is_between(0.0, 1.0), "confidence missing or outside [0, 1]"),
+        (~pl.col("confidence").is_between(0.0, 1.0), "confidence outside [0, 1]"),
+        (_trade & pl.col("confidence").is_null(), "trade without a confidence"),
         (reasoning_chars < MIN_REASONING_CHARS, f"reasoning under {MIN_REASONING_CHARS} characters"),
         (reasoning_chars > MAX_REASONING_CHARS, f"reasoning over {MAX_REASONING_CHARS} characters"),
         (size.is_null() | ~size.is_between(0.0, rules.max_position), "position size missing or outside [0, cap]"),
@@ -67,7 +68,7 @@ def _structure(rules: SignalRules) -> tuple[pl.Expr, pl.Expr]:
 
 def _market_context(rules: SignalRules) -> tuple[pl.Expr, pl.Expr]:
     return _verdict([
-        (pl.col("price_date") < pl.col("date"), "latest price older than the signal date"),
+        (pl.col("price_date").is_null() | (pl.col("price_date") < pl.col("date")), "latest price older than the signal date"),
         (pl.col("unchanged_sessions") >= STALE_SESSIONS, f"close unchanged for {STALE_SESSIONS}+ sessions: stale prices"),
     ], [
         (pl.col("realised_vol_20d") > EXTREME_VOLATILITY, f"20-day volatility above {EXTREME_VOLATILITY:.0%} annualised"),

@@ -66,6 +66,8 @@ def directional_hit_rates(
         keep = (origin_index >= 0) & (origin_index + horizon < len(days))
         origin_index, expected = origin_index[keep], calls["expected_log_return"].to_numpy()[keep]
         realised = log_price[origin_index + horizon] - log_price[origin_index]
+        known_outcome = np.isfinite(realised)  # a missing price is no outcome, not a miss
+        origin_index, expected, realised = origin_index[known_outcome], expected[known_outcome], realised[known_outcome]
         hits = (np.sign(expected) == np.sign(realised)).astype(float)
         known_at = origin_index + horizon  # the session whose close reveals the outcome
         order = np.argsort(known_at, kind="stable")
@@ -103,6 +105,7 @@ def forecast_signals(frame: pl.DataFrame, rules: SignalRules) -> pl.DataFrame:
         .then(pl.format("confidence {} < {}", pl.col("forecast_confidence").round(3), pl.lit(rules.min_confidence)))
         .when(pl.col("expected_return_net") < rules.min_net_return)
         .then(pl.format("expected return net of costs {} < {}", pl.col("expected_return_net").round(4), pl.lit(rules.min_net_return)))
+        .when(pl.col("atr_14").is_null()).then(pl.lit("no ATR14 to set the stop"))
         .when(pl.col("risk_score").is_null()).then(pl.lit("no risk score"))
         .when(pl.col("risk_score") > rules.max_risk_score)
         .then(pl.format("risk score {} > {}", pl.col("risk_score").round(3), pl.lit(rules.max_risk_score)))
@@ -118,19 +121,24 @@ def route(frame: pl.DataFrame, rules: SignalRules) -> pl.DataFrame:
     llm_source. The LLM can only hold a trade back, never open or reverse one, and a reply from
     the fallback is no opinion at all.
 
-    veto: a BUY/SELL becomes HOLD when the LLM says otherwise with confidence >= veto_confidence.
-    confirm: a BUY/SELL stands only when the LLM says the same.
+    veto: a BUY/SELL becomes HOLD when the LLM says otherwise with confidence >= veto_confidence
+      (decided_by llm_veto); without an LLM opinion the forecast decides.
+    confirm: a BUY/SELL stands only when the LLM says the same; with no LLM opinion (fallback) it
+      is not confirmed and becomes HOLD (decided_by unconfirmed).
     off: the LLM's reply is stored but not used."""
     llm_heard = pl.col("llm_source").is_in(["ollama", "cache"]) & (rules.llm_role != "off")
     trade = pl.col("forecast_action") != "HOLD"
-    agrees = pl.col("llm_action") == pl.col("forecast_action")
+    agrees = (pl.col("llm_action") == pl.col("forecast_action")).fill_null(False)
     if rules.llm_role == "confirm":
-        held_back = trade & llm_heard & ~agrees
+        vetoed = trade & llm_heard & ~agrees
+        unconfirmed = trade & ~llm_heard
     else:
-        held_back = trade & llm_heard & ~agrees & (pl.col("llm_confidence") >= rules.veto_confidence)
+        vetoed = trade & llm_heard & ~agrees & (pl.col("llm_confidence") >= rules.veto_confidence).fill_null(False)
+        unconfirmed = pl.lit(False)
     return frame.with_columns(
-        pl.when(held_back).then(pl.lit("HOLD")).otherwise(pl.col("forecast_action")).alias("action"),
-        pl.when(held_back).then(pl.lit("llm_veto"))
+        pl.when(vetoed | unconfirmed).then(pl.lit("HOLD")).otherwise(pl.col("forecast_action")).alias("action"),
+        pl.when(vetoed).then(pl.lit("llm_veto"))
+        .when(unconfirmed).then(pl.lit("unconfirmed"))
         .when(llm_heard & trade & agrees).then(pl.lit("forecast+llm"))
         .otherwise(pl.lit("forecast")).alias("decided_by"),
     )
@@ -144,7 +152,7 @@ def kelly_fraction(hit_rate: float, reward_risk: float) -> float:
 def size_positions(frame: pl.DataFrame, rules: SignalRules) -> pl.DataFrame:
     """position_size = clip(kelly_share x f*, 0, max_position) for BUY/SELL, 0 for HOLD; p is the
     measured hit rate, and with fewer than min_hit_observations outcomes the size is 0."""
-    enough = pl.col("hit_observations") >= rules.min_hit_observations
+    enough = (pl.col("hit_observations") >= rules.min_hit_observations).fill_null(False)
     kelly = pl.col("hit_rate") - (1 - pl.col("hit_rate")) / pl.col("reward_risk")
     return frame.with_columns(
         pl.when(enough).then(kelly).alias("kelly_fraction"),
@@ -174,7 +182,9 @@ def rule_reasoning(frame: pl.DataFrame, rules: SignalRules) -> pl.DataFrame:
                      (pl.col("expected_return_net") * 100).round(2), pl.col("forecast_confidence").round(3))
     return frame.with_columns(
         pl.when(pl.col("forecast_action") == "HOLD")
-        .then(pl.format("HOLD: {}. {}.", pl.col("hold_reason"), move))
+        # Without a forecast there is no move to report, but the reason still stands.
+        .then(pl.concat_str([pl.format("HOLD: {}.", pl.col("hold_reason")), pl.format("{}.", move)],
+                            separator=" ", ignore_nulls=True))
         .otherwise(pl.format("{}: {}, risk score {}; stop {}%, target {}% (reward/risk {}).",
                              pl.col("forecast_action"), move, pl.col("risk_score").round(3),
                              (pl.col("stop_distance") * 100).round(2),
@@ -189,7 +199,8 @@ def decide(proposals: pl.DataFrame, rules: SignalRules) -> pl.DataFrame:
     frame = size_positions(route(rule_reasoning(proposals, rules), rules), rules)
     frame = price_levels(frame)
     return frame.with_columns(
-        pl.when(pl.col("decided_by") == "forecast").then(pl.col("rule_reasoning"))
+        pl.when(pl.col("decided_by").is_in(["forecast", "unconfirmed"]) | pl.col("llm_action").is_null())
+        .then(pl.col("rule_reasoning"))
         .otherwise(pl.format("{} LLM ({}, confidence {}): {}", pl.col("rule_reasoning"),
                              pl.col("llm_action"), pl.col("llm_confidence").round(2), pl.col("llm_reasoning")))
         .alias("reasoning"),

@@ -19,6 +19,10 @@ from pm_domain.tickers import TickerError, read_watchlist, validate_tickers
 DEMO_TICKERS = ["^GSPC", "^IXIC"]
 DEMO_END = "2018-12-31"
 DEMO_SESSIONS = 120
+# The LLM stages cover the last two weeks only: with a real local model each row costs 15-40 s
+# (3 stages x 2 tickers x 10 sessions is 10-40 minutes); the fallback answers at once.
+DEMO_LLM_SESSIONS = 10
+LLM_TABLES = ("llm_analysis", "llm_signals", "risk_assessments")
 
 
 def _instance():
@@ -69,13 +73,38 @@ def store_summary() -> list[str]:
     lines = []
     path = settings.duckdb_path()
     with duckdb.connect(path, read_only=True) as conn:
-        tables = query(conn, "SELECT table_name FROM information_schema.tables ORDER BY 1")
-        for table in tables["table_name"].to_list():
+        tables = query(conn, "SELECT table_name, bool_or(column_name = 'ticker') AS partitioned "
+                             "FROM information_schema.columns GROUP BY 1 ORDER BY 1")
+        for table, partitioned in tables.iter_rows():
+            if not partitioned:  # the LLM response cache: keyed by prompt, not by ticker and date
+                count = query(conn, f"SELECT count(*) AS n FROM {identifier(table)}")["n"][0]
+                lines.append(f"  {table:<18} {count:>7} rows")
+                continue
             stats = query(conn, f'SELECT count(*) AS n, count(DISTINCT ticker) AS tickers, '
                                 f'min(date) AS first, max(date) AS last FROM {identifier(table)}').row(0, named=True)
             lines.append(f"  {table:<18} {stats['n']:>7} rows  {stats['tickers']} tickers  "
                          f"{stats['first']} .. {stats['last']}")
     return [f"DuckDB store {path}:", *lines]
+
+
+def llm_summary() -> list[str]:
+    """Where the LLM rows came from (ollama / cache / fallback) and Ollama's median latency."""
+    import duckdb
+
+    from pm_resources.store import query, table_exists
+
+    lines = ["LLM rows by source:"]
+    with duckdb.connect(settings.duckdb_path(), read_only=True) as conn:
+        for table in LLM_TABLES:
+            if not table_exists(conn, table):
+                continue
+            stats = query(conn, f"SELECT llm_source, llm_outcome, count(*) AS n, median(latency_ms) AS latency "
+                                f"FROM {table} GROUP BY ALL ORDER BY ALL")
+            parts = [f"{r['llm_source']} ({r['llm_outcome']}) {r['n']}"
+                     + (f", median latency {r['latency']:.0f} ms" if r["latency"] is not None else "")
+                     for r in stats.iter_rows(named=True)]
+            lines.append(f"  {table:<18} {'; '.join(parts)}")
+    return lines
 
 
 def run_demo() -> int:
@@ -92,9 +121,15 @@ def run_demo() -> int:
     end = dt.date.fromisoformat(DEMO_END)
     first_feature_day = calendar.shift_trading_days(end, -(DEMO_SESSIONS - 1))
     history_start = settings.start_date().isoformat()
+    first_llm_day = calendar.shift_trading_days(end, -(DEMO_LLM_SESSIONS - 1))
+    from pm_resources.ollama import ollama_from_env
+
+    ollama = ollama_from_env()
     steps = [
         (["prices"], history_start, "price history for indicator warm-up and forecasts"),
         (["features", "ts_forecasts"], first_feature_day.isoformat(), f"the last {DEMO_SESSIONS} sessions of 2018"),
+        (list(LLM_TABLES), first_llm_day.isoformat(),
+         f"the last {DEMO_LLM_SESSIONS} sessions, LLM mode {ollama.mode}, Ollama at {ollama.host}"),
     ]
     checks_failed = 0
     for assets, start, why in steps:
@@ -110,9 +145,11 @@ def run_demo() -> int:
         if not result.success:
             return 1
     print("\n".join(store_summary()))
+    print("\n".join(llm_summary()))
     print(f"\nDagster instance: {instance.root_directory}")
     print("Open the UI on this instance with `make ui`, then http://127.0.0.1:3000 "
-          "(Assets -> prices / features / ts_forecasts -> Partitions shows the materialized keys, their metadata and the plots).")
+          "(Assets -> prices / features / ts_forecasts / llm_* / risk_assessments -> Partitions shows the "
+          "materialized keys, their metadata, plots, each LLM row's source and latency, and the checks).")
     return 0 if checks_failed == 0 else 1
 
 
