@@ -8,7 +8,8 @@ from typing import Literal
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from pm_domain.llm.client import LLMClient, OllamaSettings
+from pm_domain.llm.client import MODES, LLMClient, OllamaSettings
+from pm_domain.settings import SettingsError
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 # The models the previous system ran, one per task; any model `ollama list` shows works.
@@ -52,9 +53,12 @@ class OllamaResource(ConfigurableResource):
 
 def ollama_from_env() -> OllamaResource:
     """The resource as the environment configures it: OLLAMA_HOST, PM_LLM_MODE, PM_LLM_*_MODEL."""
+    mode = os.environ.get("PM_LLM_MODE", "auto")
+    if mode not in MODES:
+        raise SettingsError(f"PM_LLM_MODE={mode!r}: use one of {', '.join(MODES)}")
     return OllamaResource(
         host=os.environ.get("OLLAMA_HOST", DEFAULT_HOST),
-        mode=os.environ.get("PM_LLM_MODE", "auto"),
+        mode=mode,
         analysis_model=os.environ.get("PM_LLM_ANALYSIS_MODEL", DEFAULT_MODELS["analysis"]),
         signal_model=os.environ.get("PM_LLM_SIGNAL_MODEL", DEFAULT_MODELS["signal"]),
         risk_model=os.environ.get("PM_LLM_RISK_MODEL", DEFAULT_MODELS["risk"]),
