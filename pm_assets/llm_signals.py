@@ -27,7 +27,14 @@ from pm_domain.llm.records import telemetry_columns
 from pm_domain.llm.schemas import SignalOpinion
 from pm_domain.llm.stages import opinion_columns, signal_prompt
 from pm_domain.signal_validation import LAYERS, layer_outcomes, validate_signals
-from pm_domain.signals import SignalRules, decide, directional_hit_rates, forecast_signals, unchanged_sessions
+from pm_domain.signals import (
+    SignalRules,
+    decide,
+    directional_hit_rates,
+    forecast_signals,
+    trading_calls,
+    unchanged_sessions,
+)
 from pm_resources.ollama import OllamaResource
 from pm_resources.store import read_rows
 
@@ -41,7 +48,7 @@ OUTPUT_COLUMNS = [
     "ticker", "date", "action", "confidence", "reasoning", "entry_price", "stop_price", "target_price",
     "position_size", "decided_by", "llm_role", "horizon", "forecast_action", "forecast_confidence",
     "hold_reason", "expected_log_return", "expected_return", "expected_return_net", "sigma",
-    "stop_distance", "target_distance", "reward_risk", "kelly_fraction", "hit_rate",
+    "stop_distance", "target_distance", "reward_risk", "kelly_fraction", "hit_rate", "payoff_ratio",
     "hit_observations", "sizing_basis", "risk_score", "llm_action", "llm_confidence", "llm_reasoning",
     "close", "atr_14", "rsi_14", "sma_20", "sma_50", "realised_vol_20d", "unchanged_sessions", "price_date",
 ]
@@ -111,7 +118,7 @@ def llm_signals(context: AssetExecutionContext, config: LlmSignalsConfig, duckdb
                             f"(materialize prices for {benchmark} or set PM_BENCHMARK)")
     risk_frame = risk.assess_tickers({t: histories[t] for t in selection.tickers},
                                      histories.get(benchmark), selection.dates)
-    hit_rates = directional_hit_rates(forecasts.select("ticker", "date", "expected_log_return"),
+    hit_rates = directional_hit_rates(trading_calls(forecasts, rules).select("ticker", "date", "expected_log_return"),
                                       pl.concat([h for t, h in histories.items() if t in selection.tickers]),
                                       selection.dates, rules.horizon, rules.hit_window)
     inputs = (
@@ -127,14 +134,13 @@ def llm_signals(context: AssetExecutionContext, config: LlmSignalsConfig, duckdb
                    on="date", by="ticker", strategy="backward")
         .sort("ticker", "date")
     )
-    proposals = forecast_signals(inputs, rules)
+    proposals = forecast_signals(inputs, rules).with_columns(pl.lit(rules.horizon, pl.Int64).alias("horizon"))
     requests = [(row["ticker"], row["date"], signal_prompt(row)) for row in proposals.iter_rows(named=True)]
     calls = llm_stage.ask(context, duckdb, ollama.client(), "signal", requests, SignalOpinion)
 
     decided = decide(proposals.join(opinion_columns(calls), on=["ticker", "date"])
                      .join(telemetry_columns(calls), on=["ticker", "date"]), rules)
-    decided = decided.with_columns(pl.lit(rules.horizon, pl.Int64).alias("horizon"),
-                                   pl.lit(rules.llm_role).alias("llm_role"))
+    decided = decided.with_columns(pl.lit(rules.llm_role).alias("llm_role"))
     validated = validate_signals(decided, rules)
     telemetry = [c for c in telemetry_columns(calls).columns if c not in ("ticker", "date")]
     validation = [c for c in validated.columns if c.startswith("validation_")]

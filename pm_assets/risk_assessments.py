@@ -65,7 +65,7 @@ def risk_assessments(context: AssetExecutionContext, duckdb: DuckDBResource, oll
     levels = dict(rows.group_by("risk_level").len().iter_rows())
     context.log.info(f"wrote {rows.height} risk assessments: {levels}")
     metadata = run_metadata(selection, rows, ["ticker", "date", "risk_score", "risk_level", "var_95_hist",
-                                              "var_95_model", "llm_source", "latency_ms"])
+                                              "var_95_model_log", "llm_source", "latency_ms"])
     return MaterializeResult(
         metadata=metadata | llm_stage.llm_metadata(calls) | {f"level_{k}": v for k, v in levels.items()},
         check_results=check_results(risk_rules(rows), AssetCheckSeverity.WARN) + [llm_stage.replies_check(calls)],
@@ -80,11 +80,11 @@ def model_var(one_day: pl.DataFrame) -> pl.DataFrame:
         usable = mu is not None and sigma is not None and sigma > 0
         rows.append({
             "ticker": row["ticker"], "date": row["date"],
-            "var_95_model": risk.garch_var(mu, sigma, nu) if usable else None,
-            "cvar_95_model": risk.garch_cvar(mu, sigma, nu) if usable else None,
+            "var_95_model_log": risk.garch_var(mu, sigma, nu) if usable else None,
+            "cvar_95_model_log": risk.garch_cvar(mu, sigma, nu) if usable else None,
             "volatility_model": row["volatility_model"],
             "var_model_distribution": f"student_t(nu={nu:.2f})" if nu else "normal",
         })
-    return pl.DataFrame(rows, schema={"ticker": pl.String, "date": pl.Date, "var_95_model": pl.Float64,
-                                      "cvar_95_model": pl.Float64, "volatility_model": pl.String,
+    return pl.DataFrame(rows, schema={"ticker": pl.String, "date": pl.Date, "var_95_model_log": pl.Float64,
+                                      "cvar_95_model_log": pl.Float64, "volatility_model": pl.String,
                                       "var_model_distribution": pl.String})

@@ -107,5 +107,5 @@ def risk_rules(rows: pl.DataFrame) -> list[RuleOutcome]:
               rows,
               (pl.col("risk_score").is_null() | ~pl.col("risk_score").is_between(0.0, 1.0)
                | (pl.col("risk_level") == "unknown") | pl.col("var_95_hist").is_null()
-               | pl.col("var_95_model").is_null()).fill_null(True)),
+               | pl.col("var_95_model_log").is_null()).fill_null(True)),
     ]

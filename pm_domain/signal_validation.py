@@ -31,6 +31,7 @@ HIGH_CONFIDENCE = 0.70
 FEW_OUTCOMES = 30
 CALIBRATION_VOLATILITY = 0.40
 OVERBOUGHT, OVERSOLD = 70.0, 30.0
+EXPECTED_MOVE_SHARE = 0.25  # of the stop distance, below which the trade rests on the target alone
 
 _trade = pl.col("action").is_in(["BUY", "SELL"])
 _buy, _sell = pl.col("action") == "BUY", pl.col("action") == "SELL"
@@ -80,6 +81,8 @@ def _risk_return(rules: SignalRules) -> tuple[pl.Expr, pl.Expr]:
     return _verdict([
         (_trade & (pl.col("reward_risk") < rules.min_reward_risk), "reward/risk under the minimum"),
     ], [
+        (_trade & (pl.col("expected_return").abs() < EXPECTED_MOVE_SHARE * pl.col("stop_distance")),
+         "expected move under a quarter of the stop distance: the target needs a move the forecast does not expect"),
         (_trade & (pl.col("stop_distance") < pl.col("sigma").exp() - 1), "stop inside one forecast sigma: noise can stop it out"),
     ])
 

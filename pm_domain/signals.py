@@ -9,8 +9,10 @@ Rule (defaults from the previous system, all in `SignalRules`):
 - BUY (SELL) when mu > 0 (< 0), confidence >= 0.55, |exp(mu) - 1| - round-trip cost >= 0.3% and
   risk score <= 0.7; otherwise HOLD, with the rule that held it back;
 - stop distance = max(2 x ATR14 / close, 1.5%); target distance = max(2 x stop, expected move);
-- size = half-Kelly, f* = p - (1 - p) / b with b = target / stop and p the ticker's measured
-  directional hit rate so far (never the confidence), capped at 25%; 0 with under 20 outcomes.
+- size = half-Kelly, f* = p - (1 - p) / b, capped at 25%, with p and b measured on the ticker's
+  past trading calls (forecasts that passed the confidence and net-return gates) whose outcome is
+  known: p their directional hit rate, b the mean realised gain of the hits over the mean realised
+  loss of the misses. Never the confidence; 0 with under 20 such outcomes or no measured payoff.
 """
 
 from __future__ import annotations
@@ -45,15 +47,29 @@ class SignalRules:
     veto_confidence: float = 0.6
 
 
+def forecast_confidence(frame: pl.DataFrame) -> pl.Series:
+    """Phi(|mu| / sigma): the forecast distribution's probability that the move has mu's sign."""
+    z = frame.select((pl.col("expected_log_return").abs() / pl.col("sigma")).fill_nan(None)).to_series()
+    return pl.Series("forecast_confidence", norm.cdf(z.to_numpy().astype(float))).fill_nan(None)
+
+
+def trading_calls(forecasts: pl.DataFrame, rules: SignalRules) -> pl.DataFrame:
+    """The forecasts (expected_log_return, sigma) that pass the rule's own gates, confidence and
+    expected return net of costs: the past calls whose outcomes measure the ticker's edge."""
+    confident = forecasts.with_columns(forecast_confidence(forecasts))
+    net = (pl.col("expected_log_return").exp() - 1).abs() - rules.round_trip_cost
+    return confident.filter((pl.col("forecast_confidence") >= rules.min_confidence) & (net >= rules.min_net_return))
+
+
 def directional_hit_rates(
     forecasts: pl.DataFrame, prices: pl.DataFrame, dates: Sequence[dt.date], horizon: int, window: int
 ) -> pl.DataFrame:
-    """Per (ticker, date t): the share of the last `window` forecasts whose sign matched the
-    realised `horizon`-session log return, over origins o whose outcome was known at t
-    (o + horizon sessions <= t). Zero forecasts are not calls and are skipped.
+    """Per (ticker, date t), over the last `window` calls whose outcome was known at t
+    (origin o with o + horizon sessions <= t): hit_rate, the share whose sign matched the
+    realised `horizon`-session log return; payoff_ratio, mean |realised| of the hits over mean
+    |realised| of the misses (null without both); hit_observations. Zero forecasts are skipped.
 
     forecasts: ticker, date, expected_log_return at this horizon; prices: ticker, date, price.
-    Returns ticker, date, hit_rate (null without outcomes), hit_observations.
     """
     rows = []
     for ticker, history in prices.sort("date").partition_by("ticker", as_dict=True).items():
@@ -68,17 +84,21 @@ def directional_hit_rates(
         realised = log_price[origin_index + horizon] - log_price[origin_index]
         known_outcome = np.isfinite(realised)  # a missing price is no outcome, not a miss
         origin_index, expected, realised = origin_index[known_outcome], expected[known_outcome], realised[known_outcome]
-        hits = (np.sign(expected) == np.sign(realised)).astype(float)
+        hits = np.sign(expected) == np.sign(realised)
         known_at = origin_index + horizon  # the session whose close reveals the outcome
         order = np.argsort(known_at, kind="stable")
-        known_at, hits = known_at[order], hits[order]
+        known_at, hits, moves = known_at[order], hits[order], np.abs(realised)[order]
         for day in dates:
             if day not in position:
                 continue
-            known = hits[: np.searchsorted(known_at, position[day], side="right")][-window:]
-            rows.append((ticker, day, float(known.mean()) if known.size else None, int(known.size)))
+            known = slice(max(0, np.searchsorted(known_at, position[day], side="right") - window),
+                          np.searchsorted(known_at, position[day], side="right"))
+            won, size = hits[known], moves[known]
+            payoff = (float(size[won].mean() / size[~won].mean())
+                      if won.any() and (~won).any() and size[~won].mean() > 0 else None)
+            rows.append((ticker, day, float(won.mean()) if won.size else None, payoff, int(won.size)))
     return pl.DataFrame(rows, schema={"ticker": pl.String, "date": pl.Date, "hit_rate": pl.Float64,
-                                      "hit_observations": pl.Int64}, orient="row")
+                                      "payoff_ratio": pl.Float64, "hit_observations": pl.Int64}, orient="row")
 
 
 def forecast_signals(frame: pl.DataFrame, rules: SignalRules) -> pl.DataFrame:
@@ -86,12 +106,10 @@ def forecast_signals(frame: pl.DataFrame, rules: SignalRules) -> pl.DataFrame:
     atr_14, risk_score. Adds forecast_action, forecast_confidence, expected_return,
     expected_return_net, stop_distance, target_distance, reward_risk, hold_reason."""
     mu, sigma = pl.col("expected_log_return"), pl.col("sigma")
-    z = (mu.abs() / sigma).fill_nan(None)
     frame = frame.with_columns(
-        pl.Series("forecast_confidence", norm.cdf(frame.select(z).to_series().to_numpy().astype(float))),
+        forecast_confidence(frame),
         (mu.exp() - 1).alias("expected_return"),
     ).with_columns(
-        pl.col("forecast_confidence").fill_nan(None),
         (pl.col("expected_return").abs() - rules.round_trip_cost).alias("expected_return_net"),
         pl.max_horizontal(rules.atr_stop_multiple * pl.col("atr_14") / pl.col("close"),
                           pl.lit(rules.min_stop)).alias("stop_distance"),
@@ -144,25 +162,30 @@ def route(frame: pl.DataFrame, rules: SignalRules) -> pl.DataFrame:
     )
 
 
-def kelly_fraction(hit_rate: float, reward_risk: float) -> float:
+def kelly_fraction(hit_rate: float, payoff_ratio: float) -> float:
     """Kelly f* = p - (1 - p) / b for a bet that wins b per unit lost with probability p."""
-    return hit_rate - (1.0 - hit_rate) / reward_risk
+    return hit_rate - (1.0 - hit_rate) / payoff_ratio
 
 
 def size_positions(frame: pl.DataFrame, rules: SignalRules) -> pl.DataFrame:
-    """position_size = clip(kelly_share x f*, 0, max_position) for BUY/SELL, 0 for HOLD; p is the
-    measured hit rate, and with fewer than min_hit_observations outcomes the size is 0."""
-    enough = (pl.col("hit_observations") >= rules.min_hit_observations).fill_null(False)
-    kelly = pl.col("hit_rate") - (1 - pl.col("hit_rate")) / pl.col("reward_risk")
+    """position_size = clip(kelly_share x f*, 0, max_position) for BUY/SELL, 0 for HOLD, with p
+    (hit_rate) and b (payoff_ratio) measured on past calls; with fewer than min_hit_observations
+    outcomes, or no payoff measured (no hit or no miss yet), the size is 0."""
+    enough = ((pl.col("hit_observations") >= rules.min_hit_observations)
+              & pl.col("payoff_ratio").is_not_null()).fill_null(False)
+    kelly = pl.col("hit_rate") - (1 - pl.col("hit_rate")) / pl.col("payoff_ratio")
     return frame.with_columns(
         pl.when(enough).then(kelly).alias("kelly_fraction"),
         pl.when(pl.col("action") == "HOLD").then(0.0)
         .when(~enough).then(0.0)
         .otherwise((rules.kelly_share * kelly).clip(0.0, rules.max_position)).alias("position_size"),
         pl.when(pl.col("action") == "HOLD").then(pl.lit("no position"))
-        .when(~enough).then(pl.format("no size: {} outcomes < {}", pl.col("hit_observations"), pl.lit(rules.min_hit_observations)))
-        .otherwise(pl.format("half-Kelly, p = {} over {} outcomes, b = {}", pl.col("hit_rate").round(3),
-                             pl.col("hit_observations"), pl.col("reward_risk").round(2))).alias("sizing_basis"),
+        .when(pl.col("hit_observations").fill_null(0) < rules.min_hit_observations)
+        .then(pl.format("no size: {} measured outcomes < {}", pl.col("hit_observations").fill_null(0),
+                        pl.lit(rules.min_hit_observations)))
+        .when(~enough).then(pl.lit("no size: payoff unmeasured (no hit or no miss yet)"))
+        .otherwise(pl.format("half-Kelly, p = {}, b = {} over {} outcomes", pl.col("hit_rate").round(3),
+                             pl.col("payoff_ratio").round(2), pl.col("hit_observations"))).alias("sizing_basis"),
     )
 
 
@@ -204,10 +227,9 @@ def decide(proposals: pl.DataFrame, rules: SignalRules) -> pl.DataFrame:
         .otherwise(pl.format("{} LLM ({}, confidence {}): {}", pl.col("rule_reasoning"),
                              pl.col("llm_action"), pl.col("llm_confidence").round(2), pl.col("llm_reasoning")))
         .alias("reasoning"),
-        # The confidence of the final call: the forecast's probability of its direction, or, for
-        # a trade the LLM held back, the LLM's confidence in its contrary call.
-        pl.when(pl.col("action") == pl.col("forecast_action")).then(pl.col("forecast_confidence"))
-        .otherwise(pl.col("llm_confidence")).alias("confidence"),
+        # The forecast's probability of its direction, whatever the final action: one meaning per
+        # column keeps calibration (Brier) measurable; the LLM's confidence is in llm_confidence.
+        pl.col("forecast_confidence").alias("confidence"),
     )
 
 

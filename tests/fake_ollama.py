@@ -27,6 +27,8 @@ Usage::
 ``http_500``        HTTP 500 with ``{"error": "..."}``
 ``slow``            waits ``delay_seconds`` (interrupted by ``stop()``), then ``valid``
 ``invalid_schema``  valid JSON that does not match any sensible schema: ``{"unexpected": 1}``
+``not_json``        HTTP 200 with an HTML body (a proxy or another service at that address)
+``hang_up``         the connection is closed without a response
 
 Refused connections are modelled by :func:`unused_port_host`.
 """
@@ -72,7 +74,8 @@ DEFAULT_COUNTERS: Final[dict[str, int]] = {
 }
 
 BEHAVIOURS: Final[frozenset[str]] = frozenset(
-    {"valid", "fenced", "prose", "garbage", "truncated", "http_500", "slow", "invalid_schema"}
+    {"valid", "fenced", "prose", "garbage", "truncated", "http_500", "slow", "invalid_schema",
+     "not_json", "hang_up"}
 )
 
 #: What the "invalid_schema" behaviour answers with.
@@ -331,6 +334,13 @@ class _Handler(BaseHTTPRequestHandler):
 
         if behaviour == "http_500":
             self._error(500, "llama runner process has terminated: exit status 2")
+            return
+        if behaviour == "not_json":  # a proxy's or another service's page at OLLAMA_HOST
+            self._send(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+            return
+        if behaviour == "hang_up":  # the connection closes before any response
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
             return
         if behaviour == "slow":
             if fake._stop_event.wait(delay):

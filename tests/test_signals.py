@@ -21,6 +21,7 @@ from pm_domain.signals import (
     route,
     rule_reasoning,
     size_positions,
+    trading_calls,
     unchanged_sessions,
 )
 
@@ -34,7 +35,7 @@ def inputs(**overrides) -> dict:
         "ticker": "AAA", "date": DAY, "close": 100.0, "atr_14": 1.0, "rsi_14": 50.0,
         "sma_20": 99.0, "sma_50": 98.0, "realised_vol_20d": 0.20,
         "expected_log_return": 0.02, "sigma": 0.015, "risk_score": 0.3,
-        "hit_rate": 0.6, "hit_observations": 50, "unchanged_sessions": 0,
+        "hit_rate": 0.6, "payoff_ratio": 1.5, "hit_observations": 50, "unchanged_sessions": 0,
         "trend": "up", "strength": "moderate", "regime": "trending", "price_date": DAY,
     }
     return row | overrides
@@ -42,7 +43,7 @@ def inputs(**overrides) -> dict:
 
 SCHEMA = {"close": pl.Float64, "atr_14": pl.Float64, "rsi_14": pl.Float64, "sma_20": pl.Float64,
           "sma_50": pl.Float64, "realised_vol_20d": pl.Float64, "expected_log_return": pl.Float64,
-          "sigma": pl.Float64, "risk_score": pl.Float64, "hit_rate": pl.Float64,
+          "sigma": pl.Float64, "risk_score": pl.Float64, "hit_rate": pl.Float64, "payoff_ratio": pl.Float64,
           "hit_observations": pl.Int64, "unchanged_sessions": pl.Int64, "llm_confidence": pl.Float64}
 
 
@@ -204,18 +205,21 @@ def test_kelly_fraction():
 
 def sized(rows: list[dict]) -> pl.DataFrame:
     data = pl.DataFrame(rows, schema={"action": pl.String, "hit_rate": pl.Float64, "hit_observations": pl.Int64,
-                                      "reward_risk": pl.Float64, "confidence": pl.Float64})
+                                      "payoff_ratio": pl.Float64, "confidence": pl.Float64})
     return size_positions(data, RULES)
 
 
 def sizing_rows(confidence: float) -> list[dict]:
     return [
-        {"action": "BUY", "hit_rate": 0.6, "hit_observations": 50, "reward_risk": 2.0},   # f* 0.4 -> 0.2
-        {"action": "SELL", "hit_rate": 0.55, "hit_observations": 20, "reward_risk": 2.5},  # f* 0.37 -> 0.185
-        {"action": "BUY", "hit_rate": 0.7, "hit_observations": 100, "reward_risk": 3.0},  # f* 0.6 -> 0.3: cap
-        {"action": "BUY", "hit_rate": 0.3, "hit_observations": 100, "reward_risk": 2.0},  # f* -0.05 -> 0
-        {"action": "BUY", "hit_rate": 0.9, "hit_observations": 19, "reward_risk": 2.0},   # too few outcomes
-        {"action": "HOLD", "hit_rate": 0.9, "hit_observations": 100, "reward_risk": 2.0},
+        {"action": "BUY", "hit_rate": 0.6, "hit_observations": 50, "payoff_ratio": 2.0},   # f* 0.4 -> 0.2
+        {"action": "SELL", "hit_rate": 0.55, "hit_observations": 20, "payoff_ratio": 2.5},  # f* 0.37 -> 0.185
+        {"action": "BUY", "hit_rate": 0.7, "hit_observations": 100, "payoff_ratio": 3.0},  # f* 0.6 -> 0.3: cap
+        {"action": "BUY", "hit_rate": 0.3, "hit_observations": 100, "payoff_ratio": 2.0},  # f* -0.05 -> 0
+        {"action": "BUY", "hit_rate": 0.9, "hit_observations": 19, "payoff_ratio": 2.0},   # too few outcomes
+        {"action": "HOLD", "hit_rate": 0.9, "hit_observations": 100, "payoff_ratio": 2.0},
+        {"action": "BUY", "hit_rate": 1.0, "hit_observations": 30, "payoff_ratio": None},  # no miss yet
+        # no skill: p = 0.5 with wins as large as losses is f* = 0, whatever target/stop says
+        {"action": "BUY", "hit_rate": 0.5, "hit_observations": 200, "payoff_ratio": 1.0},
     ]
 
 
@@ -223,9 +227,10 @@ def test_size_positions_half_kelly_capped():
     out = sized([r | {"confidence": 0.9} for r in sizing_rows(0.9)])
     assert out["kelly_fraction"].to_list()[:4] == pytest.approx([0.4, 0.55 - 0.45 / 2.5, 0.6, -0.05])
     assert out["kelly_fraction"][4] is None
-    assert out["position_size"].to_list() == pytest.approx([0.2, 0.5 * (0.55 - 0.45 / 2.5), 0.25, 0.0, 0.0, 0.0])
-    assert out["sizing_basis"][0] == "half-Kelly, p = 0.6 over 50 outcomes, b = 2.0"
-    assert out["sizing_basis"][4] == "no size: 19 outcomes < 20"
+    assert out["position_size"].to_list() == pytest.approx([0.2, 0.5 * (0.55 - 0.45 / 2.5), 0.25, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert out["sizing_basis"][0] == "half-Kelly, p = 0.6, b = 2.0 over 50 outcomes"
+    assert out["sizing_basis"][4] == "no size: 19 measured outcomes < 20"
+    assert out["sizing_basis"][6] == "no size: payoff unmeasured (no hit or no miss yet)"
     assert out["sizing_basis"][5] == "no position"
 
 
@@ -267,7 +272,7 @@ def hit_rates(prices=PRICES, calls=CALLS, dates=SESSIONS, window=250, extra=None
     if extra is not None:
         price_rows, call_rows = pl.concat([extra[0], price_rows]), pl.concat([extra[1], call_rows])
     out = directional_hit_rates(call_rows, price_rows, dates, horizon=2, window=window)
-    return {(t, d): (rate, n) for t, d, rate, n in out.iter_rows()}
+    return {(t, d): (rate, n) for t, d, rate, _payoff, n in out.iter_rows()}
 
 
 def test_hit_rates_count_only_outcomes_known_at_t():
@@ -321,6 +326,23 @@ def test_hit_rates_per_ticker_and_requested_dates_only():
     assert got[("BBB", SESSIONS[9])] == (pytest.approx(3 / 7), 7)
 
 
+def test_payoff_ratio_is_mean_hit_move_over_mean_miss_move():
+    price_rows = pl.DataFrame({"ticker": "AAA", "date": SESSIONS, "price": [float(p) for p in PRICES]})
+    call_rows = pl.DataFrame({"ticker": "AAA", "date": SESSIONS, "expected_log_return": CALLS})
+    out = directional_hit_rates(call_rows, price_rows, [SESSIONS[2], SESSIONS[9]], horizon=2, window=250)
+    move = lambda o: abs(math.log(PRICES[o + 2] / PRICES[o]))  # noqa: E731
+    hits, misses = [move(o) for o in (0, 3, 5, 6)], [move(o) for o in (1, 4, 7)]
+    assert out["payoff_ratio"].to_list() == [None, pytest.approx((sum(hits) / 4) / (sum(misses) / 3))]
+
+
+def test_trading_calls_are_the_forecasts_that_pass_the_rule_gates():
+    calls = pl.DataFrame({"ticker": "AAA", "date": SESSIONS[:4],
+                          "expected_log_return": [0.02, 0.02, 0.003, -0.02], "sigma": [0.015, 0.2, 0.0001, 0.015]})
+    kept = trading_calls(calls, RULES)
+    # row 2: Phi(0.1) < 0.55; row 3: net 0.2% < 0.3%
+    assert kept["date"].to_list() == [SESSIONS[0], SESSIONS[3]]
+
+
 # ---------------------------------------------------------------- unchanged sessions
 
 
@@ -360,10 +382,12 @@ def test_decide_end_to_end():
     assert rows["BUY"]["confidence"] == pytest.approx(conf)
     assert rows["SELL"]["confidence"] == pytest.approx(conf)
     assert rows["HOLD"]["confidence"] == pytest.approx(norm.cdf(0.1))
-    assert rows["VETO"]["confidence"] == 0.8  # the LLM's confidence in its contrary call
+    # one meaning per column: the forecast's confidence; the LLM's contrary call is in llm_confidence
+    assert rows["VETO"]["confidence"] == pytest.approx(conf) and rows["VETO"]["llm_confidence"] == 0.8
 
-    # p = 0.6, b = 2: f* = 0.4, half-Kelly 0.2
-    assert [rows[t]["position_size"] for t in ("BUY", "SELL", "HOLD", "VETO")] == pytest.approx([0.2, 0.2, 0, 0])
+    # p = 0.6 and payoff b = 1.5 measured on past calls: f* = 0.6 - 0.4 / 1.5, half of it
+    half_kelly = 0.5 * (0.6 - 0.4 / 1.5)
+    assert [rows[t]["position_size"] for t in ("BUY", "SELL", "HOLD", "VETO")] == pytest.approx([half_kelly, half_kelly, 0, 0])
     assert (rows["BUY"]["entry_price"], rows["BUY"]["stop_price"], rows["BUY"]["target_price"]) == \
         pytest.approx((100.0, 98.0, 104.0))
     assert (rows["SELL"]["stop_price"], rows["SELL"]["target_price"]) == pytest.approx((102.0, 96.0))
@@ -473,12 +497,14 @@ def test_risk_return():
         base | {"action": "HOLD", "reward_risk": 1.5},
         base | {"sigma": 0.05},  # exp(0.05) - 1 = 5.1% > stop 2%
         base | {"reward_risk": 1.5, "sigma": 0.05},
+        base | {"expected_return": 0.004},  # 0.4% against a 2% stop: under a quarter of it
     ])
     assert layer(out, "risk_return") == [
         ("fail", "reward/risk under the minimum"),
         ("pass", None),
         ("warn", "stop inside one forecast sigma: noise can stop it out"),
         ("fail", "reward/risk under the minimum"),
+        ("warn", "expected move under a quarter of the stop distance: the target needs a move the forecast does not expect"),
     ]
 
 

@@ -51,6 +51,9 @@ class OllamaSettings:
     seed: int = 42
     max_tokens: int = 400
     probe_timeout_seconds: float = 3.0
+    # A server that times out this many times in a row is treated as down for the rest of the
+    # run: otherwise a hung server costs the full timeout on every remaining row.
+    max_consecutive_timeouts: int = 2
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -142,6 +145,7 @@ class LLMClient:
         self._client = ollama.Client(host=settings.host, timeout=settings.timeout_seconds)
         self._availability: Availability | None = None
         self._down: str | None = None  # set when the server stopped answering during the run
+        self._timeouts_in_a_row = 0
 
     def availability(self) -> Availability:
         """Probe the server once per client: reachable, and which models it has (with digests)."""
@@ -155,7 +159,8 @@ class LLMClient:
         try:
             probe = ollama.Client(host=self.settings.host, timeout=self.settings.probe_timeout_seconds)
             listing = probe.list()
-        except (ConnectionError, httpx.HTTPError, ollama.ResponseError) as exc:
+        except (ConnectionError, httpx.HTTPError, ollama.ResponseError, ValueError) as exc:
+            # ValueError covers a body that is not Ollama's JSON (another service at that address)
             return Availability(False, error=f"Ollama unreachable at {self.settings.host}: {_describe(exc)}")
         digests = {m.model: m.digest or "" for m in listing.models if m.model}
         return Availability(True, digests)
@@ -201,9 +206,9 @@ class LLMClient:
         if parsed.value is None:  # only validated replies are cached; a schema change would show here
             call.outcome, call.error = "invalid_reply", f"cached reply no longer validates: {parsed.error}"
             return call
+        # No call was made, so the row has no latency or tokens of its own; the cache table keeps
+        # the counters of the call that produced the reply.
         call.source, call.outcome, call.value, call.parse_method = "cache", "ok", parsed.value, parsed.method
-        call.total_duration_ns, call.prompt_eval_count = entry.total_duration_ns, entry.prompt_eval_count
-        call.eval_count, call.eval_duration_ns = entry.eval_count, entry.eval_duration_ns
         return call
 
     def _from_ollama(self, call: LLMCall, key: str, schema: type[BaseModel]) -> LLMCall:
@@ -233,7 +238,7 @@ class LLMClient:
         for attempt in range(1, self.settings.retries + 2):
             call.attempts = attempt
             try:
-                return self._client.chat(
+                response = self._client.chat(
                     model=call.model,
                     messages=[{"role": "system", "content": call.prompt.system},
                               {"role": "user", "content": call.prompt.user}],
@@ -242,7 +247,11 @@ class LLMClient:
                     keep_alive=self.settings.keep_alive,
                     stream=False,
                 )
-            except (ConnectionError, httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                self._timeouts_in_a_row = 0
+                return response
+            except (ConnectionError, httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
+                    httpx.ReadError, httpx.WriteError) as exc:
+                # refused, reset or closed before a response: the server (or the path to it) failed
                 call.outcome, call.error = "unreachable", _describe(exc)
                 retry = True
             except ollama.ResponseError as exc:
@@ -252,6 +261,12 @@ class LLMClient:
                 # A reply slower than the timeout: asking again would only double the wait.
                 call.outcome = "timeout"
                 call.error = f"no reply within {self.settings.timeout_seconds:g} s ({type(exc).__name__})"
+                self._note_timeout()
+                return None
+            except (ValueError, httpx.HTTPError) as exc:
+                # A 200 whose body is not Ollama's JSON (ValueError, pydantic's ValidationError),
+                # or any other transport failure: no reply to use, and no reason to think a retry helps.
+                call.outcome, call.error = "invalid_reply", f"not an Ollama response: {_describe(exc)}"
                 return None
             if not retry or attempt > self.settings.retries:
                 break
@@ -262,6 +277,14 @@ class LLMClient:
             if self.settings.mode == "ollama":
                 raise OllamaUnavailableError(f"{self._down} after {call.attempts} attempt(s) (mode=ollama)")
         return None
+
+    def _note_timeout(self) -> None:
+        self._timeouts_in_a_row += 1
+        if self._timeouts_in_a_row >= self.settings.max_consecutive_timeouts:
+            self._down = (f"Ollama at {self.settings.host} timed out {self._timeouts_in_a_row} times in a row "
+                          f"(timeout {self.settings.timeout_seconds:g} s): not asked again this run")
+            if self.settings.mode == "ollama":
+                raise OllamaUnavailableError(f"{self._down} (mode=ollama)")
 
 
 def _describe(exc: BaseException) -> str:

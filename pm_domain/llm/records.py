@@ -40,11 +40,16 @@ def answer_all(
         keys = [cache_key(p.prompt_hash, model, availability.digests[model], client.settings.options(), schema)
                 for _, _, p in requests]
         cache = read_cache(keys)
-    calls = []
+    calls: list[LLMCall] = []
+    fresh = 0
     for done, (ticker, day, prompt) in enumerate(requests, start=1):
         calls.append(client.ask(stage, ticker, day, prompt, schema, cache))
-        if progress and (done % 25 == 0 or done == len(requests)) and calls[-1].source != "fallback":
-            progress(f"{stage}: {done}/{len(requests)} answered")
+        # Fresh calls are the slow part (seconds each on a local model): report every tenth.
+        if calls[-1].wall_ms is not None:
+            fresh += 1
+            if progress and fresh % 10 == 0:
+                progress(f"{stage}: {done}/{len(requests)} rows, {fresh} Ollama calls so far, "
+                         f"last {calls[-1].wall_ms / 1e3:.1f} s")
     return calls
 
 

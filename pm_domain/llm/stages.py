@@ -56,7 +56,8 @@ def signal_prompt(row: dict) -> Prompt:
         "target_distance", "risk_score", "rsi_14", "close", "sma_20", "sma_50", "realised_vol_20d",
         "trend", "strength", "regime")}
     values["proposed_action"] = row["forecast_action"]
-    values["sigma_5d"] = row["sigma"]
+    values["sigma_h"] = row["sigma"]
+    values["horizon"] = row["horizon"]
     return render("signal", row["ticker"], row["date"], values)
 
 
@@ -73,7 +74,7 @@ def opinion_columns(calls: Sequence[LLMCall]) -> pl.DataFrame:
 
 def risk_prompt(row: dict, benchmark: str) -> Prompt:
     values = {name: row[name] for name in (
-        "var_95_hist", "cvar_95_hist", "var_95_model", "volatility_model", "volatility_20d",
+        "var_95_hist", "cvar_95_hist", "var_95_model_log", "volatility_model", "volatility_20d",
         "max_drawdown_252d", "beta", "risk_score", "risk_level", "action", "position_size", "stop_distance")}
     return render("risk", row["ticker"], row["date"], values | {"benchmark": benchmark})
 
