@@ -131,7 +131,7 @@ def llm_signals(context: AssetExecutionContext, config: LlmSignalsConfig, duckdb
         .with_columns(pl.col("hit_observations").fill_null(0))
         .sort("date")
         .join_asof(prices.select("ticker", "date", pl.col("date").alias("price_date")).sort("date"),
-                   on="date", by="ticker", strategy="backward")
+                   on="date", by="ticker", strategy="backward", check_sortedness=False)  # sorted just above
         .sort("ticker", "date")
     )
     proposals = forecast_signals(inputs, rules).with_columns(pl.lit(rules.horizon, pl.Int64).alias("horizon"))
