@@ -22,7 +22,6 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

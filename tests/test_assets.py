@@ -3,9 +3,7 @@
 import datetime as dt
 
 import duckdb
-import polars as pl
-import pytest
-from dagster import AssetKey, materialize
+from dagster import materialize
 from dagster_duckdb import DuckDBResource
 
 from pm_assets import features, prices

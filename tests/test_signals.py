@@ -19,7 +19,6 @@ from pm_domain.signals import (
     kelly_fraction,
     price_levels,
     route,
-    rule_reasoning,
     size_positions,
     trading_calls,
     unchanged_sessions,
