@@ -179,6 +179,13 @@ class LLMClient:
                 f"model(s) {', '.join(missing)} not on {self.settings.host}: run `ollama pull "
                 f"{missing[0]}` there, or configure another model")
 
+    def cache_key_for(self, stage: str, prompt: Prompt, schema: type[BaseModel]) -> str | None:
+        """The key a reply to this prompt is cached under; None when the server (so the model's
+        digest) is unknown."""
+        model = self.settings.models[stage]
+        digest = self.availability().digests.get(model)
+        return None if digest is None else cache_key(prompt.prompt_hash, model, digest, self.settings.options(), schema)
+
     def ask(self, stage: str, ticker: str, date: dt.date, prompt: Prompt,
             schema: type[BaseModel], cache: Mapping[str, CachedReply]) -> LLMCall:
         model = self.settings.models[stage]
@@ -196,7 +203,7 @@ class LLMClient:
             call.outcome, call.error = "model_missing", f"model {model} not on {self.settings.host} (ollama pull {model})"
             return call
         call.model_digest = digest
-        key = cache_key(prompt.prompt_hash, model, digest, self.settings.options(), schema)
+        key = self.cache_key_for(stage, prompt, schema)
         if key in cache:
             return self._from_cache(call, cache[key], schema)
         return self._from_ollama(call, key, schema)

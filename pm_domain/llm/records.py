@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 import polars as pl
 from pydantic import BaseModel
 
-from pm_domain.llm.client import CachedReply, LLMCall, LLMClient, cache_key
+from pm_domain.llm.client import CachedReply, LLMCall, LLMClient
 from pm_domain.llm.prompts import Prompt
 
 TELEMETRY_SCHEMA = {
@@ -34,12 +34,9 @@ def answer_all(
 ) -> list[LLMCall]:
     """Ask for every (ticker, date, prompt), one call at a time, serving what the cache holds."""
     cache: Mapping[str, CachedReply] = {}
-    availability = client.availability()
-    model = client.settings.models[stage]
-    if availability.reachable and model in availability.digests:
-        keys = [cache_key(p.prompt_hash, model, availability.digests[model], client.settings.options(), schema)
-                for _, _, p in requests]
-        cache = read_cache(keys)
+    if client.availability().reachable:
+        keys = [client.cache_key_for(stage, prompt, schema) for _, _, prompt in requests]
+        cache = read_cache([key for key in keys if key is not None])  # one read for the run
     calls: list[LLMCall] = []
     fresh = 0
     for done, (ticker, day, prompt) in enumerate(requests, start=1):
