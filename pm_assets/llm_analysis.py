@@ -38,6 +38,6 @@ def llm_analysis(context: AssetExecutionContext, duckdb: DuckDBResource, ollama:
     llm_stage.write(duckdb, selection, "llm_analysis", rows, calls, "analysis")
 
     metadata = run_metadata(selection, rows, ["ticker", "date", "trend", "strength", "regime",
-                                              *llm_stage.telemetry_preview_columns()])
+                                              *llm_stage.TELEMETRY_PREVIEW])
     return MaterializeResult(metadata=metadata | llm_stage.llm_metadata(calls),
                              check_results=[llm_stage.replies_check(calls)])

@@ -21,9 +21,9 @@ from pm_assets import llm_stage
 from pm_assets.inputs import require_partitions
 from pm_assets.metadata import check_results, run_metadata
 from pm_assets.partitions import decode_partition_keys, lookback_mapping
-from pm_domain import calendar, risk, settings
+from pm_domain import calendar
 from pm_domain.forecasting.engine import price_histories
-from pm_domain.llm.records import telemetry_columns
+from pm_domain.llm.records import TELEMETRY_SCHEMA, telemetry_columns
 from pm_domain.llm.schemas import SignalOpinion
 from pm_domain.llm.stages import opinion_columns, signal_prompt
 from pm_domain.signal_validation import LAYERS, layer_outcomes, validate_signals
@@ -99,11 +99,9 @@ def llm_signals(context: AssetExecutionContext, config: LlmSignalsConfig, duckdb
                 ollama: OllamaResource) -> MaterializeResult:
     selection = decode_partition_keys(context.partition_keys)
     rules = config.rules()
-    benchmark = settings.benchmark_ticker()
-    first_price = calendar.shift_trading_days(selection.start, -(PRICE_LOOKBACK_SESSIONS - 1))
     first_forecast = calendar.shift_trading_days(selection.start, -(FORECAST_LOOKBACK_SESSIONS - 1))
     with duckdb.get_connection() as conn:
-        prices = read_rows(conn, "prices", sorted({*selection.tickers, benchmark}), selection.end, first_price)
+        prices, benchmark = llm_stage.read_prices_with_benchmark(conn, selection, PRICE_LOOKBACK_SESSIONS)
         features = read_rows(conn, "features", selection.tickers, selection.end, selection.start)
         forecasts = read_rows(conn, "ts_forecasts", selection.tickers, selection.end, first_forecast)
         analysis = read_rows(conn, "llm_analysis", selection.tickers, selection.end, selection.start)
@@ -113,11 +111,7 @@ def llm_signals(context: AssetExecutionContext, config: LlmSignalsConfig, duckdb
     require_partitions(forecasts.filter(pl.col("date") >= selection.start), "ts_forecasts", selection)
 
     histories = price_histories(prices)
-    if benchmark not in histories:
-        context.log.warning(f"no prices for the benchmark {benchmark}: risk scores leave beta out "
-                            f"(materialize prices for {benchmark} or set PM_BENCHMARK)")
-    risk_frame = risk.assess_tickers({t: histories[t] for t in selection.tickers},
-                                     histories.get(benchmark), selection.dates)
+    risk_frame = llm_stage.risk_metrics(context, histories, benchmark, selection)
     hit_rates = directional_hit_rates(trading_calls(forecasts, rules).select("ticker", "date", "expected_log_return"),
                                       pl.concat([h for t, h in histories.items() if t in selection.tickers]),
                                       selection.dates, rules.horizon, rules.hit_window)
@@ -142,9 +136,8 @@ def llm_signals(context: AssetExecutionContext, config: LlmSignalsConfig, duckdb
                      .join(telemetry_columns(calls), on=["ticker", "date"]), rules)
     decided = decided.with_columns(pl.lit(rules.llm_role).alias("llm_role"))
     validated = validate_signals(decided, rules)
-    telemetry = [c for c in telemetry_columns(calls).columns if c not in ("ticker", "date")]
     validation = [c for c in validated.columns if c.startswith("validation_")]
-    rows = validated.select(*OUTPUT_COLUMNS, *telemetry, *validation).with_columns(
+    rows = validated.select(*OUTPUT_COLUMNS, *TELEMETRY_SCHEMA, *validation).with_columns(
         pl.lit(json.dumps(vars(rules), sort_keys=True)).alias("rules"))
     llm_stage.write(duckdb, selection, "llm_signals", rows, calls, "signal")
 

@@ -1,5 +1,5 @@
-"""What the three LLM stages share: asking through the cache, writing rows with their calls, and
-reporting sources, latency and invalid replies in the UI."""
+"""What the three LLM stages share: asking through the cache, writing rows with their calls,
+reporting sources, latency and invalid replies in the UI, and the risk metrics of the run."""
 
 import datetime as dt
 import statistics
@@ -8,18 +8,21 @@ from collections.abc import Sequence
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, MetadataValue
 from dagster_duckdb import DuckDBResource
+from duckdb import DuckDBPyConnection
 from pydantic import BaseModel
 
 from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection
+from pm_domain import calendar, risk, settings
 from pm_domain.llm.client import LLMCall, LLMClient
 from pm_domain.llm.prompts import Prompt
 from pm_domain.llm.records import answer_all, cache_frame, cached_replies, calls_frame, invalid_replies, source_counts
-from pm_resources.store import KeyedRows, PartitionRows, read_keyed, write_partitions
+from pm_resources.store import KeyedRows, PartitionRows, read_keyed, read_rows, write_partitions
 
 # The LLM stages queue on the `ollama` pool (limit 1 in dagster.yaml), so one call at a time
 # reaches the server however many runs a backfill starts. Their DuckDB writes are short, and
 # DuckDBResource retries opening the file while another process holds the write lock.
 LLM_STAGE_ASSET_ARGS = {**STAGE_ASSET_ARGS, "pool": "ollama", "kinds": {"duckdb", "polars", "ollama"}}
+TELEMETRY_PREVIEW = ["llm_source", "llm_outcome", "latency_ms", "completion_tokens", "tokens_per_second"]
 CACHE_TABLE = "llm_cache"
 CALLS_TABLE = "llm_calls"
 
@@ -89,5 +92,19 @@ def replies_check(calls: Sequence[LLMCall]) -> AssetCheckResult:
     )
 
 
-def telemetry_preview_columns() -> list[str]:
-    return ["llm_source", "llm_outcome", "latency_ms", "completion_tokens", "tokens_per_second"]
+def read_prices_with_benchmark(conn: DuckDBPyConnection, selection: PartitionSelection, lookback_sessions: int) -> tuple[pl.DataFrame, str]:
+    """Stored prices of the run's tickers and of the benchmark over the lookback, and the benchmark."""
+    benchmark = settings.benchmark_ticker()
+    first = calendar.shift_trading_days(selection.start, -(lookback_sessions - 1))
+    return read_rows(conn, "prices", sorted({*selection.tickers, benchmark}), selection.end, first), benchmark
+
+
+def risk_metrics(context: AssetExecutionContext, histories: dict[str, pl.DataFrame], benchmark: str,
+                 selection: PartitionSelection) -> pl.DataFrame:
+    """pm_domain.risk.assess for every ticker and date of the run: the one computation behind both
+    llm_signals' risk gate and risk_assessments, so the two tables hold the same score."""
+    if benchmark not in histories:
+        context.log.warning(f"no prices for the benchmark {benchmark}: beta is null and the risk score "
+                            f"leaves it out (materialize prices for {benchmark} or set PM_BENCHMARK)")
+    return risk.assess_tickers({t: histories[t] for t in selection.tickers}, histories.get(benchmark),
+                               selection.dates)

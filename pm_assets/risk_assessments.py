@@ -9,7 +9,7 @@ from pm_assets import llm_stage
 from pm_assets.inputs import require_partitions
 from pm_assets.metadata import check_results, run_metadata
 from pm_assets.partitions import decode_partition_keys, lookback_mapping
-from pm_domain import calendar, risk, settings
+from pm_domain import risk
 from pm_domain.forecasting.engine import price_histories
 from pm_domain.llm.schemas import RiskNarrative
 from pm_domain.llm.stages import risk_prompt, risk_rows
@@ -37,21 +37,16 @@ LOOKBACK_SESSIONS = 253  # 252 returns: drawdown and beta windows
 )
 def risk_assessments(context: AssetExecutionContext, duckdb: DuckDBResource, ollama: OllamaResource) -> MaterializeResult:
     selection = decode_partition_keys(context.partition_keys)
-    benchmark = settings.benchmark_ticker()
-    first_price = calendar.shift_trading_days(selection.start, -(LOOKBACK_SESSIONS - 1))
     with duckdb.get_connection() as conn:
-        prices = read_rows(conn, "prices", sorted({*selection.tickers, benchmark}), selection.end, first_price)
+        prices, benchmark = llm_stage.read_prices_with_benchmark(conn, selection, LOOKBACK_SESSIONS)
         forecasts = read_rows(conn, "ts_forecasts", selection.tickers, selection.end, selection.start)
         signals = read_rows(conn, "llm_signals", selection.tickers, selection.end, selection.start)
     for frame, table in [(prices, "prices"), (forecasts, "ts_forecasts"), (signals, "llm_signals")]:
         require_partitions(frame, table, selection)
 
-    histories = price_histories(prices)
-    if benchmark not in histories:
-        context.log.warning(f"no prices for the benchmark {benchmark}: beta is null")
     one_day = forecasts.filter(pl.col("horizon") == 1)
     inputs = (
-        risk.assess_tickers({t: histories[t] for t in selection.tickers}, histories.get(benchmark), selection.dates)
+        llm_stage.risk_metrics(context, price_histories(prices), benchmark, selection)
         .join(model_var(one_day), on=["ticker", "date"], how="left")
         .join(signals.select("ticker", "date", "action", "position_size", "stop_distance"), on=["ticker", "date"])
         .with_columns(pl.lit(benchmark).alias("benchmark"))
