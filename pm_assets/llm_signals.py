@@ -22,7 +22,7 @@ from pm_assets.inputs import require_partitions
 from pm_assets.metadata import check_results, run_metadata
 from pm_assets.partitions import decode_partition_keys, lookback_mapping
 from pm_domain import calendar
-from pm_domain.forecasting.engine import price_histories
+from pm_domain.forecasting.engine import ForecastConfig, price_histories
 from pm_domain.llm.records import TELEMETRY_SCHEMA, telemetry_columns
 from pm_domain.llm.schemas import SignalOpinion
 from pm_domain.llm.stages import opinion_columns, signal_prompt
@@ -39,7 +39,8 @@ from pm_resources.ollama import OllamaResource
 from pm_resources.store import read_rows
 
 HIT_WINDOW = SignalRules().hit_window
-MAX_HORIZON = 20
+FORECAST_HORIZONS = ForecastConfig().horizons
+MAX_HORIZON = max(FORECAST_HORIZONS)
 RISK_LOOKBACK_SESSIONS = 253  # 252 returns for drawdown and beta
 # Hit rates read forecasts whose outcome is known by the date: up to hit_window + horizon back.
 FORECAST_LOOKBACK_SESSIONS = HIT_WINDOW + MAX_HORIZON + 1
@@ -67,8 +68,8 @@ class LlmSignalsConfig(Config):
     @field_validator("horizon")
     @classmethod
     def _forecast_horizon(cls, value: int) -> int:
-        if value not in (1, 5, MAX_HORIZON):
-            raise ValueError(f"horizon {value}: ts_forecasts has horizons 1, 5 and {MAX_HORIZON}")
+        if value not in FORECAST_HORIZONS:
+            raise ValueError(f"horizon {value}: ts_forecasts has horizons {', '.join(map(str, FORECAST_HORIZONS))}")
         return value
 
     def rules(self) -> SignalRules:

@@ -53,12 +53,21 @@ def forecast_confidence(frame: pl.DataFrame) -> pl.Series:
     return pl.Series("forecast_confidence", norm.cdf(z.to_numpy().astype(float))).fill_nan(None)
 
 
+def forecast_edge(frame: pl.DataFrame, rules: SignalRules) -> pl.DataFrame:
+    """Add forecast_confidence, expected_return = exp(mu) - 1 and expected_return_net =
+    |expected_return| - round-trip cost: what the rule's confidence and return gates read."""
+    return frame.with_columns(
+        forecast_confidence(frame),
+        (pl.col("expected_log_return").exp() - 1).alias("expected_return"),
+    ).with_columns((pl.col("expected_return").abs() - rules.round_trip_cost).alias("expected_return_net"))
+
+
 def trading_calls(forecasts: pl.DataFrame, rules: SignalRules) -> pl.DataFrame:
     """The forecasts (expected_log_return, sigma) that pass the rule's own gates, confidence and
     expected return net of costs: the past calls whose outcomes measure the ticker's edge."""
-    confident = forecasts.with_columns(forecast_confidence(forecasts))
-    net = (pl.col("expected_log_return").exp() - 1).abs() - rules.round_trip_cost
-    return confident.filter((pl.col("forecast_confidence") >= rules.min_confidence) & (net >= rules.min_net_return))
+    return forecast_edge(forecasts, rules).filter(
+        (pl.col("forecast_confidence") >= rules.min_confidence)
+        & (pl.col("expected_return_net") >= rules.min_net_return))
 
 
 def directional_hit_rates(
@@ -106,11 +115,7 @@ def forecast_signals(frame: pl.DataFrame, rules: SignalRules) -> pl.DataFrame:
     atr_14, risk_score. Adds forecast_action, forecast_confidence, expected_return,
     expected_return_net, stop_distance, target_distance, reward_risk, hold_reason."""
     mu, sigma = pl.col("expected_log_return"), pl.col("sigma")
-    frame = frame.with_columns(
-        forecast_confidence(frame),
-        (mu.exp() - 1).alias("expected_return"),
-    ).with_columns(
-        (pl.col("expected_return").abs() - rules.round_trip_cost).alias("expected_return_net"),
+    frame = forecast_edge(frame, rules).with_columns(
         pl.max_horizontal(rules.atr_stop_multiple * pl.col("atr_14") / pl.col("close"),
                           pl.lit(rules.min_stop)).alias("stop_distance"),
     ).with_columns(

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from pm_domain.forecasting.engine import ForecastConfig
 from pm_domain.llm.client import LLMCall
 from pm_domain.llm.fallback import analysis_fallback, risk_fallback
 from pm_domain.llm.prompts import Prompt, render
 from pm_domain.llm.records import telemetry_columns
 from pm_domain.llm.schemas import MarketAnalysis, RiskNarrative, SignalOpinion
 
-HORIZONS = (1, 5, 20)
+HORIZONS = ForecastConfig().horizons
 
 
 def forecasts_wide(forecasts: pl.DataFrame) -> pl.DataFrame:
