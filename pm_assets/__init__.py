@@ -10,13 +10,17 @@ from dagster import BetaWarning, PreviewWarning
 warnings.filterwarnings("ignore", category=BetaWarning)
 warnings.filterwarnings("ignore", category=PreviewWarning)
 
+from pm_assets.backtests import backtests
 from pm_assets.features import features
 from pm_assets.llm_analysis import llm_analysis
 from pm_assets.llm_signals import llm_signals
+from pm_assets.portfolio_backtests import portfolio_backtests
 from pm_assets.prices import prices
 from pm_assets.risk_assessments import risk_assessments
+from pm_assets.signal_outcomes import signal_outcomes
 from pm_assets.ts_forecasts import ts_forecasts
 
-ALL_ASSETS = [prices, features, ts_forecasts, llm_analysis, llm_signals, risk_assessments]
+ALL_ASSETS = [prices, features, ts_forecasts, llm_analysis, llm_signals, risk_assessments, signal_outcomes,
+              backtests, portfolio_backtests]
 
-__all__ = ["ALL_ASSETS", "features", "llm_analysis", "llm_signals", "prices", "risk_assessments", "ts_forecasts"]
+__all__ = ["ALL_ASSETS", "backtests", "features", "llm_analysis", "llm_signals", "portfolio_backtests", "prices", "risk_assessments", "signal_outcomes", "ts_forecasts"]

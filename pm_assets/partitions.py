@@ -63,21 +63,43 @@ STAGE_ASSET_ARGS = {
 }
 
 
-def lookback_mapping(sessions: int) -> MultiPartitionMapping:
-    """Depend on the previous `sessions - 1` trading days and the same day, same ticker."""
+def date_window_mapping(start_offset: int, end_offset: int) -> MultiPartitionMapping:
+    """Depend on the same ticker's trading days from `start_offset` to `end_offset` sessions
+    around the date (both inclusive; negative is earlier). Sessions that do not exist yet are
+    allowed: the UI shows them as missing upstream data."""
     return MultiPartitionMapping(
         {
             "date": DimensionPartitionMapping(
                 "date",
                 TimeWindowPartitionMapping(
-                    start_offset=-(sessions - 1),
-                    end_offset=0,
+                    start_offset=start_offset,
+                    end_offset=end_offset,
                     allow_nonexistent_upstream_partitions=True,
                 ),
             ),
             "ticker": DimensionPartitionMapping("ticker", IdentityPartitionMapping()),
         }
     )
+
+
+def lookback_mapping(sessions: int) -> MultiPartitionMapping:
+    """Depend on the previous `sessions - 1` trading days and the same day, same ticker."""
+    return date_window_mapping(-(sessions - 1), 0)
+
+
+def forward_mapping(first_session: int, last_session: int) -> MultiPartitionMapping:
+    """Depend on the sessions `first_session`..`last_session` AFTER the date, same ticker (what
+    an outcome waits for)."""
+    return date_window_mapping(first_session, last_session)
+
+
+# Assets of the whole universe, one partition per trading day (portfolio_backtests).
+UNIVERSE_ASSET_ARGS = {
+    "partitions_def": trading_day_partitions,
+    "backfill_policy": BackfillPolicy.single_run(),
+    "pool": "duckdb",
+    "kinds": {"duckdb", "polars"},
+}
 
 
 @dataclass(frozen=True)

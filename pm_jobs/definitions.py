@@ -31,9 +31,10 @@ def build_resources() -> dict:
 
 research_job = define_asset_job(
     "daily_research",
-    selection=AssetSelection.all(),
+    selection=AssetSelection.all() - AssetSelection.assets("portfolio_backtests"),
     partitions_def=daily_ticker_partitions,
-    description="Every stage for a tickers x dates range, one run per range.",
+    description="Every (date, ticker) stage for a tickers x dates range, one run per range "
+    "(portfolio_backtests, partitioned by date alone, runs on its own).",
 )
 
 defs = Definitions(assets=ALL_ASSETS, resources=build_resources(), jobs=[research_job])

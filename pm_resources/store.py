@@ -71,7 +71,8 @@ class PartitionRows:
     """Rows that replace a table's rows for the run's tickers x dates.
 
     The key is (ticker, date) plus any further `key_columns` a table needs (ts_forecasts:
-    horizon). `scope` narrows what is replaced to rows with these column values, for a table
+    horizon); a table of the whole universe (portfolio_backtests) is keyed by date and replaces
+    the run's dates only. `scope` narrows what is replaced to rows with these column values, for a table
     several stages share (llm_calls: one stage's calls)."""
 
     table: str
@@ -91,21 +92,22 @@ class KeyedRows:
 
 def _check_partition_rows(rows: PartitionRows, tickers: Sequence[str], dates: Sequence[dt.date]) -> None:
     table, frame, key_columns = identifier(rows.table), rows.frame, rows.key_columns
-    if tuple(key_columns[:2]) != KEY_COLUMNS:
-        raise StoreError(f"{table}: a row key starts with {KEY_COLUMNS}, got {tuple(key_columns)}")
+    if tuple(key_columns[:2]) != KEY_COLUMNS and key_columns[:1] != ("date",):
+        raise StoreError(f"{table}: a row key starts with {KEY_COLUMNS} or date, got {tuple(key_columns)}")
     missing = [c for c in (*key_columns, *rows.scope) if c not in frame.columns]
     if missing:
         raise StoreError(f"{table}: rows lack key column(s) {missing}")
     if not frame.height:
         return
+    by_ticker = "ticker" in key_columns
     outside = frame.filter(
-        ~pl.col("ticker").is_in(list(tickers)) | ~pl.col("date").is_in(list(dates))
+        (~pl.col("ticker").is_in(list(tickers)) if by_ticker else pl.lit(False)) | ~pl.col("date").is_in(list(dates))
     )
     if outside.height:
         first = outside.row(0, named=True)
         raise StoreError(
             f"{table}: {outside.height} row(s) fall outside the run's partitions, first "
-            f"{first['ticker']} on {first['date']}"
+            f"{first['ticker'] if by_ticker else 'the row'} on {first['date']}"
         )
     for column, value in rows.scope.items():
         if frame.filter(pl.col(column) != value).height:
@@ -160,9 +162,9 @@ def write_partitions(
 def _replace(conn: duckdb.DuckDBPyConnection, rows: PartitionRows) -> None:
     _ensure_table(conn, rows.table, rows.frame, [identifier(c) for c in rows.key_columns])
     scope_sql = "".join(f" AND {identifier(column)} = ?" for column in rows.scope)
+    ticker_sql = "ticker IN (SELECT ticker FROM _pm_ticker_keys) AND " if "ticker" in rows.key_columns else ""
     conn.execute(
-        f"DELETE FROM {rows.table} WHERE ticker IN (SELECT ticker FROM _pm_ticker_keys) "
-        f"AND date IN (SELECT date FROM _pm_date_keys){scope_sql}",
+        f"DELETE FROM {rows.table} WHERE {ticker_sql}date IN (SELECT date FROM _pm_date_keys){scope_sql}",
         list(rows.scope.values()),
     )
     if rows.frame.height:

@@ -1,0 +1,148 @@
+"""`backtests`: per ticker and date, the walk-forward performance of the stored signals over the
+trailing window after costs, against buy-and-hold of the same days, with the validation verdict."""
+
+from typing import Literal
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetDep,
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from pm_assets.inputs import require_partitions
+from pm_assets.metadata import preview_markdown, run_metadata
+from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection, decode_partition_keys, lookback_mapping
+from pm_domain import calendar, plots
+from pm_domain.backtest import POSITION_LAG_SESSIONS, BacktestRules, ledger_and_calls, window_metrics, window_series
+from pm_domain.forecasting.engine import price_histories
+from pm_domain.outcomes import SessionGrid
+from pm_resources.store import read_rows, replace_partitions
+
+DEFAULT_RULES = BacktestRules()
+# A window of W sessions earns returns from T-W+1, which needs the price of T-W and the signal
+# of T-W-1 (positions are the signal of two sessions before).
+SIGNAL_LOOKBACK_SESSIONS = DEFAULT_RULES.window_sessions + POSITION_LAG_SESSIONS
+PRICE_LOOKBACK_SESSIONS = DEFAULT_RULES.window_sessions + 1
+SIGNAL_COLUMNS = ["ticker", "date", "action", "confidence", "position_size", "horizon"]
+METRICS_TABLE_COLUMNS = ["ticker", "date", "sessions", "total_return", "annual_return", "buy_hold_total_return",
+                         "sharpe", "sortino", "max_drawdown", "calmar", "alpha", "beta", "hit_rate", "calls",
+                         "profit_factor", "trades", "exposure", "brier_score", "sharpe_ci_lower",
+                         "sharpe_ci_upper", "probabilistic_sharpe", "verdict"]
+
+
+class BacktestsConfig(Config):
+    window_sessions: int = Field(default=DEFAULT_RULES.window_sessions, ge=2, description=(
+        "trailing sessions per backtest; the declared lineage is the default 252"))
+    cost_bps: float = Field(default=DEFAULT_RULES.cost_bps, ge=0.0, le=500.0,
+                            description="cost in basis points per unit of position changed")
+    sizing: Literal["unit", "signal"] = Field(default=DEFAULT_RULES.sizing, description=(
+        "unit: +1 BUY / -1 SELL / 0 HOLD; signal: times the signal's half-Kelly position_size"))
+    risk_free_rate: float = Field(default=DEFAULT_RULES.risk_free_rate, ge=-0.05, le=0.5, description="annual")
+    bootstrap_replications: int = Field(default=DEFAULT_RULES.bootstrap_replications, ge=100, le=20_000)
+    bootstrap_block: float = Field(default=DEFAULT_RULES.bootstrap_block, ge=1.0, le=100.0,
+                                   description="mean block length of the stationary bootstrap, sessions")
+    min_annual_return: float = Field(default=DEFAULT_RULES.min_annual_return)
+    min_sessions: int = Field(default=DEFAULT_RULES.min_sessions, ge=2)
+    min_probabilistic_sharpe: float = Field(default=DEFAULT_RULES.min_probabilistic_sharpe, ge=0.0, le=1.0)
+
+    def rules(self) -> BacktestRules:
+        return BacktestRules(**self.model_dump())
+
+
+def read_backtest_inputs(duckdb: DuckDBResource, tickers: list[str], selection: PartitionSelection,
+                         rules: BacktestRules) -> tuple[SessionGrid, pl.DataFrame, pl.DataFrame]:
+    """The session grid, the signals and the prices (ticker, date, price) the windows ending at
+    the selection's dates need, for `tickers`."""
+    first = calendar.shift_trading_days(selection.start, -(rules.window_sessions + POSITION_LAG_SESSIONS))
+    with duckdb.get_connection() as conn:
+        signals = read_rows(conn, "llm_signals", tickers, selection.end, first)
+        prices = read_rows(conn, "prices", tickers, selection.end, first)
+    signals = signals.select(SIGNAL_COLUMNS) if signals.width else pl.DataFrame(
+        schema={"ticker": pl.String, "date": pl.Date, "action": pl.String, "confidence": pl.Float64,
+                "position_size": pl.Float64, "horizon": pl.Int64})
+    histories = price_histories(prices) if prices.height else {}
+    price_rows = (pl.concat(histories.values()) if histories
+                  else pl.DataFrame(schema={"ticker": pl.String, "date": pl.Date, "price": pl.Float64}))
+    return SessionGrid(first, selection.end), signals, price_rows
+
+
+def backtest_metadata(rows: pl.DataFrame, series: dict[str, pl.DataFrame], key_column: str) -> dict:
+    """The metrics table of the run's last date and the equity / drawdown plot."""
+    last = rows.filter(pl.col("date") == rows["date"].max())
+    verdicts = dict(rows.group_by("verdict").len().iter_rows())
+    metadata = {
+        "metrics": MetadataValue.md(preview_markdown(last, [key_column, *METRICS_TABLE_COLUMNS[1:]], rows=20)),
+        "verdicts": MetadataValue.md("\n".join(
+            f"- **{r[key_column]}** {r['date']}: {r['verdict']}: {r['verdict_reason']}" for r in last.head(10).iter_rows(named=True))),
+        **{f"verdict_{v}": verdicts.get(v, 0) for v in ("passed", "failed", "insufficient_data")},
+    }
+    drawable = {name: frame for name, frame in series.items() if frame.height}
+    if drawable:
+        metadata["equity_curve"] = MetadataValue.md(plots.png_markdown(
+            plots.equity_drawdown_png(drawable), "strategy equity against buy and hold, and drawdown"))
+    return metadata
+
+
+def insufficient_check(rows: pl.DataFrame, asset_name: str, key_column: str) -> AssetCheckResult:
+    missing = rows.filter(pl.col("verdict") == "insufficient_data")
+    return AssetCheckResult(
+        check_name="backtest_inputs_complete",
+        asset_key=asset_name,
+        passed=missing.height == 0,
+        severity=AssetCheckSeverity.WARN,
+        description=f"{missing.height} of {rows.height} backtest row(s) have no metrics: the reason is stored",
+        metadata={"examples": "; ".join(f"{r[key_column]} {r['date']}: {r['verdict_reason']}"
+                                        for r in missing.head(3).iter_rows(named=True)) or "none"},
+    )
+
+
+@asset(
+    **STAGE_ASSET_ARGS,
+    group_name="evaluation",
+    deps=[
+        AssetDep("llm_signals", partition_mapping=lookback_mapping(SIGNAL_LOOKBACK_SESSIONS)),
+        AssetDep("prices", partition_mapping=lookback_mapping(PRICE_LOOKBACK_SESSIONS)),
+    ],
+    check_specs=[AssetCheckSpec("backtest_inputs_complete", asset="backtests")],
+    description="Per ticker and date: the stored signals traded over the trailing 252 sessions "
+    "(entered at the close after the signal, 5 bps per unit of position changed) against "
+    "buy-and-hold of the same days: CAGR, volatility, Sharpe, Sortino, max drawdown, Calmar, "
+    "alpha/beta, hit rate, profit factor, trades, exposure, Brier score, bootstrap 90% interval "
+    "of the Sharpe and probabilistic Sharpe, and the verdict naming each failed criterion.",
+)
+def backtests(context: AssetExecutionContext, config: BacktestsConfig, duckdb: DuckDBResource) -> MaterializeResult:
+    selection = decode_partition_keys(context.partition_keys)
+    rules = config.rules()
+    grid, signals, prices = read_backtest_inputs(duckdb, list(selection.tickers), selection, rules)
+    require_partitions(signals.filter(pl.col("date") >= selection.start), "llm_signals", selection)
+    ledger, calls = ledger_and_calls(signals, prices, grid, rules.sizing)
+    frames, series = [], {}
+    for ticker in selection.tickers:
+        ticker_ledger = ledger.filter(pl.col("ticker") == ticker)
+        frames.append(window_metrics(ticker_ledger, calls.filter(pl.col("ticker") == ticker), selection.dates, rules)
+                      .with_columns(pl.lit(ticker).alias("ticker")))
+        series[ticker] = window_series(ticker_ledger, selection.end, rules)
+        context.log.info(f"backtests: {ticker} done ({len(selection.dates)} windows)")
+    rows = pl.concat(frames).with_columns(
+        pl.lit(rules.sizing).alias("sizing"), pl.lit(rules.cost_bps).alias("cost_bps"),
+        pl.lit(rules.as_json()).alias("rules"),
+    ).select("ticker", pl.exclude("ticker"))
+    with duckdb.get_connection() as conn:
+        replace_partitions(conn, "backtests", rows, selection.tickers, selection.dates)
+    context.log.info(f"wrote {rows.height} backtests over {selection.describe()}")
+    return MaterializeResult(
+        metadata=run_metadata(selection, rows, ["ticker", "date", "total_return", "sharpe", "max_drawdown",
+                                                "hit_rate", "verdict"])
+        | backtest_metadata(rows, series, "ticker"),
+        check_results=[insufficient_check(rows, "backtests", "ticker")],
+    )
+

@@ -1,0 +1,59 @@
+"""`portfolio_backtests`: every ticker's signals as one book, per trading day, twice: equal weight
+(each ticker's +1/-1/0 position at 1/N) and by the signals' position sizes."""
+
+import datetime as dt
+
+import polars as pl
+from dagster import AssetDep, AssetExecutionContext, AssetCheckSpec, MaterializeResult, MultiToSingleDimensionPartitionMapping, asset
+from dagster_duckdb import DuckDBResource
+
+from pm_assets.backtests import BacktestsConfig, backtest_metadata, insufficient_check, read_backtest_inputs
+from pm_assets.metadata import run_metadata
+from pm_assets.partitions import TICKERS_PARTITIONS_NAME, UNIVERSE_ASSET_ARGS, PartitionSelection
+from pm_domain.backtest import PORTFOLIO_WEIGHTINGS, ledger_and_calls, portfolio_ledger, window_metrics, window_series
+from pm_resources.store import PartitionRows, write_partitions
+
+SIZING_BY_WEIGHTING = {"equal": "unit", "position_size": "signal"}
+
+
+@asset(
+    **UNIVERSE_ASSET_ARGS,
+    group_name="evaluation",
+    # Computed after every ticker's backtest of the day, from the same signals and prices over
+    # the trailing window (the per-ticker lookback is declared on `backtests`).
+    deps=[AssetDep("backtests", partition_mapping=MultiToSingleDimensionPartitionMapping(partition_dimension_name="date"))],
+    check_specs=[AssetCheckSpec("backtest_inputs_complete", asset="portfolio_backtests")],
+    description="Per trading day: all tickers' signals as one book over the trailing window, "
+    "weighting 'equal' (each ticker's unit position at 1/N of the book) and 'position_size' (the "
+    "signals' half-Kelly sizes, scaled down when they sum above 100%), against the equal-weight "
+    "buy-and-hold of the same tickers; the same metrics and verdict as backtests.",
+)
+def portfolio_backtests(context: AssetExecutionContext, config: BacktestsConfig,
+                        duckdb: DuckDBResource) -> MaterializeResult:
+    dates = tuple(sorted(dt.date.fromisoformat(key) for key in context.partition_keys))
+    tickers = tuple(sorted(context.instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME)))
+    if not tickers:
+        raise ValueError("no tickers: add some with `pm tickers add` or the watchlist first")
+    selection = PartitionSelection(tickers, dates)
+    rules = config.rules()
+    grid, signals, prices = read_backtest_inputs(duckdb, list(tickers), selection, rules)
+    frames, series = [], {}
+    for weighting in PORTFOLIO_WEIGHTINGS:
+        ledger, calls = ledger_and_calls(signals, prices, grid, SIZING_BY_WEIGHTING[weighting])
+        book = portfolio_ledger(ledger, weighting)
+        frames.append(window_metrics(book, calls, dates, rules).with_columns(pl.lit(weighting).alias("weighting")))
+        series[f"portfolio ({weighting})"] = window_series(book, selection.end, rules)
+    used = sorted(set(signals["ticker"].to_list()))
+    rows = pl.concat(frames).with_columns(
+        pl.lit(used, pl.List(pl.String)).alias("tickers"), pl.lit(rules.cost_bps).alias("cost_bps"),
+        pl.lit(rules.as_json()).alias("rules"),
+    ).select("date", "weighting", pl.exclude("date", "weighting"))
+    with duckdb.get_connection() as conn:
+        write_partitions(conn, tickers, dates, [PartitionRows("portfolio_backtests", rows, ("date", "weighting"))])
+    context.log.info(f"wrote {rows.height} portfolio backtests over {len(dates)} date(s) and {len(used)} ticker(s) "
+                     f"with signals: {', '.join(used) or 'none'}")
+    return MaterializeResult(
+        metadata=run_metadata(selection, rows, ["date", "weighting", "total_return", "sharpe", "max_drawdown", "verdict"])
+        | backtest_metadata(rows, series, "weighting"),
+        check_results=[insufficient_check(rows, "portfolio_backtests", "weighting")],
+    )

@@ -1,0 +1,77 @@
+"""`signal_outcomes`: what became of each day's signal, 1, 5 and 30 sessions after its entry at
+the next close; pending until the 30-session window has closed, then validated or failed."""
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetDep,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from dagster_duckdb import DuckDBResource
+
+from pm_assets.inputs import require_partitions
+from pm_assets.metadata import run_metadata
+from pm_assets.partitions import STAGE_ASSET_ARGS, decode_partition_keys, forward_mapping
+from pm_domain import calendar
+from pm_domain.forecasting.engine import price_histories
+from pm_domain import outcomes
+from pm_domain.outcomes import ENTRY_LAG_SESSIONS, STATUSES, TRACKING_SESSIONS
+from pm_resources.store import read_rows, replace_partitions
+
+LAST_SESSION = ENTRY_LAG_SESSIONS + TRACKING_SESSIONS
+
+
+@asset(
+    **STAGE_ASSET_ARGS,
+    group_name="evaluation",
+    deps=[
+        AssetDep("llm_signals"),
+        # The prices an outcome waits for: the entry close (t+1) through t+31.
+        AssetDep("prices", partition_mapping=forward_mapping(ENTRY_LAG_SESSIONS, LAST_SESSION)),
+    ],
+    check_specs=[AssetCheckSpec("outcome_prices_complete", asset="signal_outcomes")],
+    description="Per ticker and signal date: entry at the next close, realised return after 1, 5 "
+    "and 30 sessions (exchange sessions, not price rows), hit or miss of BUY/SELL at the signal's "
+    "horizon, and a status: pending until the 30-session window has closed, then validated or "
+    "failed (HOLD: not_traded). Re-materialize as prices arrive; the signal-validation sensor does.",
+)
+def signal_outcomes(context: AssetExecutionContext, duckdb: DuckDBResource) -> MaterializeResult:
+    selection = decode_partition_keys(context.partition_keys)
+    first_entry = calendar.shift_trading_days(selection.start, ENTRY_LAG_SESSIONS)
+    last_needed = calendar.shift_trading_days(selection.end, LAST_SESSION)
+    with duckdb.get_connection() as conn:
+        signals = read_rows(conn, "llm_signals", selection.tickers, selection.end, selection.start)
+        prices = read_rows(conn, "prices", selection.tickers, last_needed, first_entry)
+    require_partitions(signals, "llm_signals", selection)
+    histories = price_histories(prices) if prices.height else {}
+    price_rows = (pl.concat(histories.values()) if histories
+                  else pl.DataFrame(schema={"ticker": pl.String, "date": pl.Date, "price": pl.Float64}))
+    rows = outcomes.signal_outcomes(signals, price_rows)
+    with duckdb.get_connection() as conn:
+        replace_partitions(conn, "signal_outcomes", rows, selection.tickers, selection.dates)
+
+    statuses = dict(rows.group_by("status").len().iter_rows())
+    resolved = rows.filter(pl.col("status").is_in(["validated", "failed"]))
+    context.log.info(f"wrote {rows.height} signal outcomes: {statuses}")
+    gaps = rows.filter((pl.col("status") == "pending") & pl.col("status_reason").str.starts_with("a price is missing"))
+    metadata = run_metadata(selection, rows, ["ticker", "date", "action", "realised_return_1d", "realised_return_5d",
+                                              "realised_return_30d", "hit", "status"])
+    metadata |= {f"status_{status}": statuses.get(status, 0) for status in STATUSES}
+    metadata["hit_rate_resolved"] = (float(resolved["hit"].cast(pl.Float64).mean()) if resolved.height
+                                     else MetadataValue.text("no resolved call"))
+    return MaterializeResult(
+        metadata=metadata,
+        check_results=[AssetCheckResult(
+            check_name="outcome_prices_complete",
+            passed=gaps.height == 0,
+            severity=AssetCheckSeverity.WARN,
+            description=f"{gaps.height} outcome(s) whose window has closed but lack a price (a gap in prices)",
+            metadata={"examples": ", ".join(f"{t} {d}" for t, d in gaps.select("ticker", "date").head(3).iter_rows())
+                      or "none"},
+        )],
+    )

@@ -1,0 +1,411 @@
+"""Walk-forward backtests of stored signals: a daily ledger, trailing-window metrics after costs
+against buy-and-hold of the same days, and the validation verdict.
+
+Timing (no look-ahead): the signal of session t uses the close of t, is entered at the close of
+t+1 and so first earns the return of session t+2. The position over session d is therefore the
+signal of d-2: p_d = e_{d-2}, with e = +1 BUY, -1 SELL, 0 HOLD ("unit" sizing) or that sign times
+the signal's position_size ("signal" sizing). HOLD means flat: each day's signal sets the next
+position, stops and targets are not simulated (daily closes cannot see intraday levels).
+
+Net return of session d: n_d = p_d r_d - c |p_d - p_{d-1}|, c = cost_bps / 10,000 per unit of
+position changed, charged on the first day the new position earns. A backtest window starts
+flat, so its first day pays c |p_first|.
+
+The window of the backtest dated T is the last `window_sessions` exchange sessions ending at T,
+from the first session with a position (the signals' start) on. Sessions are counted on the
+exchange calendar: a missing price or signal inside the window is not skipped, it makes the row
+null with a reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from pm_domain import performance as perf
+from pm_domain.outcomes import DIRECTION, ENTRY_LAG_SESSIONS, SessionGrid, direction, signal_outcomes
+
+# The position over session d is the signal of d - POSITION_LAG_SESSIONS: entered at the next
+# close, earning from the session after.
+POSITION_LAG_SESSIONS = ENTRY_LAG_SESSIONS + 1
+PORTFOLIO_WEIGHTINGS = ("equal", "position_size")
+
+METRIC_COLUMNS = [
+    "total_return", "annual_return", "volatility", "sharpe", "sortino", "max_drawdown", "calmar",
+    "alpha", "beta", "buy_hold_total_return", "buy_hold_annual_return", "buy_hold_sharpe",
+    "buy_hold_max_drawdown", "excess_return", "hit_rate", "calls", "profit_factor", "trades",
+    "exposure", "brier_score", "sharpe_ci_lower", "sharpe_ci_upper", "probabilistic_sharpe",
+]
+BACKTEST_SCHEMA = {
+    "date": pl.Date, "window_start": pl.Date, "sessions": pl.Int64,
+    **{c: (pl.Int64 if c in ("calls", "trades") else pl.Float64) for c in METRIC_COLUMNS},
+    "verdict": pl.String, "verdict_failed": pl.List(pl.String), "verdict_reason": pl.String,
+    "position": pl.Float64, "asset_return": pl.Float64, "net_return": pl.Float64,
+}
+
+
+@dataclass(frozen=True)
+class BacktestRules:
+    window_sessions: int = 252
+    # Per unit of position changed: a 0.1% round trip (SignalRules.round_trip_cost) is 5 bps in
+    # and 5 bps out.
+    cost_bps: float = 5.0
+    sizing: Literal["unit", "signal"] = "unit"
+    risk_free_rate: float = 0.0  # annual, as a daily rate rf / 252 in Sharpe, Sortino and alpha
+    bootstrap_replications: int = 1000
+    bootstrap_block: float = 10.0  # mean block length in sessions
+    bootstrap_seed: int = 42
+    interval: float = 0.90
+    # The old system's criteria, and the two statistics it lacked.
+    min_annual_return: float = 0.10
+    min_sessions: int = 30
+    min_probabilistic_sharpe: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.window_sessions < 2:
+            raise ValueError(f"window_sessions must be at least 2, got {self.window_sessions}")
+        if self.sizing not in ("unit", "signal"):
+            raise ValueError(f"sizing must be 'unit' or 'signal', got {self.sizing!r}")
+        if not 0 < self.interval < 1:
+            raise ValueError(f"interval must be in (0, 1), got {self.interval}")
+
+    @property
+    def cost_rate(self) -> float:
+        return self.cost_bps / 10_000
+
+    @property
+    def daily_risk_free(self) -> float:
+        return self.risk_free_rate / perf.TRADING_DAYS_PER_YEAR
+
+    def as_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def strategy_returns(positions: np.ndarray, asset_returns: np.ndarray, cost_rate: float) -> np.ndarray:
+    """n_d = p_d r_d - c |p_d - p_{d-1}| along the last axis, starting flat (p_{-1} = 0)."""
+    previous = np.concatenate([np.zeros(positions.shape[:-1] + (1,)), positions[..., :-1]], axis=-1)
+    return positions * asset_returns - cost_rate * np.abs(positions - previous)
+
+
+def backtest_core(signals: np.ndarray, prices: np.ndarray, cost_rate: float) -> dict[str, np.ndarray]:
+    """The vectorised core for a (tickers x sessions) block without gaps: signals e (+1/0/-1 or
+    sizes) and prices P, positions p_d = e_{d-2}, net returns, equity, Sharpe and max drawdown
+    per ticker. What the assets do per window, as one pass for the benchmark."""
+    asset_returns = prices[:, 1:] / prices[:, :-1] - 1.0
+    positions = np.zeros_like(asset_returns)
+    positions[:, POSITION_LAG_SESSIONS - 1:] = signals[:, : asset_returns.shape[1] - POSITION_LAG_SESSIONS + 1]
+    net = strategy_returns(positions, asset_returns, cost_rate)
+    return {"net_returns": net, "equity": perf.equity_curve(net), "sharpe": perf.sharpe_ratio(net),
+            "max_drawdown": perf.max_drawdown(net)}
+
+
+def exposure(signals: pl.DataFrame, sizing: str) -> pl.Expr:
+    """e_t: the signal's direction, times its position_size under "signal" sizing."""
+    sign = direction(pl.col("action")).cast(pl.Float64)
+    return (sign * pl.col("position_size").fill_null(0.0) if sizing == "signal" else sign).alias("exposure")
+
+
+def ticker_ledger(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionGrid, sizing: str) -> pl.DataFrame:
+    """Per ticker and session of `grid`: price, asset_return r_d, the day's exposure e_d, the
+    position p_d = e_{d-2}, turnover |p_d - p_{d-1}| and entry_turnover |p_d| (a window's first
+    day). Null where a price or signal is missing: gaps stay visible."""
+    unknown = set(signals["action"].unique().to_list()) - set(DIRECTION)
+    if unknown:
+        raise ValueError(f"llm_signals hold unknown action(s) {sorted(unknown)}: expected BUY, SELL or HOLD")
+    tickers = sorted(set(signals["ticker"].to_list()) | set(prices["ticker"].to_list()))
+    frame = (
+        pl.DataFrame({"ticker": tickers}, schema={"ticker": pl.String}).join(grid.frame, how="cross")
+        .join(prices.select("ticker", "date", "price"), on=["ticker", "date"], how="left")
+        .join(signals.select("ticker", "date", "action", "confidence", "position_size"),
+              on=["ticker", "date"], how="left")
+        .sort("ticker", "session")
+        .with_columns(exposure(signals, sizing))
+    )
+    return frame.with_columns(
+        (pl.col("price") / pl.col("price").shift(1) - 1.0).over("ticker").alias("asset_return"),
+        pl.col("exposure").shift(POSITION_LAG_SESSIONS).over("ticker").alias("position"),
+    ).with_columns(
+        (pl.col("position") - pl.col("position").shift(1)).abs().over("ticker").alias("turnover"),
+        pl.col("position").abs().alias("entry_turnover"),
+        (pl.col("position") * pl.col("asset_return")).alias("gross_return"),
+    )
+
+
+def portfolio_ledger(ledger: pl.DataFrame, weighting: str) -> pl.DataFrame:
+    """All tickers as one book, per session: weights w_i = p_i / N_d over the N_d tickers with a
+    position and a return that day ("equal"), or w_i = p_i under signal sizing scaled down so
+    sum |w_i| <= 1 ("position_size"). Gross return sum w_i r_i; turnover sum |w_i,d - w_i,d-1|;
+    the benchmark is the equal-weight buy-and-hold of the same tickers, mean r_i. `position` is
+    the gross exposure sum |w_i|."""
+    if weighting not in PORTFOLIO_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {PORTFOLIO_WEIGHTINGS}, got {weighting!r}")
+    known = pl.col("position").is_not_null() & pl.col("asset_return").is_not_null()
+    weighted = ledger.with_columns(known.alias("known")).with_columns(
+        pl.col("known").sum().over("session").alias("tickers_known"),
+        pl.when(pl.col("known")).then(pl.col("position")).otherwise(0.0).alias("raw_weight"),
+    )
+    if weighting == "equal":
+        weight = pl.col("raw_weight") / pl.col("tickers_known")
+    else:
+        gross = pl.col("raw_weight").abs().sum().over("session")
+        weight = pl.col("raw_weight") / pl.max_horizontal(gross, pl.lit(1.0))
+    weighted = weighted.with_columns(weight.fill_nan(0.0).alias("weight")).sort("ticker", "session").with_columns(
+        (pl.col("weight") - pl.col("weight").shift(1).over("ticker").fill_null(0.0)).abs().alias("weight_change"))
+    return (
+        weighted.group_by("session", "date")
+        .agg(
+            pl.col("tickers_known").first(),
+            (pl.col("weight") * pl.col("asset_return").fill_null(0.0)).sum().alias("gross_return"),
+            pl.col("weight_change").sum().alias("turnover"),
+            pl.col("weight").abs().sum().alias("entry_turnover"),
+            pl.col("asset_return").filter(pl.col("known")).mean().alias("asset_return"),
+        )
+        .with_columns(
+            pl.when(pl.col("tickers_known") > 0).then(pl.col("entry_turnover")).alias("position"),
+            pl.lit("PORTFOLIO").alias("ticker"),
+        )
+        .with_columns(pl.when(pl.col("tickers_known") > 0).then(pl.col(c)).alias(c)
+                      for c in ("gross_return", "turnover", "entry_turnover", "asset_return"))
+        .sort("session")
+    )
+
+
+def scored_calls(outcomes: pl.DataFrame, grid: SessionGrid) -> pl.DataFrame:
+    """BUY/SELL calls whose hit is known, with the session their position first earns (signal + 2)
+    and the session their outcome is known (the horizon's exit close): ticker, position_session,
+    known_session, hit (1.0 / 0.0), confidence."""
+    return (
+        outcomes.filter(pl.col("hit").is_not_null())
+        .with_columns(grid.number("date", "signal_session"), grid.number("horizon_date", "known_session"))
+        .filter(pl.col("signal_session").is_not_null() & pl.col("known_session").is_not_null())
+        .select("ticker", (pl.col("signal_session") + POSITION_LAG_SESSIONS).alias("position_session"),
+                "known_session", pl.col("hit").cast(pl.Float64), "confidence")
+    )
+
+
+@lru_cache(maxsize=16)
+def _bootstrap_counts(observations: int, replications: int, block: float, seed: int) -> np.ndarray:
+    return perf.stationary_bootstrap_counts(observations, replications, block, seed)
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """The windows of one ledger ending at each requested session, as (windows x W) matrices."""
+
+    ends: np.ndarray
+    firsts: np.ndarray  # first session index with a position, -1 when none
+    reasons: list[str | None]
+    net: np.ndarray
+    benchmark: np.ndarray
+    positions: np.ndarray
+    turnover: np.ndarray
+
+
+def _next_known(known: np.ndarray) -> np.ndarray:
+    """For each index i, the smallest j >= i with known[j] (len(known) when none)."""
+    index = np.where(known, np.arange(len(known)), len(known))
+    return np.minimum.accumulate(index[::-1])[::-1]
+
+
+def _windows(ledger: pl.DataFrame, end_dates: Sequence[dt.date], rules: BacktestRules) -> _Windows:
+    dates = ledger["date"].to_list()
+    where = {day: i for i, day in enumerate(dates)}
+    ends = np.array([where[day] for day in end_dates], dtype=np.int64)
+    column = {c: ledger[c].cast(pl.Float64).fill_null(np.nan).to_numpy() for c in
+              ("position", "asset_return", "gross_return", "turnover", "entry_turnover")}
+    width = rules.window_sessions
+    starts = np.maximum(ends - width + 1, 0)
+    with_position = ~np.isnan(column["position"])
+    firsts = _next_known(with_position)[starts]
+    firsts = np.where(firsts <= ends, firsts, -1)
+    missing_position = np.concatenate([[0], np.cumsum(~with_position)])
+    missing_return = np.concatenate([[0], np.cumsum(np.isnan(column["asset_return"]))])
+    reasons: list[str | None] = []
+    for end, start, first in zip(ends, starts, firsts, strict=True):
+        if first < 0:
+            reasons.append(f"no signal in the {width}-session window {dates[start]}..{dates[end]} "
+                           f"(a position needs a signal {POSITION_LAG_SESSIONS} sessions earlier)")
+        elif missing_position[end + 1] - missing_position[first]:
+            gap = first + int(np.flatnonzero(~with_position[first:end + 1])[0])
+            count = int(missing_position[end + 1] - missing_position[first])
+            reasons.append(f"signals missing for {count} session(s) inside the window, first for the position "
+                           f"of {dates[gap]} (materialize llm_signals {POSITION_LAG_SESSIONS} sessions before)")
+        elif missing_return[end + 1] - missing_return[first]:
+            gap = first + int(np.flatnonzero(np.isnan(column["asset_return"][first:end + 1]))[0])
+            count = int(missing_return[end + 1] - missing_return[first])
+            reasons.append(f"prices missing: no return for {count} session(s) inside the window, first "
+                           f"{dates[gap]} (a gap in prices; materialize prices for it)")
+        else:
+            reasons.append(None)
+    offsets = ends[:, None] - width + 1 + np.arange(width)[None, :]
+    usable = np.array([r is None for r in reasons])
+    inside = (offsets >= firsts[:, None]) & usable[:, None]
+    safe = np.clip(offsets, 0, None)
+
+    def window(values: np.ndarray) -> np.ndarray:
+        return np.where(inside, values[safe], np.nan)
+
+    first_day = offsets == firsts[:, None]
+    turnover = np.where(first_day, column["entry_turnover"][safe], column["turnover"][safe])
+    turnover = np.where(inside, turnover, np.nan)
+    net = window(column["gross_return"]) - rules.cost_rate * turnover
+    return _Windows(ends, firsts, reasons, net, window(column["asset_return"]), window(column["position"]), turnover)
+
+
+def _interval(net: np.ndarray, rules: BacktestRules) -> tuple[np.ndarray, np.ndarray]:
+    lower, upper = np.full(len(net), np.nan), np.full(len(net), np.nan)
+    for n, index, compact in perf.rows_by_observations(net):
+        if n < 2:
+            continue
+        counts = _bootstrap_counts(n, rules.bootstrap_replications, rules.bootstrap_block, rules.bootstrap_seed)
+        lower[index], upper[index] = perf.bootstrap_sharpe_interval(compact, counts, rules.interval,
+                                                                    rules.daily_risk_free)
+    return lower, upper
+
+
+def _call_matrices(calls: pl.DataFrame, windows: _Windows) -> tuple[np.ndarray, np.ndarray]:
+    """(hits, confidences) as (windows x calls) with NaN outside each window: a call counts in the
+    window ending at T when its position earns inside the window and its outcome is known by T."""
+    if calls.is_empty():
+        empty = np.full((len(windows.ends), 1), np.nan)
+        return empty, empty
+    position = calls["position_session"].to_numpy()[None, :]
+    known = calls["known_session"].to_numpy()[None, :]
+    inside = ((windows.firsts[:, None] >= 0) & (position >= windows.firsts[:, None])
+              & (position <= windows.ends[:, None]) & (known <= windows.ends[:, None]))
+    inside &= np.array([r is None for r in windows.reasons])[:, None]
+    hits = np.where(inside, calls["hit"].to_numpy()[None, :], np.nan)
+    return hits, np.where(inside, calls["confidence"].cast(pl.Float64).fill_null(np.nan).to_numpy()[None, :], np.nan)
+
+
+def window_metrics(ledger: pl.DataFrame, calls: pl.DataFrame, end_dates: Sequence[dt.date],
+                   rules: BacktestRules) -> pl.DataFrame:
+    """The backtest rows of ONE ledger (a ticker, or the portfolio) for each date of `end_dates`:
+    the metrics of BACKTEST_SCHEMA over each trailing window, the verdict, and the ledger of the
+    date itself. `calls` are that ledger's scored_calls. Ledger sessions must be the grid's, in
+    order, reaching `window_sessions + 2` sessions before the first end date."""
+    w = _windows(ledger, end_dates, rules)
+    rf = rules.daily_risk_free
+    sessions_in_ledger = ledger["session"].to_numpy()
+    if len(sessions_in_ledger) and not np.array_equal(sessions_in_ledger, np.arange(sessions_in_ledger[0],
+                                                                              sessions_in_ledger[0] + len(sessions_in_ledger))):
+        raise ValueError("a ledger must hold every session of its grid, in order")
+    first_session = int(sessions_in_ledger[0]) if len(sessions_in_ledger) else 0
+    call_sessions = calls.with_columns(pl.col("position_session", "known_session") - first_session)
+    hits, confidences = _call_matrices(call_sessions, w)
+    lower, upper = _interval(w.net, rules)
+    with np.errstate(all="ignore"):
+        metrics = {
+            "total_return": perf.total_return(w.net),
+            "annual_return": perf.annual_return(w.net),
+            "volatility": perf.annual_volatility(w.net),
+            "sharpe": perf.sharpe_ratio(w.net, rf),
+            "sortino": perf.sortino_ratio(w.net, rf),
+            "max_drawdown": perf.max_drawdown(w.net),
+            "calmar": perf.calmar_ratio(w.net),
+            "alpha": perf.alpha(w.net, w.benchmark, rf),
+            "beta": perf.beta(w.net, w.benchmark, rf),
+            "buy_hold_total_return": perf.total_return(w.benchmark),
+            "buy_hold_annual_return": perf.annual_return(w.benchmark),
+            "buy_hold_sharpe": perf.sharpe_ratio(w.benchmark, rf),
+            "buy_hold_max_drawdown": perf.max_drawdown(w.benchmark),
+            "hit_rate": perf.hit_rate(hits),
+            "calls": np.sum(~np.isnan(hits), axis=-1),
+            "profit_factor": perf.profit_factor(w.net),
+            "trades": np.sum(np.nan_to_num(w.turnover) > 0, axis=-1),
+            "exposure": perf.exposure(w.positions),
+            "brier_score": perf.brier_score(confidences, hits),
+            "sharpe_ci_lower": lower,
+            "sharpe_ci_upper": upper,
+            "probabilistic_sharpe": perf.probabilistic_sharpe_ratio(w.net - rf),
+        }
+    metrics["excess_return"] = metrics["total_return"] - metrics["buy_hold_total_return"]
+    sessions = perf.observations(w.net)
+    usable = np.array([r is None for r in w.reasons]) & (sessions > 0)
+    dates = ledger["date"].to_list()
+    rows = pl.DataFrame({
+        "date": [dates[e] for e in w.ends],
+        "window_start": [dates[f] if ok else None for f, ok in zip(w.firsts, usable, strict=True)],
+        "sessions": sessions,
+        **{c: np.where(usable, np.asarray(metrics[c], dtype=float), np.nan) for c in METRIC_COLUMNS},
+        "position": ledger["position"].cast(pl.Float64).fill_null(np.nan).to_numpy()[w.ends],
+        "asset_return": ledger["asset_return"].cast(pl.Float64).fill_null(np.nan).to_numpy()[w.ends],
+        "net_return": np.where(usable, w.net[:, -1], np.nan),
+    }).with_columns(pl.col(pl.Float64).fill_nan(None))
+    verdicts = [verdict(row, reason, rules) for row, reason in zip(rows.iter_rows(named=True), w.reasons, strict=True)]
+    rows = rows.with_columns(
+        pl.Series("verdict", [v[0] for v in verdicts], pl.String),
+        pl.Series("verdict_failed", [v[1] for v in verdicts], pl.List(pl.String)),
+        pl.Series("verdict_reason", [v[2] for v in verdicts], pl.String),
+    )
+    return rows.with_columns(pl.col("calls", "trades").cast(pl.Int64)).select(list(BACKTEST_SCHEMA))
+
+
+def verdict(row: dict, reason: str | None, rules: BacktestRules) -> tuple[str, list[str], str]:
+    """("passed" | "failed" | "insufficient_data", the failed criteria, why). A criterion whose
+    metric is undefined fails: no verdict is given on a number that does not exist."""
+    if reason is not None:
+        return "insufficient_data", ["data"], reason
+
+    def pct(value: float | None) -> str:
+        return "undefined" if value is None else f"{value:.2%}"
+
+    def num(value: float | None) -> str:
+        return "undefined" if value is None else f"{value:.3f}"
+
+    def above(value: float | None, bound: float) -> bool:
+        return value is not None and value > bound
+
+    criteria = [
+        ("annual_return", above(row["annual_return"], rules.min_annual_return),
+         f"annual return {pct(row['annual_return'])} <= {rules.min_annual_return:.0%}"),
+        ("beats_buy_and_hold", above(row["excess_return"], 0.0),
+         f"total return {pct(row['total_return'])} <= buy-and-hold {pct(row['buy_hold_total_return'])}"),
+        ("min_sessions", row["sessions"] >= rules.min_sessions,
+         f"{row['sessions']} sessions < {rules.min_sessions}"),
+        ("sharpe_positive", above(row["sharpe"], 0.0), f"Sharpe {num(row['sharpe'])} <= 0"),
+        ("sharpe_interval_positive", above(row["sharpe_ci_lower"], 0.0),
+         f"{rules.interval:.0%} bootstrap interval of the Sharpe starts at {num(row['sharpe_ci_lower'])} <= 0"),
+        ("probabilistic_sharpe", row["probabilistic_sharpe"] is not None
+         and row["probabilistic_sharpe"] >= rules.min_probabilistic_sharpe,
+         f"probabilistic Sharpe {num(row['probabilistic_sharpe'])} < {rules.min_probabilistic_sharpe}"),
+    ]
+    failed = [(name, why) for name, passed, why in criteria if not passed]
+    if not failed:
+        return "passed", [], "every criterion met"
+    return "failed", [name for name, _ in failed], "; ".join(why for _, why in failed)
+
+
+def window_series(ledger: pl.DataFrame, end_date: dt.date, rules: BacktestRules) -> pl.DataFrame:
+    """The daily series behind the backtest dated `end_date` (for the equity plot): date,
+    strategy and buy-and-hold returns and equity, and the strategy's drawdown. Empty when the
+    window has no usable data."""
+    w = _windows(ledger, [end_date], rules)
+    inside = ~np.isnan(w.net[0])
+    if w.reasons[0] is not None or not inside.any():
+        return pl.DataFrame(schema={"date": pl.Date, "strategy_return": pl.Float64, "buy_hold_return": pl.Float64,
+                                    "strategy_equity": pl.Float64, "buy_hold_equity": pl.Float64,
+                                    "drawdown": pl.Float64})
+    dates = ledger["date"].to_list()
+    days = [dates[w.ends[0] - rules.window_sessions + 1 + i] for i in np.flatnonzero(inside)]
+    net, benchmark = w.net[0][inside], w.benchmark[0][inside]
+    return pl.DataFrame({
+        "date": days, "strategy_return": net, "buy_hold_return": benchmark,
+        "strategy_equity": perf.equity_curve(net), "buy_hold_equity": perf.equity_curve(benchmark),
+        "drawdown": perf.drawdown_series(net),
+    })
+
+
+def ledger_and_calls(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionGrid,
+                     sizing: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The ticker ledgers and the scored calls of `signals` (ticker, date, action, confidence,
+    position_size, horizon) over `grid`, from prices (ticker, date, price) up to the last date."""
+    return ticker_ledger(signals, prices, grid, sizing), scored_calls(signal_outcomes(signals, prices), grid)
