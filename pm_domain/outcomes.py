@@ -114,11 +114,12 @@ def signal_outcomes(signals: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame
 
 
 def sessions_tracked(grid: SessionGrid) -> pl.Expr:
-    """Sessions from the entry to the last price date (at most 30): trading days on the
-    calendar, however many price rows there are."""
-    elapsed = grid.number("last_price_date", "_last") - grid.number("entry_date", "_entry")
-    return (pl.when(pl.col("last_price_date") < pl.col("entry_date")).then(0)
-            .otherwise(elapsed.clip(0, TRACKING_SESSIONS)).fill_null(0).alias("sessions_tracked"))
+    """Sessions from the entry to the last price date, at most 30: trading days on the calendar,
+    however many price rows there are."""
+    tracked_until = pl.min_horizontal("last_price_date", f"exit_date_{TRACKING_SESSIONS}d").alias("_until")
+    elapsed = tracked_until.replace_strict(dict(zip(grid.days, range(len(grid.days)), strict=True)), default=None,
+                                           return_dtype=pl.Int64) - grid.number("entry_date", "_entry")
+    return elapsed.clip(0, TRACKING_SESSIONS).fill_null(0).alias("sessions_tracked")
 
 
 def _status(window_end: pl.Expr) -> list[pl.Expr]:
