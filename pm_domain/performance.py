@@ -60,6 +60,8 @@ def observations(returns: np.ndarray) -> int | np.ndarray:
 
 def _mean(r: np.ndarray) -> np.ndarray:
     """nanmean without numpy's warning for a row with no observation (NaN there)."""
+    if r.shape[-1] and not np.isnan(r).any():
+        return np.mean(r, axis=-1)
     count = np.sum(~np.isnan(r), axis=-1)
     return _divide(np.nansum(r, axis=-1), count)
 
@@ -67,6 +69,11 @@ def _mean(r: np.ndarray) -> np.ndarray:
 def _std(r: np.ndarray) -> np.ndarray:
     """Sample standard deviation (ddof=1), NaN below 2 observations; exactly 0 for a constant
     series (the two-pass formula can leave ~1e-19 there, which would make a ratio explode)."""
+    if r.shape[-1] == 0:
+        return np.full(r.shape[:-1], np.nan)
+    if r.shape[-1] > 1 and not np.isnan(r).any():
+        spread = np.std(r, axis=-1, ddof=1)
+        return np.where(np.max(r, axis=-1) == np.min(r, axis=-1), 0.0, spread)
     count = np.sum(~np.isnan(r), axis=-1)
     centred = r - np.expand_dims(_mean(r), -1)
     variance = _divide(np.nansum(centred**2, axis=-1), count - 1.0)
@@ -213,11 +220,15 @@ def exposure(positions: np.ndarray) -> float | np.ndarray:
 
 
 def position_changes(positions: np.ndarray) -> int | np.ndarray:
-    """Number of days the position differs from the day before, starting flat: each entry,
-    exit or reversal counts once (what costs are charged on)."""
-    p = np.nan_to_num(_as_float(positions))
-    previous = np.concatenate([np.zeros(p.shape[:-1] + (1,)), p[..., :-1]], axis=-1)
-    changes = np.sum(p != previous, axis=-1)
+    """Number of observed days whose position differs from the previous observed day's,
+    starting flat: each entry, exit or reversal counts once (what costs are charged on)."""
+    p = _as_float(positions)
+    observed = ~np.isnan(p)
+    # Carry the last observed position over NaN days, so a dropped day is not a change.
+    last_seen = np.maximum.accumulate(np.where(observed, np.arange(p.shape[-1]), -1), axis=-1)
+    carried = np.where(last_seen >= 0, np.take_along_axis(np.nan_to_num(p), np.maximum(last_seen, 0), axis=-1), 0.0)
+    previous = np.concatenate([np.zeros(p.shape[:-1] + (1,)), carried[..., :-1]], axis=-1)
+    changes = np.sum(observed & (p != previous), axis=-1)
     return int(changes) if p.ndim == 1 else changes
 
 
@@ -279,10 +290,13 @@ def bootstrap_sharpe_interval(returns: np.ndarray, counts: np.ndarray, confidenc
     # A resample of only flat days has no Sharpe; the interval is over the resamples that have
     # one, and undefined when fewer than half do.
     defined = np.isfinite(resampled)
-    resampled = np.where(defined, resampled, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        lower, upper = np.nanquantile(resampled, [tail, 1.0 - tail], axis=0)
+    lower, upper = np.quantile(np.where(defined, resampled, 0.0), [tail, 1.0 - tail], axis=0)
+    partly = ~defined.all(axis=0)
+    if partly.any():  # the slow NaN-aware quantile only where a resample had no Sharpe
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lower[partly], upper[partly] = np.nanquantile(np.where(defined[:, partly], resampled[:, partly], np.nan),
+                                                          [tail, 1.0 - tail], axis=0)
     enough = defined.mean(axis=0) >= 0.5
     lower, upper = np.where(enough, lower, np.nan), np.where(enough, upper, np.nan)
     if r.ndim == 1:
