@@ -19,9 +19,11 @@ from pm_domain.tickers import TickerError, read_watchlist, validate_tickers
 DEMO_TICKERS = ["^GSPC", "^IXIC"]
 DEMO_END = "2018-12-31"
 DEMO_SESSIONS = 120
-# The LLM stages cover the last two weeks only: with a real local model each row costs 15-40 s
-# (3 stages x 2 tickers x 10 sessions is 10-40 minutes); the fallback answers at once.
+# With a real local model each LLM row costs 15-40 s, so the LLM stages cover the last two weeks
+# (3 stages x 2 tickers x 10 sessions is 10-40 minutes); without one the labelled fallback answers
+# at once and they cover the last 60 sessions, so the backtests have a window worth reading.
 DEMO_LLM_SESSIONS = 10
+DEMO_FALLBACK_SESSIONS = 60
 LLM_TABLES = ("llm_analysis", "llm_signals", "risk_assessments")
 
 
@@ -43,15 +45,18 @@ def add_tickers(instance, tickers: Sequence[str]) -> list[str]:
     return new
 
 
-def range_tags(tickers: Sequence[str], start: str, end: str) -> dict[str, str]:
-    """Run tags that make one run cover dates start..end for every ticker listed (a rectangle)."""
+def range_tags(tickers: Sequence[str] | None, start: str, end: str) -> dict[str, str]:
+    """Run tags that make one run cover dates start..end for every ticker listed (a rectangle);
+    tickers None for an asset partitioned by date alone."""
+    if tickers is None:
+        return {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
     return {
         "dagster/asset_partition_range_start": f"{start}|{tickers[0]}",
         "dagster/asset_partition_range_end": f"{end}|{tickers[-1]}",
     }
 
 
-def materialize_range(instance, assets: Sequence[str], tickers: Sequence[str], start: str, end: str):
+def materialize_range(instance, assets: Sequence[str], tickers: Sequence[str] | None, start: str, end: str):
     from dagster import AssetKey
 
     from pm_jobs.definitions import defs
@@ -107,6 +112,38 @@ def llm_summary() -> list[str]:
     return lines
 
 
+def backtest_summary() -> list[str]:
+    """The backtests of the last date: the metrics table the README shows."""
+    import duckdb
+
+    from pm_resources.store import query, table_exists
+
+    with duckdb.connect(settings.duckdb_path(), read_only=True) as conn:
+        if not table_exists(conn, "backtests"):
+            return []
+        rows = query(conn, "SELECT ticker, date, sessions, total_return, buy_hold_total_return, sharpe, max_drawdown, "
+                           "exposure, trades, hit_rate, verdict, verdict_reason FROM backtests "
+                           "WHERE date = (SELECT max(date) FROM backtests) ORDER BY ticker")
+        book = query(conn, "SELECT weighting, date, sessions, total_return, buy_hold_total_return, sharpe, exposure, verdict "
+                           "FROM portfolio_backtests WHERE date = (SELECT max(date) FROM portfolio_backtests) "
+                           "ORDER BY weighting") if table_exists(conn, "portfolio_backtests") else None
+
+    def number(value, percent=False) -> str:
+        return "-" if value is None else (f"{value:.2%}" if percent else f"{value:.2f}")
+
+    lines = ["Backtests of the last date (strategy net of costs vs buy-and-hold of the same sessions):"]
+    for r in rows.iter_rows(named=True):
+        lines.append(f"  {r['ticker']:<8} {r['date']} {r['sessions']:>3} sessions  return {number(r['total_return'], True)} "
+                     f"vs {number(r['buy_hold_total_return'], True)}  Sharpe {number(r['sharpe'])}  "
+                     f"max DD {number(r['max_drawdown'], True)}  exposure {number(r['exposure'], True)}  "
+                     f"trades {r['trades']}  hit rate {number(r['hit_rate'], True)}  {r['verdict']}: {r['verdict_reason']}")
+    for r in (book.iter_rows(named=True) if book is not None else []):
+        lines.append(f"  book/{r['weighting']:<13} {r['sessions']:>3} sessions  return {number(r['total_return'], True)} "
+                     f"vs {number(r['buy_hold_total_return'], True)}  Sharpe {number(r['sharpe'])}  "
+                     f"exposure {number(r['exposure'], True)}  {r['verdict']}")
+    return lines
+
+
 def run_demo() -> int:
     warnings.filterwarnings("ignore")  # dagster's beta warnings are noise for a demo
     import datetime as dt
@@ -121,21 +158,29 @@ def run_demo() -> int:
     end = dt.date.fromisoformat(DEMO_END)
     first_feature_day = calendar.shift_trading_days(end, -(DEMO_SESSIONS - 1))
     history_start = settings.start_date().isoformat()
-    first_llm_day = calendar.shift_trading_days(end, -(DEMO_LLM_SESSIONS - 1))
     from pm_resources.ollama import ollama_from_env
 
     ollama = ollama_from_env()
+    llm_sessions = DEMO_LLM_SESSIONS if ollama.client().availability().reachable else DEMO_FALLBACK_SESSIONS
+    first_llm_day = calendar.shift_trading_days(end, -(llm_sessions - 1))
+    # A backtest's first position is the signal of two sessions before: earlier dates have none.
+    first_backtest_day = calendar.shift_trading_days(first_llm_day, 2).isoformat()
+    first_llm_day = first_llm_day.isoformat()
     steps = [
         (["prices"], history_start, "price history for indicator warm-up and forecasts"),
         (["features", "ts_forecasts"], first_feature_day.isoformat(), f"the last {DEMO_SESSIONS} sessions of 2018"),
-        (list(LLM_TABLES), first_llm_day.isoformat(),
-         f"the last {DEMO_LLM_SESSIONS} sessions, LLM mode {ollama.mode}, Ollama at {ollama.host}"),
+        (list(LLM_TABLES), first_llm_day,
+         f"the last {llm_sessions} sessions, LLM mode {ollama.mode}, Ollama at {ollama.host}"),
+        (["signal_outcomes"], first_llm_day, "each signal's realised outcome"),
+        (["backtests"], first_backtest_day, "the walk-forward backtest of the stored signals"),
+        (["portfolio_backtests"], first_backtest_day, "both tickers as one book"),
     ]
     checks_failed = 0
     for assets, start, why in steps:
         began = time.perf_counter()
         print(f"materializing {', '.join(assets)} for {', '.join(DEMO_TICKERS)} {start}..{DEMO_END} ({why}) ...", flush=True)
-        result = materialize_range(instance, assets, DEMO_TICKERS, start, DEMO_END)
+        result = materialize_range(instance, assets, None if assets == ["portfolio_backtests"] else DEMO_TICKERS,
+                                   start, DEMO_END)
         evaluations = result.get_asset_check_evaluations()
         failed = [e.check_name for e in evaluations if not e.passed]
         checks_failed += len(failed)
@@ -146,10 +191,12 @@ def run_demo() -> int:
             return 1
     print("\n".join(store_summary()))
     print("\n".join(llm_summary()))
+    print("\n".join(backtest_summary()))
     print(f"\nDagster instance: {instance.root_directory}")
     print("Open the UI on this instance with `make ui`, then http://127.0.0.1:3000 "
-          "(Assets -> prices / features / ts_forecasts / llm_* / risk_assessments -> Partitions shows the "
-          "materialized keys, their metadata, plots, each LLM row's source and latency, and the checks).")
+          "(Assets -> prices / features / ts_forecasts / llm_* / risk_assessments / signal_outcomes / backtests / "
+          "portfolio_backtests -> Partitions shows the materialized keys, their metadata, plots (the equity "
+          "curve on backtests), each LLM row's source and latency, and the checks).")
     return 0 if checks_failed == 0 else 1
 
 
