@@ -25,6 +25,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore")
 
+from benchmarks.bench_foundation import best_of  # noqa: E402
 from pm_domain import calendar  # noqa: E402
 from pm_domain.backtest import backtest_core  # noqa: E402
 
@@ -45,15 +46,6 @@ def plain_numpy(signals: np.ndarray, prices: np.ndarray, cost_rate: float) -> di
     peaks = np.maximum.accumulate(np.concatenate([np.ones((len(net), 1)), equity], axis=1), axis=1)[:, 1:]
     drawdown = np.minimum((equity / peaks - 1.0).min(axis=1), 0.0)
     return {"net_returns": net, "equity": equity, "sharpe": sharpe, "max_drawdown": drawdown}
-
-
-def best_of(repeats: int, run) -> float:
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return min(times)
 
 
 def core_ratio(n_tickers: int, n_sessions: int, repeats: int) -> float:
