@@ -24,7 +24,7 @@ from pm_assets.metadata import preview_markdown, run_metadata
 from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection, decode_partition_keys, lookback_mapping
 from pm_domain import calendar, plots
 from pm_domain.backtest import POSITION_LAG_SESSIONS, BacktestRules, ledger_and_calls, window_metrics, window_series
-from pm_domain.forecasting.engine import price_histories
+from pm_domain.forecasting.engine import price_rows
 from pm_domain.outcomes import SessionGrid
 from pm_resources.store import read_rows, replace_partitions
 
@@ -70,10 +70,7 @@ def read_backtest_inputs(duckdb: DuckDBResource, tickers: list[str], selection: 
     signals = signals.select(SIGNAL_COLUMNS) if signals.width else pl.DataFrame(
         schema={"ticker": pl.String, "date": pl.Date, "action": pl.String, "confidence": pl.Float64,
                 "position_size": pl.Float64, "horizon": pl.Int64})
-    histories = price_histories(prices) if prices.height else {}
-    price_rows = (pl.concat(histories.values()) if histories
-                  else pl.DataFrame(schema={"ticker": pl.String, "date": pl.Date, "price": pl.Float64}))
-    return SessionGrid(first, selection.end), signals, price_rows
+    return SessionGrid(first, selection.end), signals, price_rows(prices)
 
 
 def backtest_metadata(rows: pl.DataFrame, series: dict[str, pl.DataFrame], key_column: str) -> dict:

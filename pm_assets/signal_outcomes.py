@@ -18,7 +18,7 @@ from pm_assets.inputs import require_partitions
 from pm_assets.metadata import run_metadata
 from pm_assets.partitions import STAGE_ASSET_ARGS, decode_partition_keys, forward_mapping
 from pm_domain import calendar
-from pm_domain.forecasting.engine import price_histories
+from pm_domain.forecasting.engine import price_rows
 from pm_domain import outcomes
 from pm_domain.outcomes import ENTRY_LAG_SESSIONS, STATUSES, TRACKING_SESSIONS
 from pm_resources.store import read_rows, replace_partitions
@@ -48,10 +48,7 @@ def signal_outcomes(context: AssetExecutionContext, duckdb: DuckDBResource) -> M
         signals = read_rows(conn, "llm_signals", selection.tickers, selection.end, selection.start)
         prices = read_rows(conn, "prices", selection.tickers, last_needed, first_entry)
     require_partitions(signals, "llm_signals", selection)
-    histories = price_histories(prices) if prices.height else {}
-    price_rows = (pl.concat(histories.values()) if histories
-                  else pl.DataFrame(schema={"ticker": pl.String, "date": pl.Date, "price": pl.Float64}))
-    rows = outcomes.signal_outcomes(signals, price_rows)
+    rows = outcomes.signal_outcomes(signals, price_rows(prices))
     with duckdb.get_connection() as conn:
         replace_partitions(conn, "signal_outcomes", rows, selection.tickers, selection.dates)
 

@@ -376,7 +376,17 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+PRICE_ROWS_SCHEMA = {"ticker": pl.String, "date": pl.Date, "price": pl.Float64}
+
+
+def price_rows(prices: pl.DataFrame) -> pl.DataFrame:
+    """ticker, date, price from stored prices (empty, with that schema, when there are none),
+    price as features measures returns, sorted by ticker and date."""
+    if not prices.height:
+        return pl.DataFrame(schema=PRICE_ROWS_SCHEMA)
+    return prices.sort("ticker", "date").select("ticker", "date", return_price().alias("price"))
+
+
 def price_histories(prices: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    """ticker, date, price per ticker from stored prices, price as features measures returns."""
-    with_price = prices.sort("ticker", "date").select("ticker", "date", return_price().alias("price"))
-    return {ticker: rows for (ticker,), rows in with_price.partition_by("ticker", as_dict=True).items()}
+    """price_rows per ticker."""
+    return {ticker: rows for (ticker,), rows in price_rows(prices).partition_by("ticker", as_dict=True).items()}
