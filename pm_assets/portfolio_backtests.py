@@ -10,7 +10,15 @@ from dagster_duckdb import DuckDBResource
 from pm_assets.backtests import BacktestsConfig, backtest_metadata, insufficient_check, read_backtest_inputs
 from pm_assets.metadata import run_metadata
 from pm_assets.partitions import TICKERS_PARTITIONS_NAME, UNIVERSE_ASSET_ARGS, PartitionSelection
-from pm_domain.backtest import PORTFOLIO_WEIGHTINGS, ledger_and_calls, portfolio_ledger, window_metrics, window_series
+from pm_domain.backtest import (
+    PORTFOLIO_WEIGHTINGS,
+    portfolio_ledger,
+    scored_calls,
+    ticker_ledger,
+    window_metrics,
+    window_series,
+)
+from pm_domain.outcomes import signal_outcomes
 from pm_resources.store import PartitionRows, write_partitions
 
 SIZING_BY_WEIGHTING = {"equal": "unit", "position_size": "signal"}
@@ -38,9 +46,10 @@ def portfolio_backtests(context: AssetExecutionContext, config: BacktestsConfig,
     rules = config.rules()
     grid, signals, prices = read_backtest_inputs(duckdb, list(tickers), selection, rules)
     frames, series = [], {}
+    # The calls and their outcomes do not depend on the weighting: scored once, pooled in both books.
+    calls = scored_calls(signal_outcomes(signals, prices), grid)
     for weighting in PORTFOLIO_WEIGHTINGS:
-        ledger, calls = ledger_and_calls(signals, prices, grid, SIZING_BY_WEIGHTING[weighting])
-        book = portfolio_ledger(ledger, weighting)
+        book = portfolio_ledger(ticker_ledger(signals, prices, grid, SIZING_BY_WEIGHTING[weighting]), weighting)
         frames.append(window_metrics(book, calls, dates, rules).with_columns(pl.lit(weighting).alias("weighting")))
         series[f"portfolio ({weighting})"] = window_series(book, selection.end, rules)
     used = sorted(set(signals["ticker"].to_list()))
