@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import warnings
 
 import pytest
@@ -25,3 +26,10 @@ def range_tags(tickers, start: dt.date | str, end: dt.date | str) -> dict[str, s
     from pm_jobs.cli import range_tags as tags
 
     return tags(list(tickers), str(start), str(end))
+
+
+def copy_of(store_path: str, tmp_path) -> str:
+    """A private copy of a module-scoped store, so a test can write to it freely."""
+    path = str(tmp_path / "pm.duckdb")
+    shutil.copy(store_path, path)
+    return path

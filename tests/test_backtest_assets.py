@@ -3,7 +3,6 @@ prices, with stored signals written through the store (llm_signals' own tests co
 are made; these assets read only ticker, date, action, confidence, position_size, horizon)."""
 
 import datetime as dt
-import shutil
 
 import duckdb
 import numpy as np
@@ -16,7 +15,7 @@ from pm_assets import backtests, portfolio_backtests, prices, signal_outcomes
 from pm_domain.calendar import trading_days
 from pm_resources.price_source import PriceSourceResource
 from pm_resources.store import replace_partitions
-from tests.conftest import range_tags
+from tests.conftest import copy_of, range_tags
 from tests.test_assets import failure_message, table
 
 pytestmark = pytest.mark.timeout(180)
@@ -67,9 +66,7 @@ def upstream_store(tmp_path_factory):
 
 @pytest.fixture()
 def store(upstream_store, tmp_path):
-    path = str(tmp_path / "pm.duckdb")
-    shutil.copy(upstream_store, path)
-    return path
+    return copy_of(upstream_store, tmp_path)
 
 
 @pytest.fixture()

@@ -2,7 +2,6 @@
 store, with the real ollama client talking to the fake server (or to nothing)."""
 
 import datetime as dt
-import shutil
 
 import duckdb
 import polars as pl
@@ -16,7 +15,7 @@ from pm_domain.calendar import trading_days
 from pm_resources.ollama import OllamaResource
 from pm_resources.price_source import PriceSourceResource
 from pm_resources.store import table_exists
-from tests.conftest import range_tags
+from tests.conftest import copy_of, range_tags
 from tests.fake_ollama import FakeOllama, schema_answer, unused_port_host
 from tests.test_assets import failure_message, table
 
@@ -52,9 +51,7 @@ def upstream_store(tmp_path_factory):
 
 @pytest.fixture()
 def store(upstream_store, tmp_path):
-    path = str(tmp_path / "pm.duckdb")
-    shutil.copy(upstream_store, path)
-    return path
+    return copy_of(upstream_store, tmp_path)
 
 
 @pytest.fixture()
