@@ -68,7 +68,7 @@ def asset_ratio(n_tickers: int, n_dates: int) -> float:
 
     import duckdb
     from pm_assets import backtests, prices
-    from pm_jobs.cli import range_tags
+    from pm_assets.partitions import range_tags
     from pm_resources.price_source import PriceSourceResource
     from pm_resources.store import replace_partitions
 

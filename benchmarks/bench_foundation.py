@@ -56,7 +56,7 @@ def bench_single_run_backfill(n_tickers: int, n_days: int) -> None:
 
     import duckdb
     from pm_assets import features, prices
-    from pm_jobs.cli import range_tags
+    from pm_assets.partitions import range_tags
     from pm_resources.price_source import PriceSourceResource
     from pm_resources.store import replace_partitions
 

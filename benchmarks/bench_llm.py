@@ -81,7 +81,7 @@ def stages_twice(host: str | None) -> dict:
 
     import duckdb
     from pm_assets import features, llm_analysis, llm_signals, prices, risk_assessments, ts_forecasts
-    from pm_jobs.cli import range_tags
+    from pm_assets.partitions import range_tags
     from pm_resources.ollama import OllamaResource
     from pm_resources.price_source import PriceSourceResource
     from pm_resources.store import query

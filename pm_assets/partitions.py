@@ -6,6 +6,7 @@ Keys read `2018-12-31|^GSPC` (Dagster orders dimensions by name: `date`, then `t
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from dagster import (
@@ -147,3 +148,73 @@ def decode_partition_keys(partition_keys: list[str]) -> PartitionSelection:
             f"{selection.describe()}"
         )
     return selection
+
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def range_tags(tickers: Sequence[str] | None, start: dt.date | str, end: dt.date | str) -> dict[str, str]:
+    """Run tags that make one run cover dates start..end for every ticker from `tickers[0]` to
+    `tickers[-1]` in the universe's order (a rectangle); tickers None for an asset partitioned by
+    date alone."""
+    if tickers is None:
+        return {RANGE_START_TAG: str(start), RANGE_END_TAG: str(end)}
+    return {RANGE_START_TAG: f"{start}|{tickers[0]}", RANGE_END_TAG: f"{end}|{tickers[-1]}"}
+
+
+@dataclass(frozen=True)
+class PartitionRectangle:
+    """Consecutive trading days x tickers adjacent in the universe's order: what one run covers."""
+
+    tickers: tuple[str, ...]
+    start: dt.date
+    end: dt.date
+
+    def tags(self) -> dict[str, str]:
+        return range_tags(self.tickers, self.start, self.end)
+
+    def describe(self) -> str:
+        tickers = self.tickers[0] if len(self.tickers) == 1 else f"{self.tickers[0]}..{self.tickers[-1]} ({len(self.tickers)})"
+        return f"{self.start}..{self.end} x {tickers}"
+
+
+def rectangles(keys: Iterable[tuple[dt.date, str]], ticker_order: Sequence[str]) -> list[PartitionRectangle]:
+    """Cover exactly the (date, ticker) `keys` with as few rectangles as a simple greedy finds.
+
+    A ranged run in a multi-partitioned asset is every ticker between the range's first and last
+    (in the order tickers were added) times every date between, so tickers are split into blocks
+    adjacent in `ticker_order`, and consecutive trading days with the same block are merged. Keys
+    whose ticker is not in `ticker_order` (removed from the universe) are dropped.
+    """
+    from pm_domain import calendar
+
+    position = {ticker: i for i, ticker in enumerate(ticker_order)}
+    tickers_by_date: dict[dt.date, set[str]] = {}
+    for day, ticker in keys:
+        if ticker in position:
+            tickers_by_date.setdefault(day, set()).add(ticker)
+    blocks_by_date = {day: _adjacent_blocks(sorted(tickers, key=position.__getitem__), position)
+                      for day, tickers in tickers_by_date.items()}
+    open_ranges: dict[tuple[str, ...], PartitionRectangle] = {}
+    closed: list[PartitionRectangle] = []
+    for day in sorted(blocks_by_date):
+        blocks = set(blocks_by_date[day])
+        for block, rectangle in list(open_ranges.items()):
+            if block not in blocks or calendar.shift_trading_days(rectangle.end, 1) != day:
+                closed.append(open_ranges.pop(block))
+        for block in blocks_by_date[day]:
+            current = open_ranges.get(block)
+            open_ranges[block] = PartitionRectangle(block, current.start if current else day, day)
+    closed.extend(open_ranges.values())
+    return sorted(closed, key=lambda r: (r.start, position[r.tickers[0]]))
+
+
+def _adjacent_blocks(tickers: list[str], position: dict[str, int]) -> list[tuple[str, ...]]:
+    blocks: list[list[str]] = []
+    for ticker in tickers:
+        if blocks and position[ticker] == position[blocks[-1][-1]] + 1:
+            blocks[-1].append(ticker)
+        else:
+            blocks.append([ticker])
+    return [tuple(block) for block in blocks]

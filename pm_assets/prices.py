@@ -7,6 +7,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    FreshnessPolicy,
     MaterializeResult,
     asset,
 )
@@ -14,7 +15,7 @@ from dagster_duckdb import DuckDBResource
 
 from pm_assets.metadata import check_results, run_metadata
 from pm_assets.partitions import STAGE_ASSET_ARGS, decode_partition_keys
-from pm_domain import calendar
+from pm_domain import calendar, settings
 from pm_domain.quality import price_rules
 from pm_resources.price_source import PriceSourceResource
 from pm_resources.store import read_rows, replace_partitions
@@ -29,9 +30,25 @@ class SessionNotClosedError(RuntimeError):
     """Prices were asked for a session that has not closed yet."""
 
 
+# The nightly run starts at PM_NIGHTLY_TIME; prices is its first step, so two hours later the
+# day's prices should be in. Dagster's cron policy knows weekdays, not exchange holidays: on a
+# holiday evening prices show as late until the next session's nightly run.
+FRESHNESS_GRACE = dt.timedelta(hours=2)
+
+
+def prices_freshness_policy() -> FreshnessPolicy:
+    """Materialized between the nightly time and two hours after it, every weekday."""
+    nightly = dt.datetime.combine(dt.date(2024, 1, 1), settings.nightly_time())  # a Monday
+    deadline = nightly + FRESHNESS_GRACE
+    weekdays = "1-5" if deadline.date() == nightly.date() else "2-6"
+    return FreshnessPolicy.cron(deadline_cron=f"{deadline.minute} {deadline.hour} * * {weekdays}",
+                                lower_bound_delta=FRESHNESS_GRACE, timezone=settings.nightly_timezone())
+
+
 @asset(
     **STAGE_ASSET_ARGS,
     group_name="market_data",
+    freshness_policy=prices_freshness_policy(),
     check_specs=[AssetCheckSpec(name, asset="prices", blocking=True) for name in PRICE_CHECKS],
     description="Daily OHLCV and adjusted close per ticker and NYSE trading day, with the source "
     "name and ingestion time. One fetch and one write per run, whatever its range.",

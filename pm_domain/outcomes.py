@@ -56,6 +56,20 @@ class SessionGrid:
         return session.replace_strict(mapping, default=None, return_dtype=pl.Date).alias(alias)
 
 
+def signal_dates_observed_on(price_date: dt.date) -> list[dt.date]:
+    """The signal dates whose 1-, 5- or 30-session outcome becomes observable with the close of
+    `price_date`: each t with t + ENTRY_LAG_SESSIONS + h = price_date, h in OUTCOME_HORIZONS
+    (the last of them, h = 30, is the one whose status leaves `pending`). Dates before the
+    calendar's first session are left out."""
+    dates = []
+    for horizon in OUTCOME_HORIZONS:
+        try:
+            dates.append(calendar.shift_trading_days(price_date, -(ENTRY_LAG_SESSIONS + horizon)))
+        except calendar.CalendarError:
+            continue
+    return dates
+
+
 def direction(action: pl.Expr) -> pl.Expr:
     """+1 for BUY, -1 for SELL, 0 for HOLD."""
     return action.replace_strict(DIRECTION, return_dtype=pl.Int64)

@@ -65,3 +65,34 @@ def benchmark_ticker() -> str:
         return validate_ticker(os.environ.get("PM_BENCHMARK", "^GSPC"))
     except TickerError as exc:
         raise SettingsError(f"PM_BENCHMARK: {exc}") from None
+
+
+def nightly_time() -> dt.time:
+    """When the nightly schedule runs, local to `nightly_timezone()` (`PM_NIGHTLY_TIME`, HH:MM,
+    default 18:30: after the 16:00 close, once end-of-day data has settled)."""
+    raw = os.environ.get("PM_NIGHTLY_TIME", "18:30")
+    try:
+        return dt.time.fromisoformat(raw).replace(second=0, microsecond=0)
+    except ValueError as exc:
+        raise SettingsError(f"PM_NIGHTLY_TIME={raw!r} is not a time of day (HH:MM)") from exc
+
+
+def nightly_timezone() -> str:
+    """The IANA time zone of `nightly_time()` (`PM_NIGHTLY_TIMEZONE`, default America/New_York)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    raw = os.environ.get("PM_NIGHTLY_TIMEZONE", "America/New_York")
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise SettingsError(f"PM_NIGHTLY_TIMEZONE={raw!r} is not an IANA time zone (e.g. Europe/London)") from exc
+    return raw
+
+
+def llm_health_interval_seconds() -> int:
+    """Seconds between LLM health probes while Ollama answers (`PM_LLM_HEALTH_INTERVAL`, default
+    300, at least 30); a down server is probed at doubling intervals up to an hour."""
+    raw = os.environ.get("PM_LLM_HEALTH_INTERVAL", "300")
+    if not raw.isdigit() or int(raw) < 30:
+        raise SettingsError(f"PM_LLM_HEALTH_INTERVAL={raw!r} must be a whole number of seconds, at least 30")
+    return int(raw)

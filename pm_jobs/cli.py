@@ -1,6 +1,7 @@
 """`pm`: manage the ticker universe and run the demo against the project-local instance.
 
-    pm tickers list | add TICKER... | sync [--file PATH]
+    pm tickers list | add TICKER... | remove TICKER... | sync [--file PATH]
+    pm backfill --assets A,B --tickers T,U --from DATE --to DATE [--url URL] [--wait SECONDS]
     pm demo
     pm summary
 """
@@ -45,20 +46,49 @@ def add_tickers(instance, tickers: Sequence[str]) -> list[str]:
     return new
 
 
-def range_tags(tickers: Sequence[str] | None, start: str, end: str) -> dict[str, str]:
-    """Run tags that make one run cover dates start..end for every ticker listed (a rectangle);
-    tickers None for an asset partitioned by date alone."""
-    if tickers is None:
-        return {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
-    return {
-        "dagster/asset_partition_range_start": f"{start}|{tickers[0]}",
-        "dagster/asset_partition_range_end": f"{end}|{tickers[-1]}",
-    }
+def remove_tickers(instance, tickers: Sequence[str]) -> list[str]:
+    """Take tickers out of the `tickers` dimension; their stored rows in DuckDB stay. Returns the
+    ones that were there."""
+    from pm_assets.partitions import TICKERS_PARTITIONS_NAME
+
+    valid = validate_tickers(tickers)
+    known = set(instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME))
+    removed = [t for t in valid if t in known]
+    for ticker in removed:
+        instance.delete_dynamic_partition(TICKERS_PARTITIONS_NAME, ticker)
+    return removed
+
+
+def run_backfill(args) -> int:
+    import datetime as dt
+
+    from pm_jobs.backfill import BackfillError, launch_backfill, partition_names, wait_for_backfill
+
+    assets = [a.strip() for a in args.assets.split(",") if a.strip()]
+    try:
+        if args.tickers:
+            partitions = partition_names(validate_tickers(args.tickers.split(",")),
+                                         dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end))
+        else:  # an asset partitioned by date alone (portfolio_backtests)
+            partitions = [str(d) for d in calendar.trading_days(dt.date.fromisoformat(args.start),
+                                                                dt.date.fromisoformat(args.end))]
+        backfill_id = launch_backfill(args.url, assets, partitions)
+        print(f"backfill {backfill_id}: {', '.join(assets)} x {len(partitions)} partition(s) -> "
+              f"{args.url}/runs/b/{backfill_id}", flush=True)
+        if not args.wait:
+            return 0
+        progress = wait_for_backfill(args.url, backfill_id, args.wait,
+                                     report=lambda p: print(f"  {p.describe()}", flush=True))
+    except BackfillError as exc:
+        print(f"pm: {exc}", file=sys.stderr)
+        return 1
+    return 0 if progress.succeeded else 1
 
 
 def materialize_range(instance, assets: Sequence[str], tickers: Sequence[str] | None, start: str, end: str):
     from dagster import AssetKey
 
+    from pm_assets.partitions import range_tags
     from pm_jobs.definitions import defs
 
     job = defs.resolve_implicit_global_asset_job_def()
@@ -208,8 +238,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     tickers_actions.add_parser("list")
     add = tickers_actions.add_parser("add")
     add.add_argument("symbols", nargs="+")
+    remove = tickers_actions.add_parser("remove", help="take tickers out of the universe (stored rows stay)")
+    remove.add_argument("symbols", nargs="+")
     sync = tickers_actions.add_parser("sync", help="add every ticker of the watchlist file")
     sync.add_argument("--file", default=None, help="watchlist path (default PM_WATCHLIST)")
+    backfill = commands.add_parser("backfill", help="launch a backfill on a running webserver (as the UI does)")
+    backfill.add_argument("--assets", required=True, help="comma-separated asset names")
+    backfill.add_argument("--tickers", default=None, help="comma-separated; omit for portfolio_backtests")
+    backfill.add_argument("--from", dest="start", required=True, help="first date, YYYY-MM-DD")
+    backfill.add_argument("--to", dest="end", required=True, help="last date, YYYY-MM-DD")
+    backfill.add_argument("--url", default="http://127.0.0.1:3000", help="the webserver (make ui)")
+    backfill.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                          help="follow the backfill until it finishes, at most this long")
     commands.add_parser("demo", help="materialize the sample demo into the project instance")
     commands.add_parser("summary", help="rows per table in the DuckDB store")
     args = parser.parse_args(argv)
@@ -217,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return run_demo()
+        if args.command == "backfill":
+            return run_backfill(args)
         if args.command == "summary":
             print("\n".join(store_summary()))
             return 0
@@ -227,13 +269,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n".join(instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME)))
         elif args.action == "add":
             print(f"added: {', '.join(add_tickers(instance, args.symbols)) or 'nothing new'}")
+        elif args.action == "remove":
+            removed = remove_tickers(instance, args.symbols)
+            print(f"removed: {', '.join(removed) or 'none of them was in the universe'} "
+                  "(their stored rows stay in DuckDB)")
         else:
             from pathlib import Path
 
             path = Path(args.file) if args.file else settings.watchlist_path()
             print(f"added: {', '.join(add_tickers(instance, read_watchlist(path))) or 'nothing new'}")
         return 0
-    except (TickerError, settings.SettingsError, calendar.CalendarError, FileNotFoundError) as exc:
+    except (TickerError, settings.SettingsError, calendar.CalendarError, FileNotFoundError, ValueError) as exc:
         print(f"pm: {exc}", file=sys.stderr)
         return 2
 

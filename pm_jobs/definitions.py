@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import Definitions
 from dagster_duckdb import DuckDBResource
 
 from pm_assets import ALL_ASSETS
-from pm_assets.partitions import daily_ticker_partitions
 from pm_domain import settings
+from pm_jobs.jobs import portfolio_job, research_job, signal_evaluation_job
+from pm_jobs.schedules import nightly_research_schedule
 from pm_resources.ollama import ollama_from_env
 from pm_resources.price_source import PriceSourceResource
+from pm_sensors import ALL_SENSORS
 
 
 def build_resources() -> dict:
@@ -29,12 +31,10 @@ def build_resources() -> dict:
     }
 
 
-research_job = define_asset_job(
-    "daily_research",
-    selection=AssetSelection.all() - AssetSelection.assets("portfolio_backtests"),
-    partitions_def=daily_ticker_partitions,
-    description="Every (date, ticker) stage for a tickers x dates range, one run per range "
-    "(portfolio_backtests, partitioned by date alone, runs on its own).",
+defs = Definitions(
+    assets=ALL_ASSETS,
+    resources=build_resources(),
+    jobs=[research_job, signal_evaluation_job, portfolio_job],
+    schedules=[nightly_research_schedule],
+    sensors=ALL_SENSORS,
 )
-
-defs = Definitions(assets=ALL_ASSETS, resources=build_resources(), jobs=[research_job])

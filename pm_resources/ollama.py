@@ -36,6 +36,10 @@ class OllamaResource(ConfigurableResource):
     keep_alive: str = Field(default="10m", description="how long Ollama keeps the model loaded")
     seed: int = Field(default=42)
     max_tokens: int = Field(default=400, ge=32, le=4096, description="num_predict: cap on generated tokens")
+    health_max_latency_seconds: float = Field(default=5.0, gt=0, description=(
+        "llm_health alerts when the probe's latency (Ollama's total_duration) exceeds this"))
+    health_min_tokens_per_second: float = Field(default=5.0, ge=0, description=(
+        "llm_health alerts when the probe generates fewer tokens per second than this"))
 
     def settings(self) -> OllamaSettings:
         return OllamaSettings(
@@ -62,4 +66,19 @@ def ollama_from_env() -> OllamaResource:
         analysis_model=os.environ.get("PM_LLM_ANALYSIS_MODEL", DEFAULT_MODELS["analysis"]),
         signal_model=os.environ.get("PM_LLM_SIGNAL_MODEL", DEFAULT_MODELS["signal"]),
         risk_model=os.environ.get("PM_LLM_RISK_MODEL", DEFAULT_MODELS["risk"]),
+        health_max_latency_seconds=_positive_float("PM_LLM_MAX_LATENCY_SECONDS", 5.0),
+        health_min_tokens_per_second=_positive_float("PM_LLM_MIN_TOKENS_PER_SECOND", 5.0),
     )
+
+
+def _positive_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SettingsError(f"{name}={raw!r} must be a positive number")
+    return value

@@ -182,6 +182,13 @@ def _upsert(conn: duckdb.DuckDBPyConnection, rows: KeyedRows) -> None:
         conn.unregister("_pm_incoming")
 
 
+def upsert_rows(conn: duckdb.DuckDBPyConnection, rows: KeyedRows) -> int:
+    """Insert or replace `rows` by their key in one transaction (event tables of the sensors:
+    llm_health, run_failures). Returns rows written."""
+    write_partitions(conn, [], [], [], keyed_rows=[rows])
+    return rows.frame.height
+
+
 def replace_partitions(
     conn: duckdb.DuckDBPyConnection,
     table: str,

@@ -23,7 +23,7 @@ def instance():
 
 
 def range_tags(tickers, start: dt.date | str, end: dt.date | str) -> dict[str, str]:
-    from pm_jobs.cli import range_tags as tags
+    from pm_assets.partitions import range_tags as tags
 
     return tags(list(tickers), str(start), str(end))
 

@@ -1,0 +1,139 @@
+"""Launch and follow an asset backfill on a running Dagster webserver, through its GraphQL API.
+
+This is what the UI's backfill dialog does: the webserver records the backfill, the daemon
+splits it into runs (single-run policy: one range per ticker or per date) and queues them under
+the instance's pools. `pm backfill` and the end-to-end test use it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from pm_domain import calendar
+
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}"""
+
+STATUS = """
+query Status($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      status
+      error { message }
+      assetBackfillData {
+        assetBackfillStatuses {
+          ... on AssetPartitionsStatusCounts {
+            assetKey { path } numPartitionsTargeted numPartitionsMaterialized numPartitionsFailed
+          }
+        }
+      }
+    }
+    ... on Error { message }
+  }
+}"""
+
+FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+SUCCEEDED = {"COMPLETED", "COMPLETED_SUCCESS"}
+
+
+class BackfillError(RuntimeError):
+    """The webserver refused the backfill, could not be reached, or the backfill failed."""
+
+
+@dataclass(frozen=True)
+class BackfillProgress:
+    status: str
+    materialized: dict[str, int]
+    failed: dict[str, int]
+    targeted: dict[str, int]
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status in SUCCEEDED and not any(self.failed.values())
+
+    def describe(self) -> str:
+        parts = [f"{asset} {self.materialized.get(asset, 0)}/{n}"
+                 + (f" ({self.failed[asset]} failed)" if self.failed.get(asset) else "")
+                 for asset, n in self.targeted.items()]
+        return f"{self.status}: {', '.join(parts)}" + (f"; {self.error}" if self.error else "")
+
+
+def partition_names(tickers: Sequence[str], start: dt.date, end: dt.date) -> list[str]:
+    """Every `date|ticker` key of the trading days start..end for the tickers."""
+    days = calendar.trading_days(start, end)
+    if not days:
+        raise BackfillError(f"no {calendar.EXCHANGE} trading day between {start} and {end}")
+    return [f"{day}|{ticker}" for day in days for ticker in tickers]
+
+
+def _graphql(url: str, query: str, variables: dict, timeout: float) -> dict:
+    try:
+        response = httpx.post(f"{url.rstrip('/')}/graphql", json={"query": query, "variables": variables},
+                              timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise BackfillError(f"no Dagster webserver at {url} ({type(exc).__name__}: {exc}); start it with `make ui`") from exc
+    if response.status_code != 200:
+        raise BackfillError(f"{url}/graphql answered HTTP {response.status_code}: {response.text[:300]}")
+    body = response.json()
+    if body.get("errors"):
+        raise BackfillError(f"GraphQL error: {body['errors'][0].get('message')}")
+    return body["data"]
+
+
+def launch_backfill(url: str, assets: Sequence[str], partitions: Sequence[str], title: str | None = None,
+                    timeout: float = 60.0) -> str:
+    """Launch a backfill of `assets` over `partitions`; returns its id."""
+    params = {"assetSelection": [{"path": [asset]} for asset in assets], "partitionNames": list(partitions),
+              "title": title or f"pm backfill {', '.join(assets)}"}
+    result = _graphql(url, LAUNCH, {"params": params}, timeout)["launchPartitionBackfill"]
+    if result["__typename"] != "LaunchBackfillSuccess":
+        raise BackfillError(f"backfill refused ({result['__typename']}): {result.get('message')}")
+    return result["backfillId"]
+
+
+def backfill_progress(url: str, backfill_id: str, timeout: float = 30.0) -> BackfillProgress:
+    result = _graphql(url, STATUS, {"id": backfill_id}, timeout)["partitionBackfillOrError"]
+    if result["__typename"] != "PartitionBackfill":
+        raise BackfillError(f"backfill {backfill_id}: {result.get('message')}")
+    counts = [s for s in (result.get("assetBackfillData") or {}).get("assetBackfillStatuses", []) if s]
+    name = lambda status: "/".join(status["assetKey"]["path"])  # noqa: E731
+    return BackfillProgress(
+        status=result["status"],
+        materialized={name(s): s["numPartitionsMaterialized"] for s in counts},
+        failed={name(s): s["numPartitionsFailed"] for s in counts},
+        targeted={name(s): s["numPartitionsTargeted"] for s in counts},
+        error=(result.get("error") or {}).get("message"),
+    )
+
+
+def wait_for_backfill(url: str, backfill_id: str, timeout_seconds: float, poll_seconds: float = 2.0,
+                      report: Callable[[BackfillProgress], None] | None = None) -> BackfillProgress:
+    """Poll until the backfill finishes; BackfillError if it has not within `timeout_seconds`."""
+    deadline = time.monotonic() + timeout_seconds
+    last = None
+    while time.monotonic() < deadline:
+        progress = backfill_progress(url, backfill_id)
+        if report and progress.describe() != last:
+            report(progress)
+            last = progress.describe()
+        if progress.finished:
+            return progress
+        time.sleep(poll_seconds)
+    raise BackfillError(f"backfill {backfill_id} not finished after {timeout_seconds:g} s: {last}")

@@ -1,0 +1,34 @@
+"""Jobs: the research stages every night, and the evaluation the signal_validation sensor runs."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, define_asset_job
+
+from pm_assets.partitions import daily_ticker_partitions, trading_day_partitions
+
+EVALUATION_GROUP = "evaluation"
+
+research_job = define_asset_job(
+    "daily_research",
+    selection=AssetSelection.all() - AssetSelection.groups(EVALUATION_GROUP),
+    partitions_def=daily_ticker_partitions,
+    description="prices -> features -> ts_forecasts -> llm_analysis -> llm_signals -> risk_assessments "
+    "for a tickers x dates range in one run (what the nightly schedule launches). signal_outcomes, "
+    "backtests and portfolio_backtests follow from the signal_validation sensor as their windows complete.",
+)
+
+signal_evaluation_job = define_asset_job(
+    "signal_evaluation",
+    selection=AssetSelection.assets("signal_outcomes", "backtests"),
+    partitions_def=daily_ticker_partitions,
+    description="signal_outcomes and backtests for a tickers x dates range (the signal_validation sensor "
+    "launches it for the windows that just completed).",
+)
+
+portfolio_job = define_asset_job(
+    "portfolio_book",
+    selection=AssetSelection.assets("portfolio_backtests"),
+    partitions_def=trading_day_partitions,
+    description="portfolio_backtests for a range of dates (the signal_validation sensor launches it once "
+    "every ticker's backtest of a date is in).",
+)
