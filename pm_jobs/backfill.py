@@ -75,12 +75,28 @@ class BackfillProgress:
         return f"{self.status}: {', '.join(parts)}" + (f"; {self.error}" if self.error else "")
 
 
-def partition_names(tickers: Sequence[str], start: dt.date, end: dt.date) -> list[str]:
-    """Every `date|ticker` key of the trading days start..end for the tickers."""
+def ticker_date_ranges(tickers: Sequence[str], start: dt.date, end: dt.date,
+                       ticker_order: Sequence[str]) -> list[tuple[str, str]]:
+    """The (first key, last key) ranges covering exactly `tickers` x the trading days start..end
+    (one range when the tickers are adjacent in the universe's order)."""
+    from pm_assets.partitions import rectangles
+
     days = calendar.trading_days(start, end)
     if not days:
         raise BackfillError(f"no {calendar.EXCHANGE} trading day between {start} and {end}")
-    return [f"{day}|{ticker}" for day in days for ticker in tickers]
+    unknown = [t for t in tickers if t not in ticker_order]
+    if unknown:
+        raise BackfillError(f"not in the universe: {', '.join(unknown)} (add them with `pm tickers add`)")
+    return [(f"{r.start}|{r.tickers[0]}", f"{r.end}|{r.tickers[-1]}")
+            for r in rectangles([(d, t) for d in days for t in tickers], ticker_order)]
+
+
+def date_range(start: dt.date, end: dt.date) -> list[tuple[str, str]]:
+    """The range of an asset partitioned by date alone."""
+    days = calendar.trading_days(start, end)
+    if not days:
+        raise BackfillError(f"no {calendar.EXCHANGE} trading day between {start} and {end}")
+    return [(str(days[0]), str(days[-1]))]
 
 
 def _graphql(url: str, query: str, variables: dict, timeout: float) -> dict:
@@ -97,10 +113,15 @@ def _graphql(url: str, query: str, variables: dict, timeout: float) -> dict:
     return body["data"]
 
 
-def launch_backfill(url: str, assets: Sequence[str], partitions: Sequence[str], title: str | None = None,
+def launch_backfill(url: str, assets: Sequence[str], ranges: Sequence[tuple[str, str]], title: str | None = None,
                     timeout: float = 60.0) -> str:
-    """Launch a backfill of `assets` over `partitions`; returns its id."""
-    params = {"assetSelection": [{"path": [asset]} for asset in assets], "partitionNames": list(partitions),
+    """Launch a backfill of exactly `ranges` of every asset of `assets`; returns its id.
+
+    The ranges are given per asset: a backfill given partition names instead applies them to the
+    first asset and extends every later asset along its dependencies, and a lookback dependency
+    (features reads 60 sessions of prices) would then reach months past the range."""
+    selector = {"ranges": [{"start": first, "end": last} for first, last in ranges]}
+    params = {"partitionsByAssets": [{"assetKey": {"path": [asset]}, "partitions": selector} for asset in assets],
               "title": title or f"pm backfill {', '.join(assets)}"}
     result = _graphql(url, LAUNCH, {"params": params}, timeout)["launchPartitionBackfill"]
     if result["__typename"] != "LaunchBackfillSuccess":

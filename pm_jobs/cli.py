@@ -62,18 +62,19 @@ def remove_tickers(instance, tickers: Sequence[str]) -> list[str]:
 def run_backfill(args) -> int:
     import datetime as dt
 
-    from pm_jobs.backfill import BackfillError, launch_backfill, partition_names, wait_for_backfill
+    from pm_assets.partitions import TICKERS_PARTITIONS_NAME
+    from pm_jobs.backfill import BackfillError, date_range, launch_backfill, ticker_date_ranges, wait_for_backfill
 
     assets = [a.strip() for a in args.assets.split(",") if a.strip()]
+    start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
     try:
         if args.tickers:
-            partitions = partition_names(validate_tickers(args.tickers.split(",")),
-                                         dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end))
+            order = _instance().get_dynamic_partitions(TICKERS_PARTITIONS_NAME)
+            ranges = ticker_date_ranges(validate_tickers(args.tickers.split(",")), start, end, order)
         else:  # an asset partitioned by date alone (portfolio_backtests)
-            partitions = [str(d) for d in calendar.trading_days(dt.date.fromisoformat(args.start),
-                                                                dt.date.fromisoformat(args.end))]
-        backfill_id = launch_backfill(args.url, assets, partitions)
-        print(f"backfill {backfill_id}: {', '.join(assets)} x {len(partitions)} partition(s) -> "
+            ranges = date_range(start, end)
+        backfill_id = launch_backfill(args.url, assets, ranges)
+        print(f"backfill {backfill_id}: {', '.join(assets)} over {', '.join(f'{a}...{b}' for a, b in ranges)} -> "
               f"{args.url}/runs/b/{backfill_id}", flush=True)
         if not args.wait:
             return 0
