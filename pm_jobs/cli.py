@@ -1,6 +1,7 @@
 """`pm`: manage the ticker universe and run the demo against the project-local instance.
 
     pm tickers list | add TICKER... | remove TICKER... | sync [--file PATH]
+    pm partitions [ASSET...]
     pm backfill --assets A,B --tickers T,U --from DATE --to DATE [--url URL] [--wait SECONDS]
     pm demo
     pm summary
@@ -57,6 +58,32 @@ def remove_tickers(instance, tickers: Sequence[str]) -> list[str]:
     for ticker in removed:
         instance.delete_dynamic_partition(TICKERS_PARTITIONS_NAME, ticker)
     return removed
+
+
+def partition_status(instance, assets: Sequence[str]) -> list[str]:
+    """Materialized partitions per asset and ticker, as the Dagster instance records them."""
+    import datetime as dt
+
+    from dagster import AssetKey
+
+    from pm_assets.partitions import TICKERS_PARTITIONS_NAME, trading_day_partitions
+
+    tickers = instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME)
+    sessions = len(trading_day_partitions.get_partition_keys())
+    lines = [f"{len(tickers)} ticker(s) x {sessions} trading days "
+             f"({trading_day_partitions.get_first_partition_key()} .. {trading_day_partitions.get_last_partition_key()})"]
+    for asset in assets:
+        keys = instance.get_materialized_partitions(AssetKey(asset))
+        by_ticker: dict[str, list[dt.date]] = {}
+        for key in keys:
+            day, _, ticker = key.partition("|")
+            by_ticker.setdefault(ticker or "(all tickers)", []).append(dt.date.fromisoformat(day))
+        lines.append(f"{asset}: {len(keys)} materialized")
+        for ticker in [t for t in tickers if t in by_ticker] + sorted(set(by_ticker) - set(tickers)):
+            days = by_ticker[ticker]
+            removed = "" if ticker in tickers or ticker == "(all tickers)" else "  (removed from the universe)"
+            lines.append(f"  {ticker:<14} {len(days):>5} dates  {min(days)} .. {max(days)}{removed}")
+    return lines
 
 
 def run_backfill(args) -> int:
@@ -243,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     remove.add_argument("symbols", nargs="+")
     sync = tickers_actions.add_parser("sync", help="add every ticker of the watchlist file")
     sync.add_argument("--file", default=None, help="watchlist path (default PM_WATCHLIST)")
+    partitions = commands.add_parser("partitions", help="materialized partitions per asset and ticker")
+    partitions.add_argument("assets", nargs="*", help="asset names (default: every asset)")
     backfill = commands.add_parser("backfill", help="launch a backfill on a running webserver (as the UI does)")
     backfill.add_argument("--assets", required=True, help="comma-separated asset names")
     backfill.add_argument("--tickers", default=None, help="comma-separated; omit for portfolio_backtests")
@@ -260,6 +289,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo()
         if args.command == "backfill":
             return run_backfill(args)
+        if args.command == "partitions":
+            from pm_assets import ALL_ASSETS
+
+            names = args.assets or [key.to_user_string() for asset in ALL_ASSETS for key in asset.keys]
+            print("\n".join(partition_status(_instance(), names)))
+            return 0
         if args.command == "summary":
             print("\n".join(store_summary()))
             return 0

@@ -34,7 +34,7 @@ from pm_assets.partitions import (
 from pm_domain import calendar
 from pm_domain.outcomes import signal_dates_observed_on
 from pm_domain.tickers import TickerError
-from pm_jobs.cli import remove_tickers
+from pm_jobs.cli import partition_status, remove_tickers
 from pm_jobs.definitions import defs
 from pm_jobs.schedules import nightly_research_schedule, session_to_run
 from pm_resources.price_source import PriceSourceResource
@@ -123,6 +123,10 @@ def test_the_nightly_request_materializes_exactly_its_partitions_and_skips_a_rem
     assert instance.get_materialized_partitions(AssetKey("prices")) == {f"{day}|{t}" for t in ("AAA", "BBB", "CCC")}
 
     assert remove_tickers(instance, ["BBB", "ZZZ"]) == ["BBB"]
+    status = partition_status(instance, ["prices"])
+    assert status[1:] == ["prices: 3 materialized", f"  AAA                1 dates  {day} .. {day}",
+                          f"  CCC                1 dates  {day} .. {day}",
+                          f"  BBB                1 dates  {day} .. {day}  (removed from the universe)"]
     with duckdb.connect(db_path) as conn:  # its history stays stored
         assert conn.execute("SELECT count(*) FROM prices WHERE ticker = 'BBB'").fetchone()[0] == 1
     request = nightly_research_schedule.evaluate_tick(

@@ -11,7 +11,9 @@ def test_definitions_load_with_both_assets_their_checks_and_the_job():
     graph = defs.resolve_asset_graph()
     assert {AssetKey("prices"), AssetKey("features")} <= set(graph.get_all_asset_keys())
     assert {k.name for k in graph.asset_check_keys} >= {"high_is_highest", "no_missing_trading_days"}
-    assert defs.resolve_job_def("daily_research").name == "daily_research"
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"daily_research", "signal_evaluation", "portfolio_book"}
+    assert [s.name for s in defs.schedules] == ["nightly_research"]
+    assert sorted(s.name for s in defs.sensors) == ["llm_health", "run_failures", "signal_validation", "watchlist_sync"]
 
 
 def test_pm_cli_rejects_bad_tickers_with_exit_code_2(tmp_path):
@@ -25,3 +27,9 @@ def test_pm_cli_rejects_bad_tickers_with_exit_code_2(tmp_path):
     listed = subprocess.run([sys.executable, "-m", "pm_jobs.cli", "tickers", "list"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert listed.stdout.split() == ["^GSPC", "BRK.B"]
+    removed = subprocess.run([sys.executable, "-m", "pm_jobs.cli", "tickers", "remove", "BRK.B", "MSFT"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert removed.returncode == 0 and removed.stdout.startswith("removed: BRK.B (their stored rows stay")
+    listed = subprocess.run([sys.executable, "-m", "pm_jobs.cli", "tickers", "list"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert listed.stdout.split() == ["^GSPC"]
