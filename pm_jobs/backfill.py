@@ -119,7 +119,7 @@ def launch_backfill(url: str, assets: Sequence[str], ranges: Sequence[tuple[str,
 
     The ranges are given per asset: a backfill given partition names instead applies them to the
     first asset and extends every later asset along its dependencies, and a lookback dependency
-    (features reads 60 sessions of prices) would then reach months past the range."""
+    (features reads 250 sessions of prices) would then reach a year past the range."""
     selector = {"ranges": [{"start": first, "end": last} for first, last in ranges]}
     params = {"partitionsByAssets": [{"assetKey": {"path": [asset]}, "partitions": selector} for asset in assets],
               "title": title or f"pm backfill {', '.join(assets)}"}
