@@ -32,6 +32,7 @@ query Status($id: String!) {
     ... on PartitionBackfill {
       status
       error { message }
+      runs { status }
       assetBackfillData {
         assetBackfillStatuses {
           ... on AssetPartitionsStatusCounts {
@@ -58,6 +59,7 @@ class BackfillProgress:
     materialized: dict[str, int]
     failed: dict[str, int]
     targeted: dict[str, int]
+    runs: int = 0
     error: str | None = None
 
     @property
@@ -72,7 +74,8 @@ class BackfillProgress:
         parts = [f"{asset} {self.materialized.get(asset, 0)}/{n}"
                  + (f" ({self.failed[asset]} failed)" if self.failed.get(asset) else "")
                  for asset, n in self.targeted.items()]
-        return f"{self.status}: {', '.join(parts)}" + (f"; {self.error}" if self.error else "")
+        return (f"{self.status}: {', '.join(parts)} in {self.runs} run(s)"
+                + (f"; {self.error}" if self.error else ""))
 
 
 def ticker_date_ranges(tickers: Sequence[str], start: dt.date, end: dt.date,
@@ -140,6 +143,7 @@ def backfill_progress(url: str, backfill_id: str, timeout: float = 30.0) -> Back
         materialized={name(s): s["numPartitionsMaterialized"] for s in counts},
         failed={name(s): s["numPartitionsFailed"] for s in counts},
         targeted={name(s): s["numPartitionsTargeted"] for s in counts},
+        runs=len(result.get("runs") or []),
         error=(result.get("error") or {}).get("message"),
     )
 

@@ -105,10 +105,14 @@ def test_a_backfill_launched_through_the_webserver_completes_under_the_pools(dag
 
     ranges = ticker_date_ranges(TICKERS, START, END, TICKERS)
     assert ranges == [("2018-11-30|^GSPC", "2018-12-31|^IXIC")]
+    began = time.monotonic()
     backfill_id = launch_backfill(url, ["prices", "features"], ranges, title="e2e")
     progress = wait_for_backfill(url, backfill_id, BACKFILL_SECONDS)
     assert progress.succeeded, f"{progress.describe()}\n{log.read_text()[-4000:]}"
     assert progress.materialized == {"prices": 40, "features": 40}
+    # The single-run policy: a few ranged runs (one per ticker), never one run per partition.
+    assert 1 <= progress.runs <= 4, progress.describe()
+    print(f"backfill of 2 tickers x 20 dates: {progress.describe()} in {time.monotonic() - began:.0f} s")
 
     with duckdb.connect(str(db_path), read_only=True) as conn:
         for table in ("prices", "features"):
