@@ -295,3 +295,31 @@ def test_run_failure_sensor_records_the_asset_partitions_and_error(instance, db_
     assert row["partitions"] == "2018-12-28|NOPE...2018-12-31|NOPE"
     assert row["error_class"] == "PriceSourceError"
     assert row["error"].startswith("source 'sample' has no ticker NOPE")
+
+
+# --- settings and freshness ---------------------------------------------------------------------
+
+def test_prices_freshness_follows_the_nightly_time(monkeypatch):
+    from pm_assets.prices import prices_freshness_policy
+
+    policy = defs.resolve_assets_def("prices").specs_by_key[AssetKey("prices")].freshness_policy
+    assert (policy.deadline_cron, policy.timezone) == ("30 20 * * 1-5", "America/New_York")
+    monkeypatch.setenv("PM_NIGHTLY_TIME", "23:30")
+    monkeypatch.setenv("PM_NIGHTLY_TIMEZONE", "Europe/London")
+    late = prices_freshness_policy()  # the deadline passes midnight: Tuesday..Saturday
+    assert (late.deadline_cron, late.timezone) == ("30 1 * * 2-6", "Europe/London")
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("PM_NIGHTLY_TIME", "6pm", "is not a time of day"),
+    ("PM_NIGHTLY_TIMEZONE", "Mars/Olympus", "is not an IANA time zone"),
+    ("PM_LLM_HEALTH_INTERVAL", "5", "at least 30"),
+])
+def test_bad_automation_settings_are_refused_by_name(monkeypatch, name, value, message):
+    from pm_domain import settings
+
+    monkeypatch.setenv(name, value)
+    reader = {"PM_NIGHTLY_TIME": settings.nightly_time, "PM_NIGHTLY_TIMEZONE": settings.nightly_timezone,
+              "PM_LLM_HEALTH_INTERVAL": settings.llm_health_interval_seconds}[name]
+    with pytest.raises(settings.SettingsError, match=f"{name}=.*{message}"):
+        reader()
