@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install test demo ui bench bench-forecasts bench-llm bench-backtests evaluate validate clean
+.PHONY: install test demo ui bench bench-forecasts bench-llm bench-backtests bench-sensors evaluate validate clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -42,6 +42,9 @@ bench-llm: $(STAMP)
 
 bench-backtests: $(STAMP)
 	$(BIN)/python benchmarks/bench_backtests.py
+
+bench-sensors: $(STAMP)
+	$(BIN)/python benchmarks/bench_sensors.py
 
 # Walk-forward accuracy of ts_forecasts on the sample data, 2010-2018 (about a minute).
 evaluate: $(STAMP)
