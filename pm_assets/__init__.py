@@ -18,9 +18,12 @@ from pm_assets.portfolio_backtests import portfolio_backtests
 from pm_assets.prices import prices
 from pm_assets.risk_assessments import risk_assessments
 from pm_assets.signal_outcomes import signal_outcomes
+from pm_assets.sql_models import sql_model_assets
 from pm_assets.ts_forecasts import ts_forecasts
 
 ALL_ASSETS = [prices, features, ts_forecasts, llm_analysis, llm_signals, risk_assessments, signal_outcomes,
               backtests, portfolio_backtests]
+# One asset per SQL model of dbt_like_sql/models (group `marts`, not partitioned).
+SQL_ASSETS = sql_model_assets()
 
-__all__ = ["ALL_ASSETS", "backtests", "features", "llm_analysis", "llm_signals", "portfolio_backtests", "prices", "risk_assessments", "signal_outcomes", "ts_forecasts"]
+__all__ = ["ALL_ASSETS", "SQL_ASSETS", "backtests", "features", "llm_analysis", "llm_signals", "portfolio_backtests", "prices", "risk_assessments", "signal_outcomes", "ts_forecasts"]

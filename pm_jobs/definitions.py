@@ -8,7 +8,7 @@ from pathlib import Path
 from dagster import Definitions
 from dagster_duckdb import DuckDBResource
 
-from pm_assets import ALL_ASSETS
+from pm_assets import ALL_ASSETS, SQL_ASSETS
 from pm_domain import settings
 from pm_jobs.jobs import portfolio_job, research_job, signal_evaluation_job
 from pm_jobs.schedules import nightly_research_schedule
@@ -32,7 +32,7 @@ def build_resources() -> dict:
 
 
 defs = Definitions(
-    assets=ALL_ASSETS,
+    assets=[*ALL_ASSETS, *SQL_ASSETS],
     resources=build_resources(),
     jobs=[research_job, signal_evaluation_job, portfolio_job],
     schedules=[nightly_research_schedule],

@@ -7,14 +7,16 @@ from dagster import AssetSelection, define_asset_job
 from pm_assets.partitions import daily_ticker_partitions, trading_day_partitions
 
 EVALUATION_GROUP = "evaluation"
+MARTS_GROUP = "marts"
 
 research_job = define_asset_job(
     "daily_research",
-    selection=AssetSelection.all() - AssetSelection.groups(EVALUATION_GROUP),
+    selection=AssetSelection.all() - AssetSelection.groups(EVALUATION_GROUP, MARTS_GROUP),
     partitions_def=daily_ticker_partitions,
     description="prices -> features -> ts_forecasts -> llm_analysis -> llm_signals -> risk_assessments "
     "for a tickers x dates range in one run (what the nightly schedule launches). signal_outcomes, "
-    "backtests and portfolio_backtests follow from the signal_validation sensor as their windows complete.",
+    "backtests and portfolio_backtests follow from the signal_validation sensor as their windows complete; "
+    "the SQL marts refresh after them (marts_refresh).",
 )
 
 signal_evaluation_job = define_asset_job(

@@ -189,6 +189,31 @@ def upsert_rows(conn: duckdb.DuckDBPyConnection, rows: KeyedRows) -> int:
     return rows.frame.height
 
 
+def build_model(conn: duckdb.DuckDBPyConnection, name: str, sql: str, materialized: str) -> None:
+    """(Re)build a SQL model as a table or a view in one transaction: until it commits, readers
+    see the previous version, and a failed build leaves that version in place."""
+    name = identifier(name)
+    if materialized not in ("table", "view"):
+        raise StoreError(f"{name}: materialized={materialized!r}: use table or view")
+    other = "VIEW" if materialized == "table" else "TABLE"
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        # A model switched between view and table replaces the other kind, in the same transaction.
+        if conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'"
+                        if other == "TABLE" else
+                        "SELECT count(*) FROM duckdb_views() WHERE view_name = ? AND schema_name = 'main'",
+                        [name]).fetchall()[0][0]:
+            conn.execute(f"DROP {other} {name}")
+        conn.execute(f"CREATE OR REPLACE {materialized.upper()} {name} AS {sql}")
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        raise
+
+
 def replace_partitions(
     conn: duckdb.DuckDBPyConnection,
     table: str,

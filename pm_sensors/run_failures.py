@@ -13,7 +13,7 @@ import polars as pl
 from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
 from dagster_duckdb import DuckDBResource
 
-from pm_assets import ALL_ASSETS
+from pm_assets import ALL_ASSETS, SQL_ASSETS
 from pm_assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 from pm_resources.store import KeyedRows, upsert_rows
 
@@ -71,7 +71,7 @@ def run_failures_sensor(context: RunFailureSensorContext, duckdb: DuckDBResource
             error = error.cause
         steps.append((event.step_key or "(unknown step)", getattr(error, "cls_name", None),
                       _without_class(error.message, error.cls_name) if error is not None else event.message or ""))
-    assets = {key.to_user_string() for asset in ALL_ASSETS for key in asset.keys}
+    assets = {key.to_user_string() for asset in [*ALL_ASSETS, *SQL_ASSETS] for key in asset.keys}
     rows = failure_rows(run.run_id, run.job_name, dict(run.tags), dt.datetime.now(dt.UTC).replace(tzinfo=None),
                         steps, context.failure_event.message or "", assets)
     with duckdb.get_connection() as conn:
