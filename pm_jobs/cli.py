@@ -113,7 +113,10 @@ def run_backfill(args) -> int:
     return 0 if progress.succeeded else 1
 
 
-def materialize_range(instance, assets: Sequence[str], tickers: Sequence[str] | None, start: str, end: str):
+def materialize_range(instance, assets: Sequence[str], tickers: Sequence[str] | None, start: str | None,
+                      end: str | None):
+    """One in-process run of `assets` over dates start..end for the tickers (tickers None: an
+    asset partitioned by date alone; start None: assets without partitions, the SQL marts)."""
     from dagster import AssetKey
 
     from pm_assets.partitions import range_tags
@@ -123,9 +126,29 @@ def materialize_range(instance, assets: Sequence[str], tickers: Sequence[str] | 
     return job.execute_in_process(
         instance=instance,
         asset_selection=[AssetKey(a) for a in assets],
-        tags=range_tags(tickers, start, end),
+        tags=range_tags(tickers, start, end) if start is not None else {},
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
     )
+
+
+def portfolio_overview_summary() -> list[str]:
+    """The morning page (the portfolio_overview mart), as the README shows it."""
+    import duckdb
+
+    from pm_resources.store import query, table_exists
+
+    with duckdb.connect(settings.duckdb_path(), read_only=True) as conn:
+        if not table_exists(conn, "portfolio_overview"):
+            return []
+        rows = query(conn, "SELECT ticker, last_price_date, sessions_behind, signal_date, action, confidence, "
+                           "signal_source, risk_level, verdict FROM portfolio_overview ORDER BY ticker")
+    lines = ["portfolio_overview (the morning page):"]
+    for r in rows.iter_rows(named=True):
+        confidence = "-" if r["confidence"] is None else f"{r['confidence']:.2f}"
+        lines.append(f"  {r['ticker']:<8} prices to {r['last_price_date']} ({r['sessions_behind']} behind)  "
+                     f"signal {r['signal_date']} {r['action']} conf {confidence} ({r['signal_source']})  "
+                     f"risk {r['risk_level']}  backtest {r['verdict']}")
+    return lines
 
 
 def store_summary() -> list[str]:
@@ -202,6 +225,12 @@ def backtest_summary() -> list[str]:
     return lines
 
 
+def mart_names() -> list[str]:
+    from pm_assets import SQL_ASSETS
+
+    return [key.to_user_string() for asset in SQL_ASSETS for key in asset.keys]
+
+
 def run_demo() -> int:
     warnings.filterwarnings("ignore")  # dagster's beta warnings are noise for a demo
     import datetime as dt
@@ -232,13 +261,15 @@ def run_demo() -> int:
         (["signal_outcomes"], first_llm_day, "each signal's realised outcome"),
         (["backtests"], first_backtest_day, "the walk-forward backtest of the stored signals"),
         (["portfolio_backtests"], first_backtest_day, "both tickers as one book"),
+        (mart_names(), None, "the SQL marts of dbt_like_sql/models"),
     ]
     checks_failed = 0
     for assets, start, why in steps:
         began = time.perf_counter()
-        print(f"materializing {', '.join(assets)} for {', '.join(DEMO_TICKERS)} {start}..{DEMO_END} ({why}) ...", flush=True)
+        scope = f" for {', '.join(DEMO_TICKERS)} {start}..{DEMO_END}" if start else ""
+        print(f"materializing {', '.join(assets)}{scope} ({why}) ...", flush=True)
         result = materialize_range(instance, assets, None if assets == ["portfolio_backtests"] else DEMO_TICKERS,
-                                   start, DEMO_END)
+                                   start, DEMO_END if start else None)
         evaluations = result.get_asset_check_evaluations()
         failed = [e.check_name for e in evaluations if not e.passed]
         checks_failed += len(failed)
@@ -250,6 +281,7 @@ def run_demo() -> int:
     print("\n".join(store_summary()))
     print("\n".join(llm_summary()))
     print("\n".join(backtest_summary()))
+    print("\n".join(portfolio_overview_summary()))
     print(f"\nDagster instance: {instance.root_directory}")
     print("Open the UI on this instance with `make ui`, then http://127.0.0.1:3000 "
           "(Assets -> prices / features / ts_forecasts / llm_* / risk_assessments / signal_outcomes / backtests / "
