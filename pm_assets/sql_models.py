@@ -27,6 +27,7 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
+from pm_assets.metadata import preview_markdown
 from pm_domain.settings import PROJECT_ROOT
 from pm_domain.sql_models import SqlModel, SqlModelError, load_models
 from pm_resources.store import build_model, query
@@ -110,7 +111,7 @@ def sql_model_asset(model: SqlModel) -> AssetsDefinition:
             metadata={"dagster/row_count": rows, "dagster/column_schema": schema,
                       "build_seconds": round(time.perf_counter() - began, 3),
                       "sql": MetadataValue.md(f"```sql\n{model.sql}\n```"),
-                      "preview": MetadataValue.md(_markdown(preview))},
+                      "preview": MetadataValue.md(preview_markdown(preview, preview.columns))},
             check_results=[
                 AssetCheckResult(check_name=name, passed=failed == 0, severity=AssetCheckSeverity.ERROR,
                                  metadata={"failing_rows": int(failed)})
@@ -118,14 +119,6 @@ def sql_model_asset(model: SqlModel) -> AssetsDefinition:
         )
 
     return _build
-
-
-def _markdown(frame) -> str:
-    if not frame.height:
-        return "(no rows)"
-    header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns)
-    rows = ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in frame.iter_rows()]
-    return "\n".join([header, *rows])
 
 
 def sql_model_assets() -> list[AssetsDefinition]:
