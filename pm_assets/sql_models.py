@@ -87,23 +87,17 @@ def sql_model_asset(model: SqlModel) -> AssetsDefinition:
     )
     def _build(context: AssetExecutionContext, duckdb: DuckDBResource) -> MaterializeResult:
         began = time.perf_counter()
-        build_error = None
         with duckdb.get_connection() as conn:
-            # The error is raised after the block: DuckDBResource closes its connection only when
-            # the block ends normally, and a connection left open would hold the file's lock.
             try:
                 build_model(conn, model.name, model.sql, model.materialized)
             except duckdb_module.Error as exc:
-                build_error = exc
-            else:
-                rows = conn.execute(f"SELECT count(*) FROM {model.name}").fetchall()[0][0]
-                columns = query(conn, "SELECT column_name, data_type FROM information_schema.columns "
-                                      "WHERE table_name = ? ORDER BY ordinal_position", [model.name])
-                failures = {test.name: conn.execute(*test.failing_rows_sql(model.name)).fetchall()[0][0]
-                            for test in model.tests}
-                preview = query(conn, f"SELECT * FROM {model.name} LIMIT 10")
-        if build_error is not None:
-            raise SqlModelError(f"{_shown(model.path)}: DuckDB could not build {model.name}: {build_error}")
+                raise SqlModelError(f"{_shown(model.path)}: DuckDB could not build {model.name}: {exc}") from None
+            rows = conn.execute(f"SELECT count(*) FROM {model.name}").fetchall()[0][0]
+            columns = query(conn, "SELECT column_name, data_type FROM information_schema.columns "
+                                  "WHERE table_name = ? ORDER BY ordinal_position", [model.name])
+            failures = {test.name: conn.execute(*test.failing_rows_sql(model.name)).fetchall()[0][0]
+                        for test in model.tests}
+            preview = query(conn, f"SELECT * FROM {model.name} LIMIT 10")
         context.log.info(f"built {model.name} ({model.materialized}): {rows} rows")
         schema = TableSchema(columns=[TableColumn(name, dtype, description=model.column_descriptions.get(name))
                                       for name, dtype in columns.iter_rows()])

@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 
 from dagster import Definitions
-from dagster_duckdb import DuckDBResource
 
 from pm_assets import ALL_ASSETS, SQL_ASSETS
 from pm_domain import settings
 from pm_jobs.jobs import portfolio_job, research_job, signal_evaluation_job
 from pm_jobs.schedules import nightly_research_schedule
+from pm_resources.database import ClosingDuckDBResource
 from pm_resources.ollama import ollama_from_env
 from pm_resources.price_source import PriceSourceResource
 from pm_sensors import ALL_SENSORS
@@ -22,7 +22,7 @@ def build_resources() -> dict:
     if database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     return {
-        "duckdb": DuckDBResource(database=database),
+        "duckdb": ClosingDuckDBResource(database=database),
         "price_source": PriceSourceResource(
             source=os.environ.get("PM_PRICE_SOURCE", "yfinance"),
             csv_dir=os.environ.get("PM_CSV_DIR"),

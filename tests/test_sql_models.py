@@ -10,11 +10,11 @@ from pathlib import Path
 import duckdb
 import pytest
 from dagster import AssetKey, AssetMaterialization, evaluate_automation_conditions, instance_for_test, materialize
-from dagster_duckdb import DuckDBResource
 
 from pm_assets import SQL_ASSETS
 from pm_assets.sql_models import MODELS_DIR, TABLE_WRITERS, sql_model_asset
 from pm_domain.sql_models import SqlModelError, load_models
+from pm_resources.database import ClosingDuckDBResource
 from pm_resources.store import query
 
 TABLES = set(TABLE_WRITERS)
@@ -101,7 +101,7 @@ def test_the_project_marts_load_with_lineage_to_the_assets_they_read():
 # --- the build ----------------------------------------------------------------------------------
 
 def build(db_path: str, assets, instance=None):
-    return materialize(assets, resources={"duckdb": DuckDBResource(database=db_path)}, instance=instance,
+    return materialize(assets, resources={"duckdb": ClosingDuckDBResource(database=db_path)}, instance=instance,
                        raise_on_error=False)
 
 

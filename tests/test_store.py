@@ -66,3 +66,23 @@ def test_identifiers_are_checked(name):
 
 def test_read_rows_of_a_missing_table_is_empty():
     assert read_rows(duckdb.connect(), "nothing_here", ["A"], DAYS[-1]).is_empty()
+
+
+def test_a_step_that_raises_inside_the_block_does_not_keep_the_file_locked(db_path):
+    import duckdb
+    from dagster import asset, materialize
+
+    from pm_resources.database import ClosingDuckDBResource
+
+    @asset
+    def fails_while_connected(duckdb_resource: ClosingDuckDBResource) -> None:
+        with duckdb_resource.get_connection() as conn:
+            conn.execute("CREATE TABLE t AS SELECT 1 AS a")
+            raise ValueError("bad input")
+
+    result = materialize([fails_while_connected], resources={"duckdb_resource": ClosingDuckDBResource(database=db_path)},
+                         raise_on_error=False)
+    assert not result.success
+    # The failed step's connection is closed: this process can open the file read-only again.
+    with duckdb.connect(db_path, read_only=True) as conn:
+        assert conn.execute("SELECT a FROM t").fetchall() == [(1,)]
