@@ -159,10 +159,10 @@ def store_summary() -> list[str]:
     lines = []
     path = settings.duckdb_path()
     with duckdb.connect(path, read_only=True) as conn:
-        tables = query(conn, "SELECT table_name, bool_or(column_name = 'ticker') AS partitioned "
-                             "FROM information_schema.columns GROUP BY 1 ORDER BY 1")
+        tables = query(conn, "SELECT table_name, bool_or(column_name = 'ticker') AND bool_or(column_name = 'date') "
+                             "AS partitioned FROM information_schema.columns GROUP BY 1 ORDER BY 1")
         for table, partitioned in tables.iter_rows():
-            if not partitioned:  # the LLM response cache: keyed by prompt, not by ticker and date
+            if not partitioned:  # the LLM cache, the sensors' tables, the marts: not keyed by ticker and date
                 count = query(conn, f"SELECT count(*) AS n FROM {identifier(table)}")["n"][0]
                 lines.append(f"  {table:<18} {count:>7} rows")
                 continue

@@ -232,3 +232,14 @@ def test_the_models_folder_is_a_dbt_project_in_shape():
 
     project = yaml.safe_load((MODELS_DIR.parent / "dbt_project.yml").read_text())
     assert project["model-paths"] == ["models"] and project["config-version"] == 2
+
+
+def test_pm_summary_lists_the_marts_beside_the_partitioned_tables(small_store, monkeypatch):
+    from pm_jobs.cli import portfolio_overview_summary, store_summary
+
+    assert build(small_store, SQL_ASSETS).success
+    monkeypatch.setenv("PM_DUCKDB_PATH", small_store)
+    lines = store_summary()
+    assert "  portfolio_overview       2 rows" in lines and "  signal_scorecard         2 rows" in lines
+    assert any(line.startswith("  prices                   3 rows  2 tickers  2018-12-03 .. 2018-12-04") for line in lines)
+    assert portfolio_overview_summary()[1].startswith("  AAA      prices to 2018-12-04 (0 behind)  signal 2018-12-04 BUY")
