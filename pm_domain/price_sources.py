@@ -155,18 +155,24 @@ def fetch_yfinance(
         import yfinance
 
         download = yfinance.download
-    frame = download(
-        tickers=list(tickers),
-        start=start.isoformat(),
-        end=(end + dt.timedelta(days=1)).isoformat(),  # yfinance's end is exclusive
-        interval="1d",
-        auto_adjust=False,
-        actions=False,
-        group_by="column",
-        progress=False,
-        threads=True,
-        multi_level_index=True,
-    )
+    try:
+        frame = download(
+            tickers=list(tickers),
+            start=start.isoformat(),
+            end=(end + dt.timedelta(days=1)).isoformat(),  # yfinance's end is exclusive
+            interval="1d",
+            auto_adjust=False,
+            actions=False,
+            group_by="column",
+            progress=False,
+            threads=True,
+            multi_level_index=True,
+        )
+    except Exception as exc:  # a dropped connection, a rate limit, a bug in yfinance: say which request failed
+        raise PriceSourceError(
+            f"source 'yfinance' failed while downloading {', '.join(tickers)} {start}..{end}: "
+            f"{type(exc).__name__}: {exc}"[:500]
+        ) from exc
     if frame is None or frame.empty:
         raise PriceSourceError(
             f"source 'yfinance' returned an empty frame for {', '.join(tickers)} {start}..{end}: "
