@@ -194,3 +194,70 @@ def test_risk_rows_use_the_forecast_distribution_and_the_benchmark(instance, sto
     assert rows["risk_score"].is_between(0, 1).all() and rows["concerns"].list.len().min() >= 1
     signals = table(store, "llm_signals")
     assert rows.select("ticker", "date", "risk_score").equals(signals.select("ticker", "date", "risk_score"))
+
+
+# --- faults under a 50-partition run ------------------------------------------------------------
+
+FIFTY_START = "2018-11-23"  # 25 sessions to 2018-12-31 x 2 tickers = 50 partitions
+
+
+def test_a_50_partition_run_against_a_failing_server_labels_every_row_and_stays_bounded(instance, store, fake):
+    """Bad replies mixed with good ones, then the server dies mid-run: every partition still gets
+    a row whose source and outcome say what happened, and the run ends within its timeouts."""
+    import threading
+    import time
+
+    partitions = len(TICKERS) * len(trading_days(dt.date.fromisoformat(FIFTY_START), dt.date.fromisoformat(END)))
+    assert partitions == 50
+    served = {"n": 0}
+
+    def reply(body):
+        served["n"] += 1
+        if served["n"] == 60:  # the server goes away in the middle of the signal stage
+            threading.Thread(target=fake.stop, daemon=True).start()
+        return {"unexpected": 1} if served["n"] % 7 == 0 else schema_answer(body)
+
+    fake.reply_json = reply
+    began = time.monotonic()
+    result = _materialize(instance, store, LLM_ASSETS, _ollama(fake.host, timeout_seconds=2.0, retries=1),
+                          start=FIFTY_START)
+    elapsed = time.monotonic() - began
+    assert result.success, failure_message(result)
+    assert elapsed < 90, f"the run took {elapsed:.0f} s"
+    outcomes = {}
+    for name in LLM_TABLES:
+        rows = table(store, name)
+        assert rows.height == partitions  # no partition lost
+        assert rows.filter(pl.col("llm_source") == "fallback")["llm_error"].is_not_null().all()
+        assert set(rows["llm_source"]) <= {"ollama", "fallback"}
+        outcomes[name] = rows.group_by("llm_outcome").len().sort("llm_outcome").rows()
+    kinds = {outcome for counts in outcomes.values() for outcome, _ in counts}
+    assert {"ok", "invalid_reply", "unreachable"} <= kinds, outcomes
+    assert dict(outcomes["risk_assessments"]).get("unreachable") == partitions  # all after the server died
+
+
+HOSTILE_TEXT = "'); DROP TABLE prices; -- {{ ref('prices') }} __import__('os').system('touch PWNED')"
+
+
+def test_llm_output_is_stored_as_data_and_never_run(instance, store, fake, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def hostile(body):
+        answer = schema_answer(body)
+        for key in ("summary", "reasoning"):
+            if key in answer:
+                answer[key] = HOSTILE_TEXT
+        for key in ("key_observations", "concerns"):
+            if key in answer:
+                answer[key] = [HOSTILE_TEXT[:190]]
+        return answer
+
+    fake.reply_json = hostile
+    prices_before = table(store, "prices").height
+    result = _materialize(instance, store, LLM_ASSETS, _ollama(fake.host))
+    assert result.success, failure_message(result)
+    assert set(table(store, "llm_analysis")["summary"]) == {HOSTILE_TEXT}
+    assert set(table(store, "llm_signals")["llm_reasoning"]) == {HOSTILE_TEXT}
+    assert set(table(store, "risk_assessments")["narrative"]) == {HOSTILE_TEXT}
+    assert table(store, "prices").height == prices_before  # nothing in the text reached SQL
+    assert not (tmp_path / "PWNED").exists()  # or a shell
