@@ -18,11 +18,12 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.dagster_dev import free_port
 
 COMMAND_SECONDS = 120  # initdb, createdb, pg_ctl stop
 START_SECONDS = 60  # pg_ctl start -w -t 60
@@ -65,12 +66,6 @@ def find_bin_dir() -> Path:
             return directory
     raise PostgresNotFound("no PostgreSQL binaries (initdb, pg_ctl, postgres) in $PG_BIN_DIR, "
                            "/usr/lib/postgresql/*/bin or on the PATH")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalPostgres:

@@ -6,21 +6,17 @@ materializations and the ticker universe are rows in PostgreSQL, not SQLite file
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import duckdb
-import httpx
 import pytest
 
 from pm_jobs.backfill import launch_backfill, ticker_date_ranges, wait_for_backfill
 from pm_resources.store import query
-from tests.local_postgres import LocalPostgres, PostgresNotFound, free_port
+from tests.dagster_dev import STARTUP_SECONDS, dagster_dev
+from tests.local_postgres import LocalPostgres, PostgresNotFound
 
 psycopg2 = pytest.importorskip("psycopg2", reason="dagster-postgres (and psycopg2) not installed")
 pytest.importorskip("dagster_postgres", reason="dagster-postgres not installed")
@@ -29,34 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TICKERS = ["^GSPC", "^IXIC"]
 START, END = dt.date(2018, 12, 24), dt.date(2018, 12, 31)  # 5 sessions (Christmas is closed)
 POSTGRES_SECONDS = 120
-STARTUP_SECONDS = 180
 BACKFILL_SECONDS = 300
-
-
-def wait_for_webserver(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"dagster dev exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"webserver not up after {STARTUP_SECONDS} s:\n{log.read_text()[-3000:]}")
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    # dagster dev runs the webserver, the daemon, a code server and the runs as children: stop them all.
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture()
@@ -78,8 +47,6 @@ def dagster_dev_on_postgres(tmp_path, postgres, monkeypatch):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / "deploy" / "dagster.postgres.yaml", home / "dagster.yaml")
-    watchlist = tmp_path / "watchlist.txt"
-    watchlist.write_text("\n".join(TICKERS) + "\n")
 
     from dagster import DagsterInstance
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
@@ -91,21 +58,8 @@ def dagster_dev_on_postgres(tmp_path, postgres, monkeypatch):
         instance.add_dynamic_partitions("tickers", TICKERS)
         assert instance.get_dynamic_partitions("tickers") == TICKERS
 
-    port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "PM_DUCKDB_PATH": str(tmp_path / "pm.duckdb"),
-           "PM_PRICE_SOURCE": "sample", "PM_LLM_MODE": "fallback", "PM_WATCHLIST": str(watchlist),
-           "PYTHONPATH": str(ROOT), "DAGSTER_DISABLE_TELEMETRY": "1"}
-    dagster = Path(sys.executable).parent / "dagster"
-    log = tmp_path / "dagster_dev.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [str(dagster), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_webserver(f"http://127.0.0.1:{port}", process, log)
-        yield f"http://127.0.0.1:{port}", home, tmp_path / "pm.duckdb", log
-    finally:
-        stop_process_group(process)
+    with dagster_dev(home, tmp_path, TICKERS) as url:
+        yield url, home, tmp_path / "pm.duckdb", tmp_path / "dagster_dev.log"
 
 
 @pytest.mark.timeout(POSTGRES_SECONDS + STARTUP_SECONDS + BACKFILL_SECONDS + 120)
