@@ -2,6 +2,7 @@
 
     pm tickers list | add TICKER... | remove TICKER... | sync [--file PATH]
     pm partitions [ASSET...]
+    pm runs slots | release RUN_ID
     pm backfill --assets A,B --tickers T,U --from DATE --to DATE [--url URL] [--wait SECONDS]
     pm demo
     pm summary
@@ -84,6 +85,36 @@ def partition_status(instance, assets: Sequence[str]) -> list[str]:
             removed = "" if ticker in tickers or ticker == "(all tickers)" else "  (removed from the universe)"
             lines.append(f"  {ticker:<14} {len(days):>5} dates  {min(days)} .. {max(days)}{removed}")
     return lines
+
+
+def pool_slot_holders(instance) -> list[str]:
+    """Which runs hold a slot of each pool, and their status: a run that holds one while it is not
+    running (its process was killed) blocks every later step of that pool."""
+    lines = []
+    for pool in sorted(instance.event_log_storage.get_concurrency_keys()):
+        info = instance.event_log_storage.get_concurrency_info(pool)
+        holders = sorted(info.active_run_ids)
+        lines.append(f"{pool}: limit {info.slot_count}, held by {len(holders)} run(s)")
+        for run_id in holders:
+            run = instance.get_run_by_id(run_id)
+            status = run.status.value if run else "deleted"
+            lines.append(f"  {run_id}  {status}{'' if status == 'STARTED' else '  (not running: release it)'}")
+    return lines or ["no pool slots in use"]
+
+
+def release_run(instance, run_id: str) -> str:
+    """Free the pool slots of a run whose process died without ending it (SIGKILL, a power cut):
+    mark it failed, if it still says it is running, and release its slots. Its rows are untouched
+    (a killed write never commits)."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        raise ValueError(f"no run {run_id!r} on this instance (`dagster run list` shows them)")
+    status = run.status.value
+    if not run.is_finished:
+        instance.report_run_failed(run, "released by `pm runs release`: its process is gone")
+    instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+    return f"run {run_id} ({status}) marked failed and its pool slots freed" if not run.is_finished \
+        else f"run {run_id} ({status}): its pool slots freed"
 
 
 def run_backfill(args) -> int:
@@ -302,6 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     remove.add_argument("symbols", nargs="+")
     sync = tickers_actions.add_parser("sync", help="add every ticker of the watchlist file")
     sync.add_argument("--file", default=None, help="watchlist path (default PM_WATCHLIST)")
+    runs = commands.add_parser("runs", help="pool slots held by runs; release a run whose process died")
+    runs_actions = runs.add_subparsers(dest="action", required=True)
+    runs_actions.add_parser("slots", help="which runs hold each pool's slots")
+    release = runs_actions.add_parser("release", help="mark a dead run failed and free its pool slots")
+    release.add_argument("run_id")
     partitions = commands.add_parser("partitions", help="materialized partitions per asset and ticker")
     partitions.add_argument("assets", nargs="*", help="asset names (default: every asset)")
     backfill = commands.add_parser("backfill", help="launch a backfill on a running webserver (as the UI does)")
@@ -321,6 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo()
         if args.command == "backfill":
             return run_backfill(args)
+        if args.command == "runs":
+            lines = pool_slot_holders(_instance()) if args.action == "slots" else [release_run(_instance(), args.run_id)]
+            print("\n".join(lines))
+            return 0
         if args.command == "partitions":
             from pm_assets import ALL_ASSETS
 
