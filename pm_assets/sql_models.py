@@ -83,7 +83,7 @@ def sql_model_asset(model: SqlModel) -> AssetsDefinition:
         check_specs=check_specs,
         automation_condition=MART_REFRESH,
         code_version=hashlib.sha256(model.sql.encode()).hexdigest()[:12],
-        metadata={"path": str(_shown(model.path)), "materialized": model.materialized},
+        metadata={"path": _shown(model.path), "materialized": model.materialized},
     )
     def _build(context: AssetExecutionContext, duckdb: DuckDBResource) -> MaterializeResult:
         began = time.perf_counter()

@@ -78,27 +78,30 @@ class BackfillProgress:
                 + (f"; {self.error}" if self.error else ""))
 
 
+def _sessions(start: dt.date, end: dt.date) -> list[dt.date]:
+    days = calendar.trading_days(start, end)
+    if not days:
+        raise BackfillError(f"no {calendar.EXCHANGE} trading day between {start} and {end}")
+    return days
+
+
 def ticker_date_ranges(tickers: Sequence[str], start: dt.date, end: dt.date,
                        ticker_order: Sequence[str]) -> list[tuple[str, str]]:
     """The (first key, last key) ranges covering exactly `tickers` x the trading days start..end
     (one range when the tickers are adjacent in the universe's order)."""
-    from pm_assets.partitions import rectangles
+    from pm_assets.partitions import RANGE_END_TAG, RANGE_START_TAG, rectangles
 
-    days = calendar.trading_days(start, end)
-    if not days:
-        raise BackfillError(f"no {calendar.EXCHANGE} trading day between {start} and {end}")
+    days = _sessions(start, end)
     unknown = [t for t in tickers if t not in ticker_order]
     if unknown:
         raise BackfillError(f"not in the universe: {', '.join(unknown)} (add them with `pm tickers add`)")
-    return [(f"{r.start}|{r.tickers[0]}", f"{r.end}|{r.tickers[-1]}")
+    return [(r.tags()[RANGE_START_TAG], r.tags()[RANGE_END_TAG])
             for r in rectangles([(d, t) for d in days for t in tickers], ticker_order)]
 
 
 def date_range(start: dt.date, end: dt.date) -> list[tuple[str, str]]:
     """The range of an asset partitioned by date alone."""
-    days = calendar.trading_days(start, end)
-    if not days:
-        raise BackfillError(f"no {calendar.EXCHANGE} trading day between {start} and {end}")
+    days = _sessions(start, end)
     return [(str(days[0]), str(days[-1]))]
 
 

@@ -195,14 +195,13 @@ def build_model(conn: duckdb.DuckDBPyConnection, name: str, sql: str, materializ
     name = identifier(name)
     if materialized not in ("table", "view"):
         raise StoreError(f"{name}: materialized={materialized!r}: use table or view")
-    other = "VIEW" if materialized == "table" else "TABLE"
     conn.execute("BEGIN TRANSACTION")
     try:
         # A model switched between view and table replaces the other kind, in the same transaction.
-        if conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'"
-                        if other == "TABLE" else
-                        "SELECT count(*) FROM duckdb_views() WHERE view_name = ? AND schema_name = 'main'",
-                        [name]).fetchall()[0][0]:
+        existing = conn.execute("SELECT table_type FROM information_schema.tables "
+                                "WHERE table_schema = 'main' AND table_name = ?", [name]).fetchall()
+        other = "TABLE" if materialized == "view" else "VIEW"
+        if existing and existing[0][0] == ("BASE TABLE" if other == "TABLE" else "VIEW"):
             conn.execute(f"DROP {other} {name}")
         conn.execute(f"CREATE OR REPLACE {materialized.upper()} {name} AS {sql}")
         conn.execute("COMMIT")
