@@ -3,28 +3,17 @@
 import datetime as dt
 
 import duckdb
-from dagster import materialize
-from dagster_duckdb import DuckDBResource
 
 from pm_assets import features, prices
 from pm_domain.calendar import trading_days
-from pm_resources.price_source import PriceSourceResource
 from pm_resources.store import query
-from tests.conftest import range_tags
+from tests.conftest import run_assets
 
 TICKERS = ["^GSPC", "^IXIC"]
 
 
 def run(instance, db_path, assets, start, end, tickers=TICKERS, source="sample", csv_dir=None):
-    instance.add_dynamic_partitions("tickers", [t for t in tickers if not instance.has_dynamic_partition("tickers", t)])
-    return materialize(
-        assets,
-        instance=instance,
-        resources={"duckdb": DuckDBResource(database=db_path),
-                   "price_source": PriceSourceResource(source=source, csv_dir=csv_dir)},
-        tags=range_tags(tickers, start, end),
-        raise_on_error=False,
-    )
+    return run_assets(instance, db_path, assets, start, end, tickers, source, csv_dir)
 
 
 def failure_message(result) -> str:

@@ -4,10 +4,10 @@ The README's catalogue table lists the same inputs."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yfinance
@@ -15,50 +15,30 @@ from dagster import DagsterInstance, materialize
 
 from pm_assets import backtests, prices, ts_forecasts
 from pm_domain import settings
+from pm_domain.calendar import trading_days
 from pm_domain.tickers import TickerError, validate_ticker
 from pm_resources.database import ClosingDuckDBResource
 from pm_resources.ollama import ollama_from_env
 from pm_resources.price_source import PriceSourceResource
-from tests.conftest import range_tags
+from tests.conftest import range_tags, run_assets, table_names, yfinance_like_frame
 from tests.test_assets import failure_message, table
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKERS = ["AAPL", "MSFT"]
 
 
-def yfinance_frame(tickers, dates, failed=(), scale=1.0):
-    """Shaped as yfinance.download(auto_adjust=False, multi_level_index=True) returns it."""
-    fields = ["Adj Close", "Close", "High", "Low", "Open", "Volume"]
-    columns = pd.MultiIndex.from_product([fields, tickers], names=["Price", "Ticker"])
-    index = pd.DatetimeIndex(pd.to_datetime(dates), name="Date")
-    data = {}
-    for i, ticker in enumerate(tickers):
-        close = scale * (100 + i + np.arange(len(dates), dtype=float))
-        block = {"Open": close - 0.5, "High": close + 1, "Low": close - 1, "Close": close,
-                 "Adj Close": close * 0.99, "Volume": np.full(len(dates), 1e6)}
-        for field in fields:
-            data[(field, ticker)] = np.full(len(dates), np.nan) if ticker in failed else block[field]
-    return pd.DataFrame(data, index=index, columns=columns)
-
-
 def sessions(start: str, end: str) -> list[str]:
-    from pm_domain.calendar import trading_days
-    import datetime as dt
-
     return [str(d) for d in trading_days(dt.date.fromisoformat(start), dt.date.fromisoformat(end))]
 
 
 def run_prices(instance, db_path, start, end, tickers=TICKERS, source="yfinance", csv_dir=None):
-    instance.add_dynamic_partitions("tickers", [t for t in tickers if not instance.has_dynamic_partition("tickers", t)])
-    return materialize([prices], instance=instance, raise_on_error=False, tags=range_tags(tickers, start, end),
-                       resources={"duckdb": ClosingDuckDBResource(database=db_path),
-                                  "price_source": PriceSourceResource(source=source, csv_dir=csv_dir)})
+    return run_assets(instance, db_path, [prices], start, end, tickers, source, csv_dir)
 
 
 @pytest.fixture()
 def stored(instance, db_path, monkeypatch):
     """AAPL and MSFT for the last week of 2018, through the yfinance path (a fake download)."""
-    monkeypatch.setattr(yfinance, "download", lambda **kw: yfinance_frame(kw["tickers"], sessions("2018-12-24", "2018-12-31")))
+    monkeypatch.setattr(yfinance, "download", lambda **kw: yfinance_like_frame(kw["tickers"], sessions("2018-12-24", "2018-12-31")))
     assert run_prices(instance, db_path, "2018-12-24", "2018-12-31").success
     return table(db_path, "prices")
 
@@ -69,8 +49,8 @@ def stored(instance, db_path, monkeypatch):
     (lambda **kw: (_ for _ in ()).throw(ConnectionError("Connection reset by peer")),
      r"source 'yfinance' failed while downloading AAPL, MSFT 2018-12-17..2018-12-31: ConnectionError: Connection reset by peer"),
     (lambda **kw: pd.DataFrame(), r"source 'yfinance' returned an empty frame for AAPL, MSFT 2018-12-17..2018-12-31"),
-    (lambda **kw: yfinance_frame(kw["tickers"], sessions("2018-12-17", "2018-12-31"), failed={"MSFT"}), "no prices for MSFT"),
-    (lambda **kw: yfinance_frame(kw["tickers"], sessions("2018-12-17", "2018-12-27")), r"no prices for AAPL on 2018-12-28"),
+    (lambda **kw: yfinance_like_frame(kw["tickers"], sessions("2018-12-17", "2018-12-31"), failed={"MSFT"}), "no prices for MSFT"),
+    (lambda **kw: yfinance_like_frame(kw["tickers"], sessions("2018-12-17", "2018-12-27")), r"no prices for AAPL on 2018-12-28"),
 ])
 def test_a_failed_download_names_the_fault_and_keeps_the_stored_rows(instance, db_path, stored, monkeypatch,
                                                                       download, message):
@@ -130,14 +110,7 @@ def test_a_hostile_ticker_in_the_partitions_fails_the_run_before_any_sql(instanc
                          resources={"duckdb": ClosingDuckDBResource(database=db_path),
                                     "price_source": PriceSourceResource(source="sample")})
     assert not result.success and "invalid ticker 'A;B'" in failure_message(result)
-    assert not Path(db_path).exists() or table_names(db_path) == set()
-
-
-def table_names(db_path) -> set[str]:
-    import duckdb
-
-    with duckdb.connect(db_path, read_only=True) as conn:
-        return {row[0] for row in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert not Path(db_path).exists() or table_names(db_path) == []
 
 
 @pytest.mark.timeout(180)
@@ -196,7 +169,7 @@ def test_run_config_out_of_range_is_refused_naming_the_field(instance, db_path, 
                          resources={"duckdb": ClosingDuckDBResource(database=db_path),
                                     "price_source": PriceSourceResource(source="sample")})
     assert not result.success and message in failure_message(result)
-    assert not Path(db_path).exists() or table_names(db_path) == set()
+    assert not Path(db_path).exists() or table_names(db_path) == []
 
 
 @pytest.mark.parametrize("name, value, reader, message", [

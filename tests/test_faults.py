@@ -33,6 +33,7 @@ import pytest
 from pm_domain.calendar import trading_days
 from pm_domain.price_sources import fetch_prices
 from pm_resources.store import query
+from tests.conftest import run_assets, table_names
 
 PROJECT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -226,11 +227,6 @@ def read_table(db: Path, table: str = "prices") -> pl.DataFrame:
         return query(conn, f"SELECT * FROM {table} ORDER BY ticker, date")
 
 
-def table_names(db: Path) -> list[str]:
-    with duckdb.connect(str(db), read_only=True) as conn:
-        return sorted(r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall())
-
-
 def fingerprint(frame: pl.DataFrame) -> tuple[int, int, int]:
     """(rows, distinct keys, checksum of the rows' values without ingested_at)."""
     values = frame.drop([c for c in ("ingested_at",) if c in frame.columns])
@@ -313,21 +309,6 @@ def classify(now: pl.DataFrame, before: pl.DataFrame, expected_new: pl.DataFrame
         f"{fingerprint(before_out)}")
 
 
-def materialize_in_process(instance, db: Path, assets, tickers, start, end, source="synthetic"):
-    from dagster import materialize
-
-    from pm_assets.partitions import range_tags
-    from pm_resources.database import ClosingDuckDBResource
-    from pm_resources.price_source import PriceSourceResource
-
-    known = set(instance.get_dynamic_partitions("tickers"))
-    instance.add_dynamic_partitions("tickers", [t for t in tickers if t not in known])
-    return materialize(assets, instance=instance, tags=range_tags(list(tickers), start, end),
-                       raise_on_error=False,
-                       resources={"duckdb": ClosingDuckDBResource(database=str(db)),
-                                  "price_source": PriceSourceResource(source=source)})
-
-
 @pytest.mark.timeout(240)
 def test_sigkill_mid_write_leaves_each_table_as_before_or_fully_updated(instance, scratch):
     """A subprocess materializing `prices` over 20 tickers x 251 sessions (one ranged run, one
@@ -349,7 +330,7 @@ def test_sigkill_mid_write_leaves_each_table_as_before_or_fully_updated(instance
     args = [PYTHON, script, str(db), "synthetic", *KILL_RUN, *KILL_TICKERS]
 
     # the earlier version: prices for an overlapping, earlier range
-    assert materialize_in_process(instance, db, [prices], KILL_TICKERS, *KILL_BEFORE).success
+    assert run_assets(instance, db, [prices], *KILL_BEFORE, KILL_TICKERS, source="synthetic").success
     earlier = read_table(db)
     assert earlier.drop("ingested_at").equals(expected_prices("synthetic", KILL_TICKERS, before_days))
     assert table_names(db) == ["prices"]
@@ -584,12 +565,7 @@ def test_prices_and_features_identical_however_the_range_is_split(instance, scra
     """prices+features for 3 tickers x 82 sessions: one run, the same run twice, three runs by
     date, two by ticker, and a grid of seven overlapping runs (prices out of date order) each give
     exactly the same full sorted tables (only prices.ingested_at excluded), with one row per key."""
-    from dagster import materialize
-
     from pm_assets import features, prices
-    from pm_assets.partitions import range_tags
-    from pm_resources.database import ClosingDuckDBResource
-    from pm_resources.price_source import PriceSourceResource
 
     instance.add_dynamic_partitions("tickers", SPLIT_TICKERS)
     assets = {"prices": prices, "features": features}
@@ -599,12 +575,9 @@ def test_prices_and_features_identical_however_the_range_is_split(instance, scra
     for name, plan in _split_plans().items():
         t0 = time.monotonic()
         db = scratch / f"{name.replace(' ', '_')}.duckdb"
-        resources = {"duckdb": ClosingDuckDBResource(database=str(db)),
-                     "price_source": PriceSourceResource(source="synthetic")}
         for selection, tickers, start, end in plan:
-            result = materialize([assets[a] for a in selection.split(",")], instance=instance,
-                                 resources=resources, tags=range_tags(tickers, start, end),
-                                 raise_on_error=False)
+            result = run_assets(instance, db, [assets[a] for a in selection.split(",")], start, end, tickers,
+                                source="synthetic")
             assert result.success, f"{name}: {selection} {tickers} {start}..{end} failed"
         tables[name] = (read_table(db).drop("ingested_at"), read_table(db, "features"))
         for frame in tables[name]:

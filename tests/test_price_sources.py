@@ -12,6 +12,7 @@ from pm_domain.price_sources import (
     fetch_synthetic,
     yfinance_frame_to_long,
 )
+from tests.conftest import yfinance_like_frame
 
 DEC_2018 = trading_days(dt.date(2018, 12, 24), dt.date(2018, 12, 31))
 
@@ -38,28 +39,12 @@ def test_unknown_source_is_named():
         fetch_prices("bloomberg", ["^GSPC"], DEC_2018)
 
 
-def _yfinance_like(tickers, dates, failed=()):
-    """A frame shaped as yfinance.download(auto_adjust=False) returns: (Price, Ticker) columns."""
-    fields = ["Adj Close", "Close", "High", "Low", "Open", "Volume"]
-    columns = pd.MultiIndex.from_product([fields, tickers], names=["Price", "Ticker"])
-    index = pd.DatetimeIndex(pd.to_datetime(dates), name="Date")
-    rng = np.random.default_rng(1)
-    data = {}
-    for ticker in tickers:
-        close = 100 + rng.normal(0, 1, len(dates)).cumsum()
-        block = {"Open": close - 0.5, "High": close + 1, "Low": close - 1, "Close": close,
-                 "Adj Close": close * 0.99, "Volume": rng.integers(1e5, 1e6, len(dates)).astype(float)}
-        for field in fields:
-            data[(field, ticker)] = np.full(len(dates), np.nan) if ticker in failed else block[field]
-    return pd.DataFrame(data, index=index, columns=columns)
-
-
 def test_yfinance_frames_are_reshaped_in_one_batched_call():
     calls = []
 
     def download(**kwargs):
         calls.append(kwargs)
-        return _yfinance_like(kwargs["tickers"], DEC_2018)
+        return yfinance_like_frame(kwargs["tickers"], DEC_2018)
 
     rows = fetch_prices("yfinance", ["AAPL", "MSFT"], DEC_2018, download=download)
     assert len(calls) == 1 and calls[0]["tickers"] == ["AAPL", "MSFT"]
@@ -73,20 +58,20 @@ def test_yfinance_empty_frame_is_a_clear_error():
 
 
 def test_yfinance_failed_ticker_is_named_and_never_filled():
-    frame = _yfinance_like(["AAPL", "ZZZZ"], DEC_2018, failed={"ZZZZ"})
+    frame = yfinance_like_frame(["AAPL", "ZZZZ"], DEC_2018, failed={"ZZZZ"})
     with pytest.raises(PriceSourceError, match="no prices for ZZZZ"):
         fetch_prices("yfinance", ["AAPL", "ZZZZ"], DEC_2018, download=lambda **_: frame)
 
 
 def test_yfinance_nan_cell_is_refused_with_ticker_and_date():
-    frame = _yfinance_like(["AAPL"], DEC_2018)
+    frame = yfinance_like_frame(["AAPL"], DEC_2018)
     frame.loc[frame.index[2], ("Close", "AAPL")] = np.nan
     with pytest.raises(PriceSourceError, match="no valid 'close' for AAPL on 2018-12-27"):
         fetch_prices("yfinance", ["AAPL"], DEC_2018, download=lambda **_: frame)
 
 
 def test_yfinance_flat_single_ticker_frame():
-    frame = _yfinance_like(["AAPL"], DEC_2018)
+    frame = yfinance_like_frame(["AAPL"], DEC_2018)
     frame.columns = frame.columns.droplevel("Ticker")
     assert yfinance_frame_to_long(frame, ["AAPL"]).height == len(DEC_2018)
 
