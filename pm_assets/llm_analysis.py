@@ -8,7 +8,7 @@ from pm_assets.inputs import require_partitions
 from pm_assets.metadata import run_metadata
 from pm_assets.partitions import decode_partition_keys
 from pm_domain.llm.schemas import MarketAnalysis
-from pm_domain.llm.stages import analysis_prompt, analysis_rows, forecasts_wide
+from pm_domain.llm.stages import analysis_requests, analysis_rows, forecasts_wide
 from pm_resources.ollama import OllamaResource
 from pm_resources.store import read_rows
 
@@ -31,9 +31,7 @@ def llm_analysis(context: AssetExecutionContext, duckdb: DuckDBResource, ollama:
     require_partitions(features, "features", selection)
     require_partitions(forecasts, "ts_forecasts", selection)
     inputs = features.join(forecasts_wide(forecasts), on=["ticker", "date"]).sort("ticker", "date")
-    requests = [(row["ticker"], row["date"], analysis_prompt(row)) for row in inputs.iter_rows(named=True)]
-
-    calls = llm_stage.ask(context, duckdb, ollama.client(), "analysis", requests, MarketAnalysis)
+    calls = llm_stage.ask(context, duckdb, ollama, "analysis", analysis_requests(inputs), MarketAnalysis)
     rows = analysis_rows(inputs, calls)
     llm_stage.write(duckdb, selection, "llm_analysis", rows, calls, "analysis")
 

@@ -25,7 +25,7 @@ from pm_domain import calendar
 from pm_domain.forecasting.engine import ForecastConfig, price_histories
 from pm_domain.llm.records import TELEMETRY_SCHEMA, telemetry_columns
 from pm_domain.llm.schemas import SignalOpinion
-from pm_domain.llm.stages import opinion_columns, signal_prompt
+from pm_domain.llm.stages import opinion_columns, signal_requests
 from pm_domain.signal_validation import LAYERS, layer_outcomes, validate_signals
 from pm_domain.signals import (
     SignalRules,
@@ -64,6 +64,9 @@ class LlmSignalsConfig(Config):
     min_net_return: float = Field(default=0.003, ge=0.0, description="expected return net of costs to act")
     max_risk_score: float = Field(default=0.7, ge=0.0, le=1.0)
     round_trip_cost: float = Field(default=0.001, ge=0.0, le=0.05, description="commission + spread, both ways")
+    ask_llm_on_hold: bool = Field(default=False, description=(
+        "ask the signal model about HOLD proposals too; its answer cannot change a HOLD (the LLM "
+        "only holds trades back), so by default those rows are written as llm_source 'skipped'"))
 
     @field_validator("horizon")
     @classmethod
@@ -130,8 +133,8 @@ def llm_signals(context: AssetExecutionContext, config: LlmSignalsConfig, duckdb
         .sort("ticker", "date")
     )
     proposals = forecast_signals(inputs, rules).with_columns(pl.lit(rules.horizon, pl.Int64).alias("horizon"))
-    requests = [(row["ticker"], row["date"], signal_prompt(row)) for row in proposals.iter_rows(named=True)]
-    calls = llm_stage.ask(context, duckdb, ollama.client(), "signal", requests, SignalOpinion)
+    requests = signal_requests(proposals, config.ask_llm_on_hold)
+    calls = llm_stage.ask(context, duckdb, ollama, "signal", requests, SignalOpinion)
 
     decided = decide(proposals.join(opinion_columns(calls), on=["ticker", "date"])
                      .join(telemetry_columns(calls), on=["ticker", "date"]), rules)

@@ -13,10 +13,18 @@ from pydantic import BaseModel
 
 from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection
 from pm_domain import calendar, risk, settings
-from pm_domain.llm.client import LLMCall, LLMClient
-from pm_domain.llm.prompts import Prompt
-from pm_domain.llm.records import answer_all, cache_frame, cached_replies, calls_frame, invalid_replies, source_counts
-from pm_resources.store import KeyedRows, PartitionRows, read_keyed, read_rows, write_partitions
+from pm_domain.llm.client import LLMCall
+from pm_domain.llm.records import (
+    Request,
+    answer_all,
+    cache_frame,
+    cached_replies,
+    calls_frame,
+    invalid_replies,
+    source_counts,
+)
+from pm_resources.ollama import OllamaResource
+from pm_resources.store import KeyedRows, PartitionRows, query, read_keyed, read_rows, table_exists, write_partitions
 
 # The LLM stages queue on the `ollama` pool (limit 1 in dagster.yaml), so one call at a time
 # reaches the server however many runs a backfill starts. Their DuckDB writes are short, and
@@ -27,17 +35,24 @@ CACHE_TABLE = "llm_cache"
 CALLS_TABLE = "llm_calls"
 
 
-def ask(context: AssetExecutionContext, duckdb: DuckDBResource, client: LLMClient, stage: str,
-        requests: Sequence[tuple[str, dt.date, Prompt]], schema: type[BaseModel]) -> list[LLMCall]:
+def ask(context: AssetExecutionContext, duckdb: DuckDBResource, ollama: OllamaResource, stage: str,
+        requests: Sequence[Request], schema: type[BaseModel]) -> list[LLMCall]:
     """Answer every request (mode=ollama fails here, before anything is written)."""
+    with duckdb.get_connection() as conn:
+        slow = slow_at_last_probe(conn)
+    client = ollama.client(slow_models=slow)
     client.require_available()
     availability = client.availability()
     settings = client.settings
+    asked = sum(r.skip is None for r in requests)
     if availability.reachable:
-        context.log.info(f"{stage}: asking {settings.models[stage]} at {settings.host} for "
-                         f"{len(requests)} row(s), cached replies first")
-    else:
-        context.log.warning(f"{stage}: {availability.error}; writing {len(requests)} rule-based "
+        missing = client.missing_models()
+        context.log.info(f"{stage}: asking {', '.join(settings.route(stage))} at {settings.host} for "
+                         f"{asked} of {len(requests)} row(s), cached replies first"
+                         + (f"; not on the server: {', '.join(missing)}" if missing else "")
+                         + (f"; slow at the last health probe: {', '.join(slow)}" if slow else ""))
+    elif asked:
+        context.log.warning(f"{stage}: {availability.error}; writing {asked} rule-based "
                             f"fallback row(s), labelled llm_source='fallback' (mode={settings.mode})")
 
     def read_cache(keys: list[str]):
@@ -47,6 +62,15 @@ def ask(context: AssetExecutionContext, duckdb: DuckDBResource, client: LLMClien
     calls = answer_all(client, stage, requests, schema, read_cache, progress=context.log.info)
     context.log.info(f"{stage}: {source_counts(calls)}")
     return calls
+
+
+def slow_at_last_probe(conn: DuckDBPyConnection) -> list[str]:
+    """Models whose latest llm_health probe found them slow: routing passes over them from the start."""
+    if not table_exists(conn, "llm_health"):
+        return []
+    latest = query(conn, "SELECT probe_model, status FROM llm_health "
+                         "QUALIFY row_number() OVER (PARTITION BY probe_model ORDER BY checked_at DESC) = 1")
+    return sorted(latest.filter(pl.col("status") == "slow")["probe_model"].to_list())
 
 
 def write(duckdb: DuckDBResource, selection: PartitionSelection, table: str, rows: pl.DataFrame,

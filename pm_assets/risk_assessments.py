@@ -12,7 +12,7 @@ from pm_assets.partitions import decode_partition_keys, lookback_mapping
 from pm_domain import risk
 from pm_domain.forecasting.engine import price_histories
 from pm_domain.llm.schemas import RiskNarrative
-from pm_domain.llm.stages import risk_prompt, risk_rows
+from pm_domain.llm.stages import risk_requests, risk_rows
 from pm_domain.quality import risk_rules
 from pm_resources.ollama import OllamaResource
 from pm_resources.store import read_rows
@@ -52,8 +52,7 @@ def risk_assessments(context: AssetExecutionContext, duckdb: DuckDBResource, oll
         .with_columns(pl.lit(benchmark).alias("benchmark"))
         .sort("ticker", "date")
     )
-    requests = [(row["ticker"], row["date"], risk_prompt(row, benchmark)) for row in inputs.iter_rows(named=True)]
-    calls = llm_stage.ask(context, duckdb, ollama.client(), "risk", requests, RiskNarrative)
+    calls = llm_stage.ask(context, duckdb, ollama, "risk", risk_requests(inputs, benchmark), RiskNarrative)
     rows = risk_rows(inputs, calls)
     llm_stage.write(duckdb, selection, "risk_assessments", rows, calls, "risk")
 

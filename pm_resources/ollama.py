@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Literal
 
 from dagster import ConfigurableResource
@@ -20,6 +21,10 @@ DEFAULT_MODELS = {
 }
 
 
+ROUTE_HELP = ("a model name, or several separated by commas in order of preference: the next "
+              "answers when one is missing or slower than max_latency_seconds")
+
+
 class OllamaResource(ConfigurableResource):
     """A local Ollama server, one model per task, and what to do when it cannot answer."""
 
@@ -27,32 +32,51 @@ class OllamaResource(ConfigurableResource):
     mode: Literal["auto", "ollama", "fallback"] = Field(default="auto", description=(
         "auto: Ollama when reachable, else labelled rule-based fallback rows; ollama: fail the run "
         "when Ollama or a model is missing; fallback: never call Ollama (rows say so)"))
-    analysis_model: str = Field(default=DEFAULT_MODELS["analysis"])
-    signal_model: str = Field(default=DEFAULT_MODELS["signal"])
-    risk_model: str = Field(default=DEFAULT_MODELS["risk"])
+    analysis_model: str = Field(default=DEFAULT_MODELS["analysis"], description=ROUTE_HELP)
+    signal_model: str = Field(default=DEFAULT_MODELS["signal"], description=ROUTE_HELP)
+    risk_model: str = Field(default=DEFAULT_MODELS["risk"], description=ROUTE_HELP)
     timeout_seconds: float = Field(default=120.0, gt=0, description="per request; local 13-14B models took 15-38 s")
     retries: int = Field(default=2, ge=0, le=10, description="further attempts on connection errors and HTTP 5xx only")
     backoff_seconds: float = Field(default=1.0, ge=0, description="wait before the first retry, doubled each time")
     keep_alive: str = Field(default="10m", description="how long Ollama keeps the model loaded")
     seed: int = Field(default=42)
-    max_tokens: int = Field(default=400, ge=32, le=4096, description="num_predict: cap on generated tokens")
-    health_max_latency_seconds: float = Field(default=5.0, gt=0, description=(
-        "llm_health alerts when the probe's latency (Ollama's total_duration) exceeds this"))
+    max_latency_seconds: float = Field(default=5.0, gt=0, description=(
+        "a model whose replies in a run take longer than this (median of 3 or more, Ollama's "
+        "total_duration) is passed over for the next of its task; llm_health alerts when the "
+        "probe's latency exceeds it"))
+    retry_invalid: bool = Field(default=False, description=(
+        "ask again for prompts whose cached reply did not validate (replies are deterministic, "
+        "so by default an unchanged re-run reuses them and makes no call)"))
     health_min_tokens_per_second: float = Field(default=5.0, ge=0, description=(
         "llm_health alerts when the probe generates fewer tokens per second than this"))
 
     def settings(self) -> OllamaSettings:
         return OllamaSettings(
             host=self.host, mode=self.mode,
-            models={"analysis": self.analysis_model, "signal": self.signal_model, "risk": self.risk_model},
+            models={"analysis": _route(self.analysis_model), "signal": _route(self.signal_model),
+                    "risk": _route(self.risk_model)},
             timeout_seconds=self.timeout_seconds, retries=self.retries,
             backoff_seconds=self.backoff_seconds, keep_alive=self.keep_alive, seed=self.seed,
-            max_tokens=self.max_tokens,
+            max_latency_seconds=self.max_latency_seconds, retry_invalid=self.retry_invalid,
         )
 
-    def client(self) -> LLMClient:
-        """A fresh client for one run: it probes the server once and then serves every call."""
-        return LLMClient(self.settings())
+    def client(self, slow_models: Iterable[str] = ()) -> LLMClient:
+        """A fresh client for one run: it probes the server once and then serves every call.
+        `slow_models` start the run passed over (the health probe found them slow)."""
+        return LLMClient(self.settings(), slow_models=slow_models)
+
+    def models(self) -> list[str]:
+        """Every configured model, each once, in task order."""
+        names = [m for field in (self.analysis_model, self.signal_model, self.risk_model) for m in _route(field)]
+        return list(dict.fromkeys(names))
+
+    def probe_model(self) -> str:
+        """The model the health probe times: the signal task's first choice."""
+        return _route(self.signal_model)[0]
+
+
+def _route(names: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in names.split(",") if name.strip())
 
 
 def ollama_from_env() -> OllamaResource:
@@ -66,7 +90,8 @@ def ollama_from_env() -> OllamaResource:
         analysis_model=os.environ.get("PM_LLM_ANALYSIS_MODEL", DEFAULT_MODELS["analysis"]),
         signal_model=os.environ.get("PM_LLM_SIGNAL_MODEL", DEFAULT_MODELS["signal"]),
         risk_model=os.environ.get("PM_LLM_RISK_MODEL", DEFAULT_MODELS["risk"]),
-        health_max_latency_seconds=_positive_float("PM_LLM_MAX_LATENCY_SECONDS", 5.0),
+        max_latency_seconds=_positive_float("PM_LLM_MAX_LATENCY_SECONDS", 5.0),
+        retry_invalid=os.environ.get("PM_LLM_RETRY_INVALID", "0") == "1",
         health_min_tokens_per_second=_positive_float("PM_LLM_MIN_TOKENS_PER_SECOND", 5.0),
     )
 

@@ -38,9 +38,8 @@ def llm_health_sensor(context: SensorEvaluationContext, ollama: OllamaResource, 
     if now < state["next_probe_at"]:
         return SkipReason(f"Ollama did not answer the last {state['failures']} probe(s); next probe in "
                           f"{state['next_probe_at'] - now:.0f} s")
-    thresholds = HealthThresholds(ollama.health_max_latency_seconds, ollama.health_min_tokens_per_second)
-    models = [ollama.analysis_model, ollama.signal_model, ollama.risk_model]
-    report = probe(ollama.host, models, ollama.signal_model, thresholds, keep_alive=ollama.keep_alive)
+    thresholds = HealthThresholds(ollama.max_latency_seconds, ollama.health_min_tokens_per_second)
+    report = probe(ollama.host, ollama.models(), ollama.probe_model(), thresholds, keep_alive=ollama.keep_alive)
     with duckdb.get_connection() as conn:
         upsert_rows(conn, KeyedRows("llm_health", health_rows([report]), ("checked_at", "host")))
     failures = state["failures"] + 1 if report.status in UNANSWERED else 0

@@ -331,6 +331,8 @@ class _Handler(BaseHTTPRequestHandler):
         if model is None:
             self._error(404, f"model '{name}' not found")
             return
+        if model in fake.total_duration_by_model:
+            counters["total_duration"] = fake.total_duration_by_model[model]
 
         if behaviour == "http_500":
             self._error(500, "llama runner process has terminated: exit status 2")
@@ -403,6 +405,8 @@ class FakeOllama:
         counters: token counts / durations (ns) put on every chat reply (see
             :data:`DEFAULT_COUNTERS`); ``"truncated"`` reports ``options.num_predict`` as
             ``eval_count`` when the request sets it.
+        total_duration_by_model: model name -> ``total_duration`` (ns) reported for that
+            model instead of the counters' (a slow model beside a fast one, for routing).
         fail_first: the next N ``/api/chat`` requests get HTTP 500, then behaviour applies;
             decremented per failed request.
         requests: every request received, ``{"method", "path", "body"}`` (body: parsed JSON
@@ -417,6 +421,7 @@ class FakeOllama:
         self.reply_json: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]] = {"answer": "ok"}
         self.delay_seconds: float = 5.0
         self.counters: dict[str, int] = dict(DEFAULT_COUNTERS)
+        self.total_duration_by_model: dict[str, int] = {}
         self.fail_first: int = 0
         self.version: str = "0.5.7"
         self.requests: list[dict[str, Any]] = []
@@ -549,7 +554,7 @@ def schema_answer(body: dict[str, Any]) -> dict[str, Any]:
                 "key_observations": ["close above SMA50", "RSI14 near 55"],
                 "summary": "A steady uptrend with moderate volatility."}
     if "action" in properties:
-        return {"action": "HOLD", "confidence": 0.7, "reasoning": "The forecast edge is too small to trade."}
+        return {"action": "HOLD", "confidence": 70, "reasoning": "The forecast edge is too small to trade."}
     if "concerns" in properties:
         return {"concerns": ["volatility is elevated"], "summary": "Risk is moderate for this date."}
     return {"answer": "ok"}

@@ -28,10 +28,17 @@ LLM_TABLES = ["llm_analysis", "llm_signals", "risk_assessments"]
 PARTITIONS = len(TICKERS) * len(trading_days(dt.date.fromisoformat(START), dt.date.fromisoformat(END)))
 
 
-def _materialize(instance, db_path, assets, ollama, start=START, end=END, tickers=TICKERS):
+# December 2018's forecasts propose HOLD on every row, which the signal model is not asked about
+# by default; these tests exercise the call path on every row, so they ask (one test checks the default).
+ASK_ON_HOLD = {"ops": {"llm_signals": {"config": {"ask_llm_on_hold": True}}}}
+
+
+def _materialize(instance, db_path, assets, ollama, start=START, end=END, tickers=TICKERS, run_config=None):
     instance.add_dynamic_partitions("tickers", [t for t in tickers if not instance.has_dynamic_partition("tickers", t)])
+    if run_config is None:
+        run_config = ASK_ON_HOLD if llm_signals in assets else {}
     return materialize(
-        assets, instance=instance, raise_on_error=False, tags=range_tags(tickers, start, end),
+        assets, instance=instance, raise_on_error=False, tags=range_tags(tickers, start, end), run_config=run_config,
         resources={"duckdb": DuckDBResource(database=db_path),
                    "price_source": PriceSourceResource(source="sample"), "ollama": ollama},
     )
@@ -101,6 +108,21 @@ def test_auto_mode_with_ollama_writes_every_stage_with_source_latency_and_checks
     assert signals["action"].eq("HOLD").all() and signals["position_size"].eq(0.0).all()
 
 
+def test_by_default_the_signal_model_is_not_asked_about_a_hold_it_cannot_change(instance, store, fake):
+    result = _materialize(instance, store, LLM_ASSETS, _ollama(fake.host), run_config={})
+    assert result.success, failure_message(result)
+    signals = table(store, "llm_signals")
+    holds = signals.filter(pl.col("forecast_action") == "HOLD")
+    assert holds.height == PARTITIONS  # every proposal in this window is a HOLD
+    assert set(holds["llm_source"]) == {"skipped"} and set(holds["llm_outcome"]) == {"not_asked"}
+    assert holds["llm_action"].is_null().all() and holds["action"].eq("HOLD").all()
+    assert "ask_llm_on_hold is off" in holds["llm_error"][0]
+    # analysis and risk are asked for every row; the signal stage for none
+    assert fake.count("/api/chat") == 2 * PARTITIONS
+    assert result.asset_materializations_for_node("llm_signals")[0].metadata["rows_from_skipped"].value == PARTITIONS
+    assert _checks(result)[("llm_signals", "llm_replies_valid")]
+
+
 def test_rematerializing_unchanged_partitions_is_served_from_the_cache(instance, store, fake):
     assert _materialize(instance, store, LLM_ASSETS, _ollama(fake.host)).success
     first = {name: table(store, name) for name in LLM_TABLES}
@@ -143,7 +165,10 @@ def test_every_bad_reply_ends_in_labelled_fallback_rows_and_a_failed_check(insta
     assert signals["llm_action"].is_null().all() and signals["decided_by"].eq("forecast").all()
     assert checks[("llm_signals", "validation_structure")]
     with duckdb.connect(store, read_only=True) as conn:
-        assert conn.sql("SELECT count(*) FROM llm_cache").fetchall() == [(0,)]  # only valid replies are cached
+        cached = conn.sql("SELECT count(*), count(*) FILTER (WHERE valid) FROM llm_cache").fetchall()[0]
+    # A reply the server gave is cached, marked invalid, so a re-run does not ask again; an HTTP
+    # error, a non-Ollama body or a timeout is no reply at all, and nothing is cached.
+    assert cached == ((3 * PARTITIONS, 0) if behaviour in ("garbage", "truncated", "invalid_schema") else (0, 0))
 
 
 def test_unreachable_ollama_in_auto_mode_writes_fallback_rows(instance, store):
@@ -236,7 +261,8 @@ def test_a_50_partition_run_against_a_failing_server_labels_every_row_and_stays_
     assert dict(outcomes["risk_assessments"]).get("unreachable") == partitions  # all after the server died
 
 
-HOSTILE_TEXT = "'); DROP TABLE prices; -- {{ ref('prices') }} __import__('os').system('touch PWNED')"
+# Within the schema's characters (braces and quotes are refused by the grammar and the parser).
+HOSTILE_TEXT = "'); DROP TABLE prices; -- __import__('os').system('touch PWNED') %s"
 
 
 def test_llm_output_is_stored_as_data_and_never_run(instance, store, fake, tmp_path, monkeypatch):
@@ -249,7 +275,7 @@ def test_llm_output_is_stored_as_data_and_never_run(instance, store, fake, tmp_p
                 answer[key] = HOSTILE_TEXT
         for key in ("key_observations", "concerns"):
             if key in answer:
-                answer[key] = [HOSTILE_TEXT[:190]]
+                answer[key] = [HOSTILE_TEXT[:60]]
         return answer
 
     fake.reply_json = hostile

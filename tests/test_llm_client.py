@@ -4,12 +4,13 @@ against the fake server for every way a reply can go wrong."""
 import datetime as dt
 
 import pytest
+from pydantic import BaseModel
 
 from pm_domain.llm.client import LLMClient, OllamaSettings, OllamaUnavailableError, cache_key
 from pm_domain.llm.parsing import first_balanced_object, parse_reply
 from pm_domain.llm.prompts import BUDGET_CHARS, PromptError, render, template_hash
-from pm_domain.llm.records import cache_frame, cached_replies, calls_frame
-from pm_domain.llm.schemas import MarketAnalysis, SignalOpinion
+from pm_domain.llm.records import Request, answer_all, cache_frame, cached_replies, calls_frame
+from pm_domain.llm.schemas import MarketAnalysis, SignalOpinion, max_reply_tokens
 from pm_domain.tickers import TickerError
 from tests.fake_ollama import DEFAULT_MODELS, FakeOllama, schema_answer, unused_port_host
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.timeout(30)
 MODELS = {"analysis": "qwen:14b-chat-q4_K_M", "signal": "deepseek-coder:6.7b-instruct-q4_K_M",
           "risk": "codellama:13b-instruct-q4_K_M"}
 DAY = dt.date(2018, 12, 31)
-OPINION = '{"action": "BUY", "confidence": 0.62, "reasoning": "Trend and forecast agree {mostly}."}'
+OPINION = '{"action": "BUY", "confidence": 62, "reasoning": "Trend and forecast agree (mostly)."}'
 
 
 # --- parsing -------------------------------------------------------------------------------
@@ -31,22 +32,37 @@ OPINION = '{"action": "BUY", "confidence": 0.62, "reasoning": "Trend and forecas
 def test_parser_accepts_json_fenced_and_embedded_objects(text, method):
     parsed = parse_reply(text, SignalOpinion)
     assert parsed.method == method
-    assert parsed.value == SignalOpinion(action="BUY", confidence=0.62,
-                                         reasoning="Trend and forecast agree {mostly}.")
+    assert parsed.value == SignalOpinion(action="BUY", confidence=62,
+                                         reasoning="Trend and forecast agree (mostly).")
+    assert parsed.value.confidence_fraction == 0.62
 
 
 @pytest.mark.parametrize("text, fragment", [
     ("no json here at all", "not JSON"),
     (OPINION[:40], "not JSON"),
-    ('{"action": "STRONG BUY", "confidence": 0.5, "reasoning": "because it is going up"}', "action"),
-    ('{"action": "BUY", "confidence": 1.5, "reasoning": "because it is going up"}', "confidence"),
-    ('{"action": "BUY", "confidence": 0.5, "reasoning": "ok", "extra": 1}', "reasoning"),
+    ('{"action": "STRONG BUY", "confidence": 50, "reasoning": "because it is going up"}', "action"),
+    ('{"action": "BUY", "confidence": 150, "reasoning": "because it is going up"}', "confidence"),
+    ('{"action": "BUY", "confidence": 0.62, "reasoning": "because it is going up"}', "confidence"),
+    ('{"action": "BUY", "confidence": 50, "reasoning": "ok", "extra": 1}', "reasoning"),
+    ('{"action": "BUY", "confidence": 50, "reasoning": "' + "x" * 121 + '"}', "reasoning"),
+    ('{"action": "BUY", "confidence": 50, "reasoning": "quotes \\"inside\\" are refused"}', "reasoning"),
     ("", "empty reply"),
 ])
 def test_parser_refuses_what_does_not_validate_and_says_why(text, fragment):
     parsed = parse_reply(text, SignalOpinion)
     assert parsed.value is None and parsed.method is None
     assert fragment in parsed.error
+
+
+class _Note(BaseModel):
+    text: str
+
+
+def test_parser_accepts_control_characters_inside_strings():
+    # Strict JSON refuses a raw newline or tab inside a string; some engines' grammars let one
+    # through, and it changes no value, so the parser reads it.
+    parsed = parse_reply('{"text": "weak edge;\n\twait"}', _Note)
+    assert parsed.value == _Note(text="weak edge;\n\twait") and parsed.method == "json"
 
 
 def test_balanced_object_ignores_braces_inside_strings_and_skips_unbalanced_starts():
@@ -110,8 +126,8 @@ def _prompt():
 
 
 def _client(host, mode="auto", **settings):
-    defaults = {"timeout_seconds": 2.0, "backoff_seconds": 0.01, "probe_timeout_seconds": 1.0}
-    return LLMClient(OllamaSettings(host=host, models=MODELS, mode=mode, **(defaults | settings)))
+    defaults = {"models": MODELS, "timeout_seconds": 2.0, "backoff_seconds": 0.01, "probe_timeout_seconds": 1.0}
+    return LLMClient(OllamaSettings(host=host, mode=mode, **(defaults | settings)))
 
 
 @pytest.fixture()
@@ -127,14 +143,14 @@ def test_valid_reply_is_validated_with_schema_sent_and_real_counters(fake):
     assert isinstance(call.value, MarketAnalysis) and call.value.trend == "bullish"
     body = fake.requests[-1]["body"]
     assert body["format"] == MarketAnalysis.model_json_schema()
-    assert body["options"] == {"temperature": 0.0, "seed": 42, "num_predict": 400}
+    assert body["options"] == {"temperature": 0.0, "seed": 42, "num_predict": max_reply_tokens(MarketAnalysis)}
     assert body["keep_alive"] == "10m" and body["model"] == MODELS["analysis"]
     # latency and speed come from Ollama's counters: 2.0 s total, 60 tokens in 1.5 s
     assert call.latency_ms == 2000.0 and call.tokens_per_second == 40.0
     assert (call.prompt_eval_count, call.eval_count) == (120, 60)
     assert call.model_digest == DEFAULT_MODELS[MODELS["analysis"]]
     assert call.new_cache_entry is not None and call.new_cache_entry.cache_key == cache_key(
-        call.prompt.prompt_hash, call.model, call.model_digest, _client(fake.host).settings.options(), MarketAnalysis)
+        call.prompt.prompt_hash, call.model, call.model_digest, _client(fake.host).settings.options(MarketAnalysis), MarketAnalysis)
 
 
 @pytest.mark.parametrize("behaviour, source, outcome, method", [
@@ -149,7 +165,8 @@ def test_every_reply_shape_ends_in_a_labelled_outcome(fake, behaviour, source, o
     call = _client(fake.host).ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, {})
     assert (call.source, call.outcome, call.parse_method) == (source, outcome, method)
     assert (call.value is None) == (source == "fallback")
-    assert (call.new_cache_entry is None) == (source == "fallback")  # only valid replies are cached
+    # every reply is cached, valid or not: the same prompt would get the same bytes again
+    assert call.new_cache_entry is not None and call.new_cache_entry.valid == (source == "ollama")
     if behaviour == "truncated":
         assert "token cap" in call.error
 
@@ -256,3 +273,84 @@ def test_calls_frame_has_one_row_per_call_with_telemetry(fake):
     assert frame.height == 2 and set(frame["llm_source"]) == {"fallback"}
     assert frame["completion_tokens"].to_list() == [60, 60]  # Ollama answered, the answer was invalid
     assert frame["llm_error"][0].startswith("json: not JSON")
+
+
+def test_an_invalid_reply_is_cached_so_an_unchanged_rerun_makes_no_call(fake):
+    fake.behaviour = "garbage"
+    first = _client(fake.host).ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, {})
+    stored = cached_replies(cache_frame([first]))
+    again = _client(fake.host).ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, stored)
+    assert fake.count("/api/chat") == 1
+    assert (again.source, again.outcome, again.fresh) == ("fallback", "invalid_reply", False)
+    assert "cached reply" in again.error and "retry_invalid" in again.error
+    fake.behaviour = "valid"  # retry_invalid asks again, and the valid reply replaces the entry
+    retried = _client(fake.host, retry_invalid=True).ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, stored)
+    assert (retried.source, fake.count("/api/chat")) == ("ollama", 2)
+    assert retried.new_cache_entry.cache_key == first.new_cache_entry.cache_key and retried.new_cache_entry.valid
+
+
+def test_a_cache_written_before_validity_was_stored_counts_as_valid(fake):
+    fresh = _client(fake.host).ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, {})
+    old_shape = cache_frame([fresh]).drop("valid", "done_reason", "prompt_eval_duration_ns", "load_duration_ns")
+    again = _client(fake.host).ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, cached_replies(old_shape))
+    assert again.source == "cache"
+
+
+ROUTE = {"analysis": ("slow:7b", "fast:1b"), "signal": "fast:1b", "risk": "fast:1b"}
+
+
+@pytest.fixture()
+def two_models():
+    with FakeOllama(models={"slow:7b": "a" * 64, "fast:1b": "b" * 64}) as server:
+        server.reply_json = schema_answer
+        server.total_duration_by_model = {"slow:7b": 6_000_000_000, "fast:1b": 1_000_000_000}
+        yield server
+
+
+def test_routing_moves_to_the_next_model_once_the_first_is_measured_slow(two_models):
+    client = _client(two_models.host, models=ROUTE, max_latency_seconds=5.0)
+    calls = [client.ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, {}) for _ in range(5)]
+    # three replies at 6 s make the median slow; from then on the fast model answers
+    assert [c.model for c in calls] == ["slow:7b"] * 3 + ["fast:1b"] * 2
+    assert calls[3].routed_from.startswith("slow:7b: median latency 6.0 s over 3 calls")
+    assert [r["body"]["model"] for r in two_models.requests if r["path"] == "/api/chat"] == [c.model for c in calls]
+
+
+def test_routing_starts_past_a_model_the_health_probe_found_slow(two_models):
+    client = LLMClient(OllamaSettings(host=two_models.host, models=ROUTE), slow_models=["slow:7b"])
+    call = client.ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, {})
+    assert call.model == "fast:1b" and "slow at the last health probe" in call.routed_from
+
+
+def test_routing_skips_a_missing_model_and_when_all_are_slow_the_fastest_answers(two_models):
+    client = _client(two_models.host, models=ROUTE | {"analysis": ("gone:70b", "slow:7b")})
+    call = client.ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, {})
+    assert call.model == "slow:7b" and "gone:70b is not on" in call.routed_from
+    two_models.total_duration_by_model["fast:1b"] = 9_000_000_000
+    both = _client(two_models.host, models=ROUTE | {"analysis": ("slow:7b", "fast:1b")})
+    calls = [both.ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, {}) for _ in range(8)]
+    assert [c.model for c in calls[:6]] == ["slow:7b"] * 3 + ["fast:1b"] * 3
+    assert {c.model for c in calls[6:]} == {"slow:7b"} and "the fastest measured, slow:7b" in calls[7].routed_from
+
+
+def test_a_cached_reply_from_any_model_of_the_route_is_reused(two_models):
+    fast_only = _client(two_models.host, models=ROUTE | {"analysis": "fast:1b"})
+    stored = cached_replies(cache_frame([fast_only.ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, {})]))
+    routed = _client(two_models.host, models=ROUTE)
+    again = routed.ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, stored)
+    assert (again.source, again.model, two_models.count("/api/chat")) == ("cache", "fast:1b", 1)
+
+
+def test_skipped_rows_are_labelled_and_never_reach_the_server(fake):
+    requests = [Request("^GSPC", DAY, _prompt()), Request("^IXIC", DAY, _prompt(), skip="HOLD cannot change")]
+    calls = answer_all(_client(fake.host), "analysis", requests, MarketAnalysis, lambda keys: {})
+    assert [(c.source, c.outcome) for c in calls] == [("ollama", "ok"), ("skipped", "not_asked")]
+    assert calls[1].error == "HOLD cannot change" and fake.count("/api/chat") == 1
+
+
+def test_calls_frame_stores_prefill_load_and_the_cap(fake):
+    call = _client(fake.host).ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, {})
+    row = calls_frame([call], dt.datetime(2018, 12, 31, 22)).row(0, named=True)
+    assert (row["prompt_eval_duration_ms"], row["load_duration_ms"]) == (300.0, 100.0)
+    assert row["prompt_tokens_per_second"] == 400.0  # 120 prompt tokens in 0.3 s
+    assert (row["done_reason"], row["num_predict"]) == ("stop", max_reply_tokens(MarketAnalysis))

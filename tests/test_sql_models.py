@@ -149,14 +149,17 @@ def small_store(db_path):
             ('AAA', DATE '2018-12-03', 'SELL', 0.9, true, -0.04,  NULL)
             ) t(ticker, date, action, confidence, hit, realised_return_5d, realised_return_30d)""")
         conn.execute("""CREATE TABLE llm_calls AS SELECT * FROM (VALUES
-            (TIMESTAMP '2018-12-03 20:00:00', 'signal', 'm1', 'ollama', 100.0::DOUBLE, 10.0::DOUBLE),
-            (TIMESTAMP '2018-12-03 20:01:00', 'signal', 'm1', 'ollama', 200.0, 20.0),
-            (TIMESTAMP '2018-12-03 20:02:00', 'signal', 'm1', 'ollama', 300.0, 30.0),
-            (TIMESTAMP '2018-12-03 20:03:00', 'signal', 'm1', 'ollama', 400.0, 40.0),
-            (TIMESTAMP '2018-12-03 20:04:00', 'signal', 'm1', 'cache', NULL, NULL),
-            (TIMESTAMP '2018-12-03 20:05:00', 'signal', 'm1', 'fallback', NULL, NULL),
-            (TIMESTAMP '2018-12-04 20:00:00', 'analysis', NULL, 'fallback', NULL, NULL)
-            ) t(called_at, stage, llm_model, llm_source, latency_ms, tokens_per_second)""")
+            (TIMESTAMP '2018-12-03 20:00:00', 'signal', 'm1', 'ollama', 'ok', 100.0::DOUBLE, 10.0::DOUBLE),
+            (TIMESTAMP '2018-12-03 20:01:00', 'signal', 'm1', 'ollama', 'ok', 200.0, 20.0),
+            (TIMESTAMP '2018-12-03 20:02:00', 'signal', 'm1', 'ollama', 'ok', 300.0, 30.0),
+            (TIMESTAMP '2018-12-03 20:03:00', 'signal', 'm1', 'ollama', 'ok', 400.0, 40.0),
+            (TIMESTAMP '2018-12-03 20:04:00', 'signal', 'm1', 'cache', 'ok', NULL, NULL),
+            (TIMESTAMP '2018-12-03 20:05:00', 'signal', 'm1', 'fallback', 'timeout', NULL, NULL),
+            -- a fresh reply that did not validate: the server's time counts, the row is a fallback
+            (TIMESTAMP '2018-12-03 20:06:00', 'signal', 'm1', 'fallback', 'invalid_reply', 500.0, 5.0),
+            (TIMESTAMP '2018-12-03 20:07:00', 'signal', 'm1', 'skipped', 'not_asked', NULL, NULL),
+            (TIMESTAMP '2018-12-04 20:00:00', 'analysis', NULL, 'fallback', 'unreachable', NULL, NULL)
+            ) t(called_at, stage, llm_model, llm_source, llm_outcome, latency_ms, tokens_per_second)""")
         conn.execute("""CREATE TABLE prices AS SELECT * FROM (VALUES
             ('AAA', DATE '2018-12-03', 10.0::DOUBLE, TIMESTAMP '2018-12-03 23:00:00'),
             ('AAA', DATE '2018-12-04', 11.0, TIMESTAMP '2018-12-04 23:00:00'),
@@ -191,8 +194,10 @@ def test_the_three_marts_on_a_hand_computed_store(small_store):
 
     latency = rows(small_store, "SELECT * FROM llm_latency_daily")
     # p95 of 100..400 interpolated: 300 + 0.85 * 100
-    assert latency[0] == pytest.approx((D(2018, 12, 3), "signal", "m1", 6, 4, 250.0, 385.0, 25.0, 1 / 6, 1 / 6))
-    assert latency[1] == (D(2018, 12, 4), "analysis", "(none)", 1, 0, None, None, None, 0.0, 1.0)
+    # five replies reached the server (100..500 ms), four validated: p95 = 400 + 0.8 * 100
+    assert latency[0] == pytest.approx((D(2018, 12, 3), "signal", "m1", 8, 5, 4, 300.0, 480.0, 21.0,
+                                        1 / 8, 2 / 8, 1 / 8))
+    assert latency[1] == (D(2018, 12, 4), "analysis", "(none)", 1, 0, 0, None, None, None, 0.0, 1.0, 0.0)
 
     overview = rows(small_store, "SELECT * FROM portfolio_overview")
     assert overview == [

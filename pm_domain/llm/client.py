@@ -7,10 +7,22 @@ at a time. Every request ends in an `LLMCall` that says where the answer came fr
 - `ollama`: a fresh reply that validated against the task's schema;
 - `cache`: a validated reply stored earlier for the same prompt, model digest and options;
 - `fallback`: no valid reply (mode, unreachable server, timeout, HTTP error, invalid JSON); the
-  caller writes its rule-based answer and the row carries `outcome` and `error` saying why.
+  caller writes its rule-based answer and the row carries `outcome` and `error` saying why;
+- `skipped`: not asked, because the answer could not matter (the caller says why).
+
+Every reply the server gives is cached, valid or not: the options (temperature 0, a fixed seed)
+make it deterministic, so asking the same prompt again would return the same bytes. An unchanged
+re-run makes no call; `retry_invalid` asks again for the replies that did not validate.
+
+Each task has an ordered list of models (routing): the first that the server has and that is not
+slow answers. A model is slow when the median latency of its replies in this run (at least
+`ROUTING_MIN_CALLS` of them) exceeds `max_latency_seconds`, or when it was given as slow (the
+health probe's last verdict); when every model is slow the fastest measured one answers. Each row
+records the model that answered and, when it was not the first, why.
 
 Latency and throughput come from Ollama's own counters (`total_duration`, `eval_count`,
-`eval_duration`, `prompt_eval_count`), never from words divided by wall time.
+`eval_duration`, `prompt_eval_count`, `prompt_eval_duration`, `load_duration`), never from words
+divided by wall time.
 """
 
 from __future__ import annotations
@@ -18,8 +30,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,10 +42,12 @@ from pydantic import BaseModel
 
 from pm_domain.llm.parsing import parse_reply
 from pm_domain.llm.prompts import Prompt
+from pm_domain.llm.schemas import max_reply_tokens
 
 Mode = Literal["auto", "ollama", "fallback"]
 MODES = ("auto", "ollama", "fallback")
 TASKS = ("analysis", "signal", "risk")
+ROUTING_MIN_CALLS = 3  # one slow reply (a model load) does not route a model away
 
 
 class OllamaUnavailableError(RuntimeError):
@@ -42,15 +57,17 @@ class OllamaUnavailableError(RuntimeError):
 @dataclass(frozen=True)
 class OllamaSettings:
     host: str
-    models: Mapping[str, str]  # task -> model name
+    models: Mapping[str, Sequence[str] | str]  # task -> model names in order of preference
     mode: Mode = "auto"
     timeout_seconds: float = 120.0
     retries: int = 2  # further attempts after the first, on connection errors and HTTP 5xx only
     backoff_seconds: float = 1.0  # doubled after every failed attempt
     keep_alive: str = "10m"
     seed: int = 42
-    max_tokens: int = 400
     probe_timeout_seconds: float = 3.0
+    # Routing: a model whose replies this run take longer than this (median) is passed over.
+    max_latency_seconds: float = 5.0
+    retry_invalid: bool = False  # ask again for cached replies that did not validate
     # A server that times out this many times in a row is treated as down for the rest of the
     # run: otherwise a hung server costs the full timeout on every remaining row.
     max_consecutive_timeouts: int = 2
@@ -58,14 +75,21 @@ class OllamaSettings:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"LLM mode {self.mode!r}: use one of {', '.join(MODES)}")
-        missing = [task for task in TASKS if not self.models.get(task)]
+        routes = {task: (names,) if isinstance(names, str) else tuple(names)
+                  for task, names in self.models.items()}
+        missing = [task for task in TASKS if not routes.get(task) or not all(routes[task])]
         if missing:
             raise ValueError(f"no Ollama model configured for task(s) {', '.join(missing)}")
+        object.__setattr__(self, "models", routes)
 
-    def options(self) -> dict[str, object]:
+    def route(self, task: str) -> tuple[str, ...]:
+        return self.models[task]  # type: ignore[return-value]  # normalised to tuples above
+
+    def options(self, schema: type[BaseModel]) -> dict[str, object]:
         # temperature 0 and a fixed seed: the same prompt gives the same reply, which is what
-        # makes the cache sound and a re-run reproducible.
-        return {"temperature": 0.0, "seed": self.seed, "num_predict": self.max_tokens}
+        # makes the cache sound and a re-run reproducible. num_predict is the schema's longest
+        # reply, so the cap can never cut a reply off.
+        return {"temperature": 0.0, "seed": self.seed, "num_predict": max_reply_tokens(schema)}
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,10 @@ class CachedReply:
     eval_count: int | None
     eval_duration_ns: int | None
     created_at: dt.datetime
+    valid: bool | None = True  # None: written before invalid replies were cached (all valid)
+    done_reason: str | None = None
+    prompt_eval_duration_ns: int | None = None
+    load_duration_ns: int | None = None
 
 
 @dataclass
@@ -91,8 +119,9 @@ class LLMCall:
     date: dt.date
     model: str
     prompt: Prompt
-    source: Literal["ollama", "cache", "fallback"] = "fallback"
-    outcome: str = "disabled"  # ok | invalid_reply | timeout | http_error | unreachable | model_missing | disabled
+    source: Literal["ollama", "cache", "fallback", "skipped"] = "fallback"
+    # ok | invalid_reply | timeout | http_error | unreachable | model_missing | disabled | not_asked
+    outcome: str = "disabled"
     value: BaseModel | None = None
     model_digest: str | None = None
     parse_method: str | None = None
@@ -102,6 +131,11 @@ class LLMCall:
     prompt_eval_count: int | None = None
     eval_count: int | None = None
     eval_duration_ns: int | None = None
+    prompt_eval_duration_ns: int | None = None
+    load_duration_ns: int | None = None
+    done_reason: str | None = None
+    num_predict: int | None = None
+    routed_from: str | None = None  # why the first model of the route did not answer
     wall_ms: float | None = None
     new_cache_entry: CachedReply | None = None
 
@@ -116,6 +150,11 @@ class LLMCall:
         if not self.eval_count or not self.eval_duration_ns:
             return None
         return self.eval_count / (self.eval_duration_ns / 1e9)
+
+    @property
+    def fresh(self) -> bool:
+        """A request reached the server in this run (whatever its outcome)."""
+        return self.attempts > 0
 
 
 @dataclass(frozen=True)
@@ -138,14 +177,16 @@ def cache_key(prompt_hash: str, model: str, digest: str, options: Mapping[str, o
 class LLMClient:
     """Answers prompts for one run. Not thread-safe: the stages call it one request at a time."""
 
-    def __init__(self, settings: OllamaSettings,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, settings: OllamaSettings, sleep: Callable[[float], None] = time.sleep,
+                 slow_models: Iterable[str] = ()) -> None:
         self.settings = settings
         self._sleep = sleep
         self._client = ollama.Client(host=settings.host, timeout=settings.timeout_seconds)
         self._availability: Availability | None = None
         self._down: str | None = None  # set when the server stopped answering during the run
         self._timeouts_in_a_row = 0
+        self._latencies: dict[str, list[float]] = {}  # model -> seconds of this run's replies
+        self._slow: dict[str, str] = {m: "slow at the last health probe" for m in slow_models}
 
     def availability(self) -> Availability:
         """Probe the server once per client: reachable, and which models it has (with digests)."""
@@ -166,30 +207,41 @@ class LLMClient:
         return Availability(True, digests)
 
     def require_available(self) -> None:
-        """mode=ollama: raise OllamaUnavailableError unless the server and every model are there."""
+        """mode=ollama: raise OllamaUnavailableError unless the server is there with at least one
+        model of every task's route."""
         if self.settings.mode != "ollama":
             return
         availability = self.availability()
         if not availability.reachable:
             raise OllamaUnavailableError(f"{availability.error} (mode=ollama; use mode=auto to "
                                          "write labelled fallback rows instead)")
-        missing = sorted({m for m in self.settings.models.values() if m not in availability.digests})
-        if missing:
-            raise OllamaUnavailableError(
-                f"model(s) {', '.join(missing)} not on {self.settings.host}: run `ollama pull "
-                f"{missing[0]}` there, or configure another model")
+        for task in TASKS:
+            route = self.settings.route(task)
+            if not any(m in availability.digests for m in route):
+                raise OllamaUnavailableError(
+                    f"no model for {task} on {self.settings.host} ({', '.join(route)}): run `ollama pull "
+                    f"{route[0]}` there, or configure another model")
 
-    def cache_key_for(self, stage: str, prompt: Prompt, schema: type[BaseModel]) -> str | None:
-        """The key a reply to this prompt is cached under; None when the server (so the model's
-        digest) is unknown."""
-        model = self.settings.models[stage]
-        digest = self.availability().digests.get(model)
-        return None if digest is None else cache_key(prompt.prompt_hash, model, digest, self.settings.options(), schema)
+    def missing_models(self) -> list[str]:
+        """Configured models the server does not have (routing skips them)."""
+        digests = self.availability().digests
+        return sorted({m for task in TASKS for m in self.settings.route(task) if m not in digests})
+
+    def cache_keys_for(self, stage: str, prompt: Prompt, schema: type[BaseModel]) -> list[str]:
+        """The keys a reply to this prompt may be cached under, one per model of the route the
+        server has (a reply any of them gave earlier is reused)."""
+        digests = self.availability().digests
+        return [cache_key(prompt.prompt_hash, model, digests[model], self.settings.options(schema), schema)
+                for model in self.settings.route(stage) if model in digests]
+
+    def skip(self, stage: str, ticker: str, date: dt.date, prompt: Prompt, reason: str) -> LLMCall:
+        """A row the LLM is not asked for, because its answer could not change anything."""
+        return LLMCall(stage, ticker, date, self.settings.route(stage)[0], prompt, source="skipped",
+                       outcome="not_asked", error=reason)
 
     def ask(self, stage: str, ticker: str, date: dt.date, prompt: Prompt,
             schema: type[BaseModel], cache: Mapping[str, CachedReply]) -> LLMCall:
-        model = self.settings.models[stage]
-        call = LLMCall(stage, ticker, date, model, prompt)
+        call = LLMCall(stage, ticker, date, self.settings.route(stage)[0], prompt)
         if self.settings.mode == "fallback":
             call.error = "mode=fallback: Ollama is not called"
             return call
@@ -198,49 +250,87 @@ class LLMClient:
         if not availability.reachable or self._down:
             call.outcome, call.error = "unreachable", self._down or availability.error
             return call
-        digest = availability.digests.get(model)
-        if digest is None:
-            call.outcome, call.error = "model_missing", f"model {model} not on {self.settings.host} (ollama pull {model})"
+        available = [m for m in self.settings.route(stage) if m in availability.digests]
+        if not available:
+            call.outcome = "model_missing"
+            call.error = f"model {call.model} not on {self.settings.host} (ollama pull {call.model})"
             return call
-        call.model_digest = digest
-        key = self.cache_key_for(stage, prompt, schema)
-        if key in cache:
-            return self._from_cache(call, cache[key], schema)
-        return self._from_ollama(call, key, schema)
+        options = self.settings.options(schema)
+        for model in available:
+            entry = cache.get(cache_key(prompt.prompt_hash, model, availability.digests[model], options, schema))
+            if entry is not None and (entry.valid is not False or not self.settings.retry_invalid):
+                call.model, call.model_digest = model, availability.digests[model]
+                return self._from_cache(call, entry, schema)
+        call.model, call.routed_from = self._choose(available)
+        call.model_digest = availability.digests[call.model]
+        if call.model != self.settings.route(stage)[0] and call.routed_from is None:
+            call.routed_from = f"{self.settings.route(stage)[0]} is not on {self.settings.host}"
+        key = cache_key(prompt.prompt_hash, call.model, call.model_digest, options, schema)
+        return self._from_ollama(call, key, schema, options)
+
+    def _choose(self, available: list[str]) -> tuple[str, str | None]:
+        """The first model not known to be slow; when all are, the fastest measured."""
+        for model in available:
+            if model not in self._slow:
+                skipped = [f"{m}: {self._slow[m]}" for m in available[:available.index(model)]]
+                return model, "; ".join(skipped) or None
+        fastest = min(available, key=lambda m: statistics.median(self._latencies.get(m) or [float("inf")]))
+        return fastest, "every model of the route is slow (" + "; ".join(
+            f"{m}: {self._slow[m]}" for m in available) + f"): the fastest measured, {fastest}, answers"
+
+    def _note_latency(self, model: str, latency_ms: float | None) -> None:
+        if latency_ms is None:
+            return
+        seconds = self._latencies.setdefault(model, [])
+        seconds.append(latency_ms / 1e3)
+        median = statistics.median(seconds)
+        if len(seconds) >= ROUTING_MIN_CALLS and median > self.settings.max_latency_seconds:
+            self._slow[model] = (f"median latency {median:.1f} s over {len(seconds)} calls this run, "
+                                 f"over {self.settings.max_latency_seconds:g} s")
 
     def _from_cache(self, call: LLMCall, entry: CachedReply, schema: type[BaseModel]) -> LLMCall:
         parsed = parse_reply(entry.content, schema)
-        if parsed.value is None:  # only validated replies are cached; a schema change would show here
-            call.outcome, call.error = "invalid_reply", f"cached reply no longer validates: {parsed.error}"
+        if parsed.value is None:
+            call.outcome = "invalid_reply"
+            call.error = (f"cached reply (the same prompt, model and options) is invalid: {parsed.error}"
+                          f"{' (generation stopped at the token cap)' if entry.done_reason == 'length' else ''}; "
+                          "set retry_invalid to ask again")[:500]
             return call
         # No call was made, so the row has no latency or tokens of its own; the cache table keeps
         # the counters of the call that produced the reply.
         call.source, call.outcome, call.value, call.parse_method = "cache", "ok", parsed.value, parsed.method
         return call
 
-    def _from_ollama(self, call: LLMCall, key: str, schema: type[BaseModel]) -> LLMCall:
+    def _from_ollama(self, call: LLMCall, key: str, schema: type[BaseModel], options: dict) -> LLMCall:
+        call.num_predict = int(options["num_predict"])  # type: ignore[call-overload]
         began = time.perf_counter()
-        response = self._chat_with_retries(call, schema)
+        response = self._chat_with_retries(call, schema, options)
         call.wall_ms = (time.perf_counter() - began) * 1e3
         if response is None:
+            if call.outcome == "timeout":  # at least as slow as the timeout, for routing
+                self._note_latency(call.model, self.settings.timeout_seconds * 1e3)
             return call
         content = response.message.content or ""
         call.total_duration_ns, call.prompt_eval_count = response.total_duration, response.prompt_eval_count
         call.eval_count, call.eval_duration_ns = response.eval_count, response.eval_duration
+        call.prompt_eval_duration_ns, call.load_duration_ns = response.prompt_eval_duration, response.load_duration
+        call.done_reason = response.done_reason
+        self._note_latency(call.model, call.latency_ms)
         parsed = parse_reply(content, schema)
+        call.new_cache_entry = CachedReply(
+            key, call.model, call.model_digest or "", call.prompt.prompt_hash, content,
+            call.total_duration_ns, call.prompt_eval_count, call.eval_count, call.eval_duration_ns,
+            dt.datetime.now(dt.UTC).replace(tzinfo=None), parsed.value is not None, call.done_reason,
+            call.prompt_eval_duration_ns, call.load_duration_ns,
+        )
         if parsed.value is None:
             cut = " (generation stopped at the token cap)" if response.done_reason == "length" else ""
             call.outcome, call.error = "invalid_reply", f"{parsed.error}{cut}"
             return call
         call.source, call.outcome, call.value, call.parse_method = "ollama", "ok", parsed.value, parsed.method
-        call.new_cache_entry = CachedReply(
-            key, call.model, call.model_digest or "", call.prompt.prompt_hash, content,
-            call.total_duration_ns, call.prompt_eval_count, call.eval_count, call.eval_duration_ns,
-            dt.datetime.now(dt.UTC).replace(tzinfo=None),
-        )
         return call
 
-    def _chat_with_retries(self, call: LLMCall, schema: type[BaseModel]) -> ollama.ChatResponse | None:
+    def _chat_with_retries(self, call: LLMCall, schema: type[BaseModel], options: dict) -> ollama.ChatResponse | None:
         delay = self.settings.backoff_seconds
         for attempt in range(1, self.settings.retries + 2):
             call.attempts = attempt
@@ -250,7 +340,7 @@ class LLMClient:
                     messages=[{"role": "system", "content": call.prompt.system},
                               {"role": "user", "content": call.prompt.user}],
                     format=schema.model_json_schema(),
-                    options=self.settings.options(),
+                    options=options,
                     keep_alive=self.settings.keep_alive,
                     stream=False,
                 )

@@ -46,15 +46,15 @@ def analysis_fallback(row: Mapping[str, float | None]) -> MarketAnalysis:
         regime = "trending"
     else:
         regime = "ranging"
+    # Two observations within the schema's 60 characters each, as the model must give.
     rsi = row.get("rsi_14")
+    rsi_text = f", RSI14 {rsi:.1f}" if rsi is not None and not math.isnan(rsi) else ""
+    volatility_text = "n/a" if volatility is None or math.isnan(volatility) else f"{volatility:.1%}"
     observations = [
-        f"Close {close:.2f} is {_pct(close / sma_50 - 1 if sma_50 else None)} from SMA50",
-        f"20-day return {_pct(row.get('return_20d'))}, 20-day volatility {_pct(volatility)} annualised",
+        f"Close {close:.2f} is {_pct(close / sma_50 - 1 if sma_50 else None)} from SMA50{rsi_text}",
+        f"20d return {_pct(row.get('return_20d'))}, vol {volatility_text}, "
+        f"5d forecast {_pct(row.get('expected_log_return_5d'))}",
     ]
-    if rsi is not None and not math.isnan(rsi):
-        observations.append(f"RSI14 {rsi:.1f}" + (" (overbought)" if rsi > 70 else " (oversold)" if rsi < 30 else ""))
-    forecast = row.get("expected_log_return_5d")
-    observations.append(f"5-day forecast {_pct(forecast)} log return")
     summary = (f"Rule-based fallback: {trend} ({votes:+d} of 3 trend votes), strength {strength}/10, "
                f"{regime} regime.")
     return MarketAnalysis(trend=trend, strength=strength, regime=regime,
@@ -62,7 +62,8 @@ def analysis_fallback(row: Mapping[str, float | None]) -> MarketAnalysis:
 
 
 def risk_fallback(row: Mapping[str, object]) -> RiskNarrative:
-    """Concerns are the metrics past fixed thresholds, in order of the risk score's weights."""
+    """Concerns are the metrics past fixed thresholds, in order of the risk score's weights (the
+    first two)."""
     concerns = []
     volatility = row.get("volatility_20d")
     if isinstance(volatility, float) and volatility > 0.30:
@@ -81,7 +82,10 @@ def risk_fallback(row: Mapping[str, object]) -> RiskNarrative:
         concerns.append(f"stop {row['stop_distance']:.2%} is under two days of VaR95")
     if not concerns:
         concerns.append("no metric past its alert threshold")
+    score = row.get("risk_score")
     summary = (f"Rule-based fallback: risk level {row.get('risk_level')} "
-               f"(score {row.get('risk_score') if row.get('risk_score') is not None else 'n/a'}), "
-               f"{len(concerns)} concern(s).")
-    return RiskNarrative(concerns=concerns[:5], summary=summary)
+               f"(score {'n/a' if score is None else f'{score:.2f}'}), {len(concerns)} concern(s)"
+               + (", the first two listed." if len(concerns) > 2 else "."))
+    # The schema allows two, as for the model; they are in order of the risk score's weights, and
+    # every metric stays in risk_observations.
+    return RiskNarrative(concerns=concerns[:2], summary=summary)

@@ -3,7 +3,9 @@
 Structured output (`format=` with the schema) makes a plain JSON reply the norm, but models still
 wrap JSON in code fences or prose, or stop mid-object when the token cap is hit. The parser tries,
 in order: the whole text as JSON, the first fenced ```json block, the first balanced {...} object;
-the first candidate that validates wins. Nothing is repaired or guessed: a reply that none of
+the first candidate that validates wins. Control characters inside strings (a raw newline in a
+summary) are accepted, as Python's non-strict JSON reader does: some engines' grammars let them
+through, and they change no value. Nothing else is repaired or guessed: a reply that none of
 these turn into a valid object is refused, and the caller writes the labelled fallback.
 """
 
@@ -69,7 +71,7 @@ def parse_reply(text: str, schema: type[Model]) -> ParsedReply[Model]:
     errors = []
     for method, candidate in _candidates(text or ""):
         try:
-            data = json.loads(candidate)
+            data = json.loads(candidate, strict=False)
         except json.JSONDecodeError as exc:
             errors.append(f"{method}: not JSON ({exc.msg} at {exc.pos})")
             continue

@@ -1,13 +1,13 @@
 """Prompt templates: versioned text files under prompts/, rendered from validated values only.
 
-A template's version is its file name (`analysis_v1`) and its hash covers the system prompt and
+A template's version is its file name (`analysis_v2`) and its hash covers the system prompt and
 the template, so a stored row says exactly which wording produced it; editing a file changes the
 hash (and with it the cache key). Only three kinds of value are interpolated: a validated ticker,
 a date, and numbers we format ourselves, plus a closed set of enum words. Free text (an earlier
 reply, a news headline) never reaches a prompt, so nothing can inject instructions.
 
-Latency on local models is dominated by tokens, so each stage has a character budget that the
-rendered user prompt must keep; the tests render worst-case values against it.
+Latency on local models is dominated by tokens, so each stage has a token budget, measured with a
+real tokenizer on worst-case values, and a character budget that render() enforces.
 """
 
 from __future__ import annotations
@@ -23,10 +23,14 @@ from string import Template
 from pm_domain.tickers import validate_ticker
 
 SYSTEM_TEMPLATE = "system_v1"
-TEMPLATES = {"analysis": "analysis_v1", "signal": "signal_v1", "risk": "risk_v1"}
-# Characters of the rendered user prompt (the system prompt adds ~220). About 4 characters per
-# token for English and numbers, so 1,200 characters is ~300 prompt tokens.
-BUDGET_CHARS = {"analysis": 1200, "signal": 1200, "risk": 1000}
+TEMPLATES = {"analysis": "analysis_v2", "signal": "signal_v2", "risk": "risk_v2"}
+# Prompt tokens (system + user, in the chat template) a stage may send: prefill is a tenth of a
+# call's time at most. Numbers are most of a prompt and a tokenizer may spend a token per digit
+# (Gemma does: 2.2-2.8 characters per token here), so this is measured with a real tokenizer on
+# the worst-case values (tests/test_real_llm.py), not derived from characters.
+BUDGET_TOKENS = {"analysis": 420, "signal": 360, "risk": 300}
+# What render() checks without a tokenizer: characters of the rendered user prompt.
+BUDGET_CHARS = {"analysis": 1000, "signal": 900, "risk": 700}
 ENUM_WORDS = frozenset({
     "bullish", "bearish", "sideways", "trending", "ranging", "volatile", "BUY", "SELL", "HOLD",
     "garch_t", "ewma_0.94", "low", "medium", "high", "extreme", "unknown",

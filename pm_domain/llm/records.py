@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import polars as pl
 from pydantic import BaseModel
@@ -17,32 +18,49 @@ TELEMETRY_SCHEMA = {
     "prompt_hash": pl.String, "prompt_chars": pl.Int64, "latency_ms": pl.Float64,
     "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "tokens_per_second": pl.Float64,
 }
+# Every reply the server gave, valid or not (`valid`), with the counters of the call behind it.
 CACHE_SCHEMA = {
     "cache_key": pl.String, "model": pl.String, "model_digest": pl.String, "prompt_hash": pl.String,
     "content": pl.String, "total_duration_ns": pl.Int64, "prompt_eval_count": pl.Int64,
     "eval_count": pl.Int64, "eval_duration_ns": pl.Int64, "created_at": pl.Datetime("us"),
+    "valid": pl.Boolean, "done_reason": pl.String, "prompt_eval_duration_ns": pl.Int64,
+    "load_duration_ns": pl.Int64,
 }
+
+
+@dataclass(frozen=True)
+class Request:
+    """One row to answer; `skip` says why the LLM is not asked for it (None: ask)."""
+
+    ticker: str
+    date: dt.date
+    prompt: Prompt
+    skip: str | None = None
 
 
 def answer_all(
     client: LLMClient,
     stage: str,
-    requests: Sequence[tuple[str, dt.date, Prompt]],
+    requests: Sequence[Request],
     schema: type[BaseModel],
     read_cache: Callable[[list[str]], Mapping[str, CachedReply]],
     progress: Callable[[str], None] | None = None,
 ) -> list[LLMCall]:
-    """Ask for every (ticker, date, prompt), one call at a time, serving what the cache holds."""
+    """Answer every request, one call at a time, serving what the cache holds."""
     cache: Mapping[str, CachedReply] = {}
-    if client.availability().reachable:
-        keys = [client.cache_key_for(stage, prompt, schema) for _, _, prompt in requests]
-        cache = read_cache([key for key in keys if key is not None])  # one read for the run
+    asked = [r for r in requests if r.skip is None]
+    if asked and client.availability().reachable:
+        keys = [key for r in asked for key in client.cache_keys_for(stage, r.prompt, schema)]
+        cache = read_cache(keys)  # one read for the run
     calls: list[LLMCall] = []
     fresh = 0
-    for done, (ticker, day, prompt) in enumerate(requests, start=1):
-        calls.append(client.ask(stage, ticker, day, prompt, schema, cache))
+    for done, request in enumerate(requests, start=1):
+        if request.skip is not None:
+            calls.append(client.skip(stage, request.ticker, request.date, request.prompt, request.skip))
+            continue
+        calls.append(client.ask(stage, request.ticker, request.date, request.prompt, schema, cache))
         # Fresh calls are the slow part (seconds each on a local model): report every tenth.
-        if calls[-1].wall_ms is not None:
+        if calls[-1].fresh:
             fresh += 1
             if progress and fresh % 10 == 0:
                 progress(f"{stage}: {done}/{len(requests)} rows, {fresh} Ollama calls so far, "
@@ -62,20 +80,34 @@ def telemetry_columns(calls: Sequence[LLMCall]) -> pl.DataFrame:
     } for c in calls], schema={"ticker": pl.String, "date": pl.Date, **TELEMETRY_SCHEMA})
 
 
+CALLS_EXTRA_SCHEMA = {
+    "stage": pl.String, "model_digest": pl.String, "parse_method": pl.String, "attempts": pl.Int64,
+    "wall_ms": pl.Float64, "eval_duration_ms": pl.Float64, "prompt_eval_duration_ms": pl.Float64,
+    "load_duration_ms": pl.Float64, "prompt_tokens_per_second": pl.Float64, "done_reason": pl.String,
+    "num_predict": pl.Int64, "routed_from": pl.String,
+}
+
+
+def _ms(nanoseconds: int | None) -> float | None:
+    return None if nanoseconds is None else nanoseconds / 1e6
+
+
 def calls_frame(calls: Sequence[LLMCall], called_at: dt.datetime) -> pl.DataFrame:
     """The `llm_calls` rows: one per (ticker, date, stage), replaced when the stage re-runs."""
     extra = pl.DataFrame([{
         "stage": c.stage, "model_digest": c.model_digest, "parse_method": c.parse_method,
-        "attempts": c.attempts, "wall_ms": c.wall_ms,
-        "eval_duration_ms": None if c.eval_duration_ns is None else c.eval_duration_ns / 1e6,
-    } for c in calls], schema={"stage": pl.String, "model_digest": pl.String, "parse_method": pl.String,
-                               "attempts": pl.Int64, "wall_ms": pl.Float64, "eval_duration_ms": pl.Float64})
+        "attempts": c.attempts, "wall_ms": c.wall_ms, "eval_duration_ms": _ms(c.eval_duration_ns),
+        "prompt_eval_duration_ms": _ms(c.prompt_eval_duration_ns), "load_duration_ms": _ms(c.load_duration_ns),
+        "prompt_tokens_per_second": (c.prompt_eval_count / (c.prompt_eval_duration_ns / 1e9)
+                                     if c.prompt_eval_count and c.prompt_eval_duration_ns else None),
+        "done_reason": c.done_reason, "num_predict": c.num_predict, "routed_from": c.routed_from,
+    } for c in calls], schema=CALLS_EXTRA_SCHEMA)
     frame = pl.concat([telemetry_columns(calls), extra], how="horizontal")
     return frame.with_columns(pl.lit(called_at, pl.Datetime("us")).alias("called_at"))
 
 
 def cache_frame(calls: Sequence[LLMCall]) -> pl.DataFrame:
-    """New cache entries from this run's fresh, validated replies."""
+    """New cache entries: every reply this run received, valid or not."""
     entries = {c.new_cache_entry.cache_key: c.new_cache_entry for c in calls if c.new_cache_entry}
     return pl.DataFrame([vars(e) for e in entries.values()], schema=CACHE_SCHEMA)
 
@@ -83,11 +115,13 @@ def cache_frame(calls: Sequence[LLMCall]) -> pl.DataFrame:
 def cached_replies(frame: pl.DataFrame) -> dict[str, CachedReply]:
     if not frame.height:
         return {}
-    return {row["cache_key"]: CachedReply(**row) for row in frame.select(list(CACHE_SCHEMA)).iter_rows(named=True)}
+    # A store written before a column existed lacks it; CachedReply's defaults stand in.
+    columns = [c for c in CACHE_SCHEMA if c in frame.columns]
+    return {row["cache_key"]: CachedReply(**row) for row in frame.select(columns).iter_rows(named=True)}
 
 
 def source_counts(calls: Sequence[LLMCall]) -> dict[str, int]:
-    counts = {"ollama": 0, "cache": 0, "fallback": 0}
+    counts = {"ollama": 0, "cache": 0, "fallback": 0, "skipped": 0}
     for call in calls:
         counts[call.source] += 1
     return counts

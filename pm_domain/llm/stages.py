@@ -11,7 +11,7 @@ from pm_domain.forecasting.engine import ForecastConfig
 from pm_domain.llm.client import LLMCall
 from pm_domain.llm.fallback import analysis_fallback, risk_fallback
 from pm_domain.llm.prompts import Prompt, render
-from pm_domain.llm.records import telemetry_columns
+from pm_domain.llm.records import Request, telemetry_columns
 from pm_domain.llm.schemas import MarketAnalysis, RiskNarrative, SignalOpinion
 
 HORIZONS = ForecastConfig().horizons
@@ -39,6 +39,10 @@ def analysis_prompt(row: dict) -> Prompt:
     return render("analysis", row["ticker"], row["date"], values)
 
 
+def analysis_requests(inputs: pl.DataFrame) -> list[Request]:
+    return [Request(row["ticker"], row["date"], analysis_prompt(row)) for row in inputs.iter_rows(named=True)]
+
+
 def analysis_rows(inputs: pl.DataFrame, calls: Sequence[LLMCall]) -> pl.DataFrame:
     """The reply of each call, or the rule-based analysis where there is none."""
     answers = []
@@ -62,12 +66,23 @@ def signal_prompt(row: dict) -> Prompt:
     return render("signal", row["ticker"], row["date"], values)
 
 
+HOLD_NOT_ASKED = "the forecast proposes HOLD, which the LLM cannot change (ask_llm_on_hold is off)"
+
+
+def signal_requests(proposals: pl.DataFrame, ask_on_hold: bool) -> list[Request]:
+    """One request per proposal. The LLM can hold a trade back but never open one, so on a HOLD
+    proposal its answer cannot change the signal: unless asked to, it is not asked."""
+    return [Request(row["ticker"], row["date"], signal_prompt(row),
+                    None if ask_on_hold or row["forecast_action"] != "HOLD" else HOLD_NOT_ASKED)
+            for row in proposals.iter_rows(named=True)]
+
+
 def opinion_columns(calls: Sequence[LLMCall]) -> pl.DataFrame:
     """The LLM's own call per row: null when the reply came from nowhere valid."""
     return pl.DataFrame([{
         "ticker": c.ticker, "date": c.date,
         "llm_action": c.value.action if isinstance(c.value, SignalOpinion) else None,
-        "llm_confidence": c.value.confidence if isinstance(c.value, SignalOpinion) else None,
+        "llm_confidence": c.value.confidence_fraction if isinstance(c.value, SignalOpinion) else None,
         "llm_reasoning": c.value.reasoning if isinstance(c.value, SignalOpinion) else None,
     } for c in calls], schema={"ticker": pl.String, "date": pl.Date, "llm_action": pl.String,
                                "llm_confidence": pl.Float64, "llm_reasoning": pl.String})
@@ -78,6 +93,10 @@ def risk_prompt(row: dict, benchmark: str) -> Prompt:
         "var_95_hist", "cvar_95_hist", "var_95_model_log", "volatility_model", "volatility_20d",
         "max_drawdown_252d", "beta", "risk_score", "risk_level", "action", "position_size", "stop_distance")}
     return render("risk", row["ticker"], row["date"], values | {"benchmark": benchmark})
+
+
+def risk_requests(inputs: pl.DataFrame, benchmark: str) -> list[Request]:
+    return [Request(row["ticker"], row["date"], risk_prompt(row, benchmark)) for row in inputs.iter_rows(named=True)]
 
 
 def risk_rows(inputs: pl.DataFrame, calls: Sequence[LLMCall]) -> pl.DataFrame:
