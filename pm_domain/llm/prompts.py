@@ -24,11 +24,11 @@ from pm_domain.tickers import validate_ticker
 
 SYSTEM_TEMPLATE = "system_v1"
 TEMPLATES = {"analysis": "analysis_v2", "signal": "signal_v2", "risk": "risk_v2"}
-# Prompt tokens (system + user, in the chat template) a stage may send: prefill is a tenth of a
-# call's time at most. Numbers are most of a prompt and a tokenizer may spend a token per digit
-# (Gemma does: 2.2-2.8 characters per token here), so this is measured with a real tokenizer on
-# the worst-case values (tests/test_real_llm.py), not derived from characters.
-BUDGET_TOKENS = {"analysis": 420, "signal": 360, "risk": 300}
+# Prompt tokens (system + user, in the chat template) a stage may send: at the ~450-600 tokens/s
+# of prefill measured on two cores, under a second. Numbers are most of a prompt and a tokenizer
+# may spend a token per digit (Gemma does: 2.0-2.8 characters per token here), so this is checked
+# with a real tokenizer on the worst-case values (tests/test_real_llm.py), not derived from characters.
+BUDGET_TOKENS = {"analysis": 480, "signal": 380, "risk": 320}
 # What render() checks without a tokenizer: characters of the rendered user prompt.
 BUDGET_CHARS = {"analysis": 1000, "signal": 900, "risk": 700}
 ENUM_WORDS = frozenset({
