@@ -262,7 +262,7 @@ def test_a_50_partition_run_against_a_failing_server_labels_every_row_and_stays_
 
 
 # Within the schema's characters (braces and quotes are refused by the grammar and the parser).
-HOSTILE_TEXT = "'); DROP TABLE prices; -- __import__('os').system('touch PWNED') %s"
+HOSTILE_TEXT = "'); DROP TABLE prices; -- os.system('touch PWNED') %s"
 
 
 def test_llm_output_is_stored_as_data_and_never_run(instance, store, fake, tmp_path, monkeypatch):
@@ -275,7 +275,7 @@ def test_llm_output_is_stored_as_data_and_never_run(instance, store, fake, tmp_p
                 answer[key] = HOSTILE_TEXT
         for key in ("key_observations", "concerns"):
             if key in answer:
-                answer[key] = [HOSTILE_TEXT[:60]]
+                answer[key] = [HOSTILE_TEXT[:48]]
         return answer
 
     fake.reply_json = hostile

@@ -46,14 +46,14 @@ def analysis_fallback(row: Mapping[str, float | None]) -> MarketAnalysis:
         regime = "trending"
     else:
         regime = "ranging"
-    # Two observations within the schema's 60 characters each, as the model must give.
+    # Two observations within the schema's 48 characters each, as the model must give.
     rsi = row.get("rsi_14")
-    rsi_text = f", RSI14 {rsi:.1f}" if rsi is not None and not math.isnan(rsi) else ""
+    rsi_text = f", RSI14 {rsi:.0f}" if rsi is not None and not math.isnan(rsi) else ""
     volatility_text = "n/a" if volatility is None or math.isnan(volatility) else f"{volatility:.1%}"
     observations = [
-        f"Close {close:.2f} is {_pct(close / sma_50 - 1 if sma_50 else None)} from SMA50{rsi_text}",
-        f"20d return {_pct(row.get('return_20d'))}, vol {volatility_text}, "
-        f"5d forecast {_pct(row.get('expected_log_return_5d'))}",
+        f"Close {_pct(close / sma_50 - 1 if sma_50 else None)} vs SMA50{rsi_text}",
+        f"20d ret {_pct(row.get('return_20d'))}, vol {volatility_text}, "
+        f"5d fcst {_pct(row.get('expected_log_return_5d'))}",
     ]
     summary = (f"Rule-based fallback: {trend} ({votes:+d} of 3 trend votes), strength {strength}/10, "
                f"{regime} regime.")
@@ -76,7 +76,7 @@ def risk_fallback(row: Mapping[str, object]) -> RiskNarrative:
         concerns.append(f"daily historical VaR95 {var:.2%}")
     beta = row.get("beta")
     if isinstance(beta, float) and abs(beta) > 1.3:
-        concerns.append(f"beta {beta:.2f} to the benchmark amplifies market moves")
+        concerns.append(f"beta {beta:.2f} amplifies the benchmark's moves")
     if row.get("action") in ("BUY", "SELL") and isinstance(row.get("stop_distance"), float) \
             and isinstance(var, float) and row["stop_distance"] < 2 * var:
         concerns.append(f"stop {row['stop_distance']:.2%} is under two days of VaR95")

@@ -33,8 +33,10 @@ def text(min_chars: int, max_chars: int):
                                 pattern=f"^{TEXT_CHARACTERS}{{{min_chars},{max_chars}}}$")]
 
 
-Observation = text(3, 60)
-Summary = text(10, 120)
+# Sized so a reply in English is well under 100 tokens (~4 characters a token); the hard bound
+# (a token per character, as a run of digits costs in Gemma) is the stage's num_predict.
+Observation = text(3, 48)
+Summary = text(10, 100)
 
 
 class MarketAnalysis(BaseModel):
@@ -56,7 +58,7 @@ class SignalOpinion(BaseModel):
 
     action: Literal["BUY", "SELL", "HOLD"]
     confidence: int = Field(ge=0, le=100, description="whole percent that the action is right")
-    reasoning: text(10, 120)
+    reasoning: Summary
 
     @property
     def confidence_fraction(self) -> float:
