@@ -23,7 +23,8 @@ from pm_assets.inputs import require_partitions
 from pm_assets.metadata import preview_markdown, run_metadata
 from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection, decode_partition_keys, lookback_mapping
 from pm_domain import calendar, plots
-from pm_domain.backtest import POSITION_LAG_SESSIONS, BacktestRules, ledger_and_calls, window_metrics, window_series
+from pm_domain.attribution import LLM_VERDICTS
+from pm_domain.backtest import POSITION_LAG_SESSIONS, BacktestRules, ticker_backtests
 from pm_domain.forecasting.engine import price_rows
 from pm_domain.outcomes import SessionGrid
 from pm_resources.store import read_rows, replace_partitions
@@ -33,11 +34,15 @@ DEFAULT_RULES = BacktestRules()
 # of T-W-1 (positions are the signal of two sessions before).
 SIGNAL_LOOKBACK_SESSIONS = DEFAULT_RULES.window_sessions + POSITION_LAG_SESSIONS
 PRICE_LOOKBACK_SESSIONS = DEFAULT_RULES.window_sessions + 1
-SIGNAL_COLUMNS = ["ticker", "date", "action", "confidence", "position_size", "horizon"]
+SIGNAL_COLUMNS = ["ticker", "date", "action", "confidence", "position_size", "horizon", "forecast_action",
+                  "kelly_fraction", "rules"]
 METRICS_TABLE_COLUMNS = ["ticker", "date", "sessions", "total_return", "annual_return", "buy_hold_total_return",
                          "sharpe", "sortino", "max_drawdown", "calmar", "alpha", "beta", "hit_rate", "calls",
                          "profit_factor", "trades", "exposure", "brier_score", "sharpe_ci_lower",
                          "sharpe_ci_upper", "probabilistic_sharpe", "verdict"]
+ATTRIBUTION_TABLE_COLUMNS = ["date", "total_return", "forecast_only_total_return", "sharpe", "forecast_only_sharpe",
+                             "llm_delta_sharpe", "llm_sharpe_delta_ci_lower", "llm_sharpe_delta_ci_upper",
+                             "llm_held_back", "llm_verdict"]
 
 
 class BacktestsConfig(Config):
@@ -67,9 +72,15 @@ def read_backtest_inputs(duckdb: DuckDBResource, tickers: list[str], selection: 
     with duckdb.get_connection() as conn:
         signals = read_rows(conn, "llm_signals", tickers, selection.end, first)
         prices = read_rows(conn, "prices", tickers, selection.end, first)
+    if signals.width and "forecast_action" not in signals.columns:
+        # Signals stored before the LLM's own call was kept: no held-back trade is known, so the
+        # forecast-only twin equals the final signal (the attribution says no_difference).
+        signals = signals.with_columns(pl.col("action").alias("forecast_action"),
+                                       pl.lit(None, pl.Float64).alias("kelly_fraction"), pl.lit(None, pl.String).alias("rules"))
     signals = signals.select(SIGNAL_COLUMNS) if signals.width else pl.DataFrame(
         schema={"ticker": pl.String, "date": pl.Date, "action": pl.String, "confidence": pl.Float64,
-                "position_size": pl.Float64, "horizon": pl.Int64})
+                "position_size": pl.Float64, "horizon": pl.Int64, "forecast_action": pl.String,
+                "kelly_fraction": pl.Float64, "rules": pl.String})
     return SessionGrid(first, selection.end), signals, price_rows(prices)
 
 
@@ -79,6 +90,8 @@ def backtest_metadata(rows: pl.DataFrame, series: dict[str, pl.DataFrame], key_c
     verdicts = dict(rows.group_by("verdict").len().iter_rows())
     metadata = {
         "metrics": MetadataValue.md(preview_markdown(last, [key_column, *METRICS_TABLE_COLUMNS[1:]], rows=20)),
+        "llm_attribution": MetadataValue.md(preview_markdown(last, [key_column, *ATTRIBUTION_TABLE_COLUMNS], rows=20)),
+        **{f"llm_verdict_{v}": int((rows["llm_verdict"] == v).sum()) for v in LLM_VERDICTS},
         "verdicts": MetadataValue.md("\n".join(
             f"- **{r[key_column]}** {r['date']}: {r['verdict']}: {r['verdict_reason']}" for r in last.head(10).iter_rows(named=True))),
         **{f"verdict_{v}": verdicts.get(v, 0) for v in ("passed", "failed", "insufficient_data")},
@@ -115,7 +128,9 @@ def insufficient_check(rows: pl.DataFrame, asset_name: str, key_column: str) -> 
     "(entered at the close after the signal, 5 bps per unit of position changed) against "
     "buy-and-hold of the same days: CAGR, volatility, Sharpe, Sortino, max drawdown, Calmar, "
     "alpha/beta, hit rate, profit factor, trades, exposure, Brier score, bootstrap 90% interval "
-    "of the Sharpe and probabilistic Sharpe, and the verdict naming each failed criterion.",
+    "of the Sharpe and probabilistic Sharpe, and the verdict naming each failed criterion; beside "
+    "them the forecast-only twin (the LLM's veto/confirm off) over the same days, the difference, "
+    "and whether the LLM adds, removes or makes no difference (paired bootstrap of the Sharpe).",
 )
 def backtests(context: AssetExecutionContext, config: BacktestsConfig, duckdb: DuckDBResource) -> MaterializeResult:
     began = time.perf_counter()
@@ -123,15 +138,9 @@ def backtests(context: AssetExecutionContext, config: BacktestsConfig, duckdb: D
     rules = config.rules()
     grid, signals, prices = read_backtest_inputs(duckdb, list(selection.tickers), selection, rules)
     require_partitions(signals.filter(pl.col("date") >= selection.start), "llm_signals", selection)
-    ledger, calls = ledger_and_calls(signals, prices, grid, rules.sizing)
-    frames, series = [], {}
-    for ticker in selection.tickers:
-        ticker_ledger = ledger.filter(pl.col("ticker") == ticker)
-        frames.append(window_metrics(ticker_ledger, calls.filter(pl.col("ticker") == ticker), selection.dates, rules)
-                      .with_columns(pl.lit(ticker).alias("ticker")))
-        series[ticker] = window_series(ticker_ledger, selection.end, rules)
-        context.log.info(f"backtests: {ticker} done ({len(selection.dates)} windows)")
-    rows = pl.concat(frames).with_columns(
+    frame, series = ticker_backtests(signals, prices, grid, selection.tickers, selection.dates, rules,
+                                     progress=context.log.info)
+    rows = frame.with_columns(
         pl.lit(rules.sizing).alias("sizing"), pl.lit(rules.cost_bps).alias("cost_bps"),
         pl.lit(rules.as_json()).alias("rules"),
     ).select("ticker", pl.exclude("ticker"))

@@ -10,8 +10,10 @@ from dagster_duckdb import DuckDBResource
 from pm_assets.backtests import BacktestsConfig, backtest_metadata, insufficient_check, read_backtest_inputs
 from pm_assets.metadata import run_metadata
 from pm_assets.partitions import TICKERS_PARTITIONS_NAME, UNIVERSE_ASSET_ARGS, PartitionSelection
+from pm_domain.attribution import forecast_only_signals
 from pm_domain.backtest import (
     PORTFOLIO_WEIGHTINGS,
+    attribution_metrics,
     portfolio_ledger,
     scored_calls,
     ticker_ledger,
@@ -34,7 +36,7 @@ SIZING_BY_WEIGHTING = {"equal": "unit", "position_size": "signal"}
     description="Per trading day: all tickers' signals as one book over the trailing window, "
     "weighting 'equal' (each ticker's unit position at 1/N of the book) and 'position_size' (the "
     "signals' half-Kelly sizes, scaled down when they sum above 100%), against the equal-weight "
-    "buy-and-hold of the same tickers; the same metrics and verdict as backtests.",
+    "buy-and-hold of the same tickers; the same metrics, verdict and LLM attribution as backtests.",
 )
 def portfolio_backtests(context: AssetExecutionContext, config: BacktestsConfig,
                         duckdb: DuckDBResource) -> MaterializeResult:
@@ -47,11 +49,17 @@ def portfolio_backtests(context: AssetExecutionContext, config: BacktestsConfig,
     grid, signals, prices = read_backtest_inputs(duckdb, list(tickers), selection, rules)
     frames, series = [], {}
     # The calls and their outcomes do not depend on the weighting: scored once, pooled in both books.
+    twin_signals = forecast_only_signals(signals)
     calls = scored_calls(signal_outcomes(signals, prices), grid)
+    twin_calls = scored_calls(signal_outcomes(twin_signals, prices), grid)
     for weighting in PORTFOLIO_WEIGHTINGS:
-        book = portfolio_ledger(ticker_ledger(signals, prices, grid, SIZING_BY_WEIGHTING[weighting]), weighting)
-        frames.append(window_metrics(book, calls, dates, rules).with_columns(pl.lit(weighting).alias("weighting")))
-        series[f"portfolio ({weighting})"] = window_series(book, selection.end, rules)
+        sizing = SIZING_BY_WEIGHTING[weighting]
+        book = portfolio_ledger(ticker_ledger(signals, prices, grid, sizing), weighting)
+        twin_book = portfolio_ledger(ticker_ledger(twin_signals, prices, grid, sizing), weighting)
+        rows = window_metrics(book, calls, dates, rules)
+        attribution = attribution_metrics(book, twin_book, twin_calls, rows, dates, rules)
+        frames.append(pl.concat([rows, attribution], how="horizontal").with_columns(pl.lit(weighting).alias("weighting")))
+        series[f"portfolio ({weighting})"] = window_series(book, selection.end, rules, twin_book)
     used = sorted(set(signals["ticker"].to_list()))
     rows = pl.concat(frames).with_columns(
         pl.lit(used, pl.List(pl.String)).alias("tickers"), pl.lit(rules.cost_bps).alias("cost_bps"),

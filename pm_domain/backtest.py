@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -31,6 +31,13 @@ import numpy as np
 import polars as pl
 
 from pm_domain import performance as perf
+from pm_domain.attribution import (
+    ATTRIBUTION_METRICS,
+    ATTRIBUTION_SCHEMA,
+    forecast_only_signals,
+    llm_verdict,
+    paired_sharpe_difference_interval,
+)
 from pm_domain.outcomes import DIRECTION, ENTRY_LAG_SESSIONS, SessionGrid, direction, signal_outcomes
 
 # The position over session d is the signal of d - POSITION_LAG_SESSIONS: entered at the next
@@ -384,10 +391,11 @@ def verdict(row: dict, reason: str | None, rules: BacktestRules) -> tuple[str, l
     return "failed", [name for name, _ in failed], "; ".join(why for _, why in failed)
 
 
-def window_series(ledger: pl.DataFrame, end_date: dt.date, rules: BacktestRules) -> pl.DataFrame:
+def window_series(ledger: pl.DataFrame, end_date: dt.date, rules: BacktestRules,
+                  twin: pl.DataFrame | None = None) -> pl.DataFrame:
     """The daily series behind the backtest dated `end_date` (for the equity plot): date,
-    strategy and buy-and-hold returns and equity, and the strategy's drawdown. Empty when the
-    window has no usable data."""
+    strategy and buy-and-hold returns and equity, the strategy's drawdown, and with `twin` (the
+    forecast-only ledger) its equity. Empty when the window has no usable data."""
     w = _windows(ledger, [end_date], rules)
     inside = ~np.isnan(w.net[0])
     if w.reasons[0] is not None or not inside.any():
@@ -397,11 +405,50 @@ def window_series(ledger: pl.DataFrame, end_date: dt.date, rules: BacktestRules)
     dates = ledger["date"].to_list()
     days = [dates[w.ends[0] - rules.window_sessions + 1 + i] for i in np.flatnonzero(inside)]
     net, benchmark = w.net[0][inside], w.benchmark[0][inside]
-    return pl.DataFrame({
+    series = pl.DataFrame({
         "date": days, "strategy_return": net, "buy_hold_return": benchmark,
         "strategy_equity": perf.equity_curve(net), "buy_hold_equity": perf.equity_curve(benchmark),
         "drawdown": perf.drawdown_series(net),
     })
+    if twin is not None:
+        twin_net = np.nan_to_num(_windows(twin, [end_date], rules).net[0][inside])
+        series = series.with_columns(pl.Series("forecast_only_equity", perf.equity_curve(twin_net)))
+    return series
+
+
+def attribution_metrics(final: pl.DataFrame, twin: pl.DataFrame, twin_calls: pl.DataFrame,
+                        final_rows: pl.DataFrame, end_dates: Sequence[dt.date], rules: BacktestRules) -> pl.DataFrame:
+    """Beside each backtest row of the `final` ledger (final_rows, from window_metrics): the
+    forecast-only `twin` ledger's metrics over the same window, the final's minus the twin's, the
+    number of held-back signals whose positions fall in the window, and the paired bootstrap
+    interval and verdict of the Sharpe difference (pm_domain.attribution)."""
+    twin_rows = window_metrics(twin, twin_calls, end_dates, rules)
+    fw, tw = _windows(final, end_dates, rules), _windows(twin, end_dates, rules)
+    both = ~np.isnan(fw.net) & ~np.isnan(tw.net)
+    final_net, twin_net = np.where(both, fw.net, np.nan), np.where(both, tw.net, np.nan)
+    lower, upper = np.full(len(end_dates), np.nan), np.full(len(end_dates), np.nan)
+    for n, index, compact in perf.rows_by_observations(final_net):
+        if n < 2:
+            continue
+        counts = _bootstrap_counts(n, rules.bootstrap_replications, rules.bootstrap_block, rules.bootstrap_seed)
+        twin_compact = twin_net[index][both[index]].reshape(len(index), n)
+        lower[index], upper[index] = paired_sharpe_difference_interval(
+            compact, twin_compact, counts, rules.interval, rules.daily_risk_free)
+    held = np.sum(both & (np.nan_to_num(fw.positions) != np.nan_to_num(tw.positions)), axis=-1)
+    usable = [v != "insufficient_data" for v in final_rows["verdict"].to_list()]
+    columns = {}
+    for metric in ATTRIBUTION_METRICS:
+        columns[f"forecast_only_{metric}"] = twin_rows[metric]
+        columns[f"llm_delta_{metric}"] = final_rows[metric] - twin_rows[metric]
+    bounds = [(None if np.isnan(lo) or not ok else float(lo), None if np.isnan(up) or not ok else float(up))
+              for lo, up, ok in zip(lower, upper, usable, strict=True)]
+    return pl.DataFrame({
+        **columns,
+        "llm_sharpe_delta_ci_lower": [b[0] for b in bounds],
+        "llm_sharpe_delta_ci_upper": [b[1] for b in bounds],
+        "llm_held_back": np.where(usable, held, 0).astype(np.int64),
+        "llm_verdict": [llm_verdict(lo, up, ok) for (lo, up), ok in zip(bounds, usable, strict=True)],
+    }, schema=ATTRIBUTION_SCHEMA)
 
 
 def ledger_and_calls(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionGrid,
@@ -409,3 +456,24 @@ def ledger_and_calls(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionG
     """The ticker ledgers and the scored calls of `signals` (ticker, date, action, confidence,
     position_size, horizon) over `grid`, from prices (ticker, date, price) up to the last date."""
     return ticker_ledger(signals, prices, grid, sizing), scored_calls(signal_outcomes(signals, prices), grid)
+
+
+def ticker_backtests(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionGrid, tickers: Sequence[str],
+                     end_dates: Sequence[dt.date], rules: BacktestRules,
+                     progress: Callable[[str], None] | None = None) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+    """Per ticker and end date: the backtest of the final signals with the forecast-only twin's
+    attribution beside it (attribution_metrics), and each ticker's window series of the last date
+    with both equity curves. `signals` need forecast_action, kelly_fraction and rules too."""
+    ledger, calls = ledger_and_calls(signals, prices, grid, rules.sizing)
+    twin_ledger, twin_calls = ledger_and_calls(forecast_only_signals(signals), prices, grid, rules.sizing)
+    frames, series = [], {}
+    for ticker in tickers:
+        final, twin = (frame.filter(pl.col("ticker") == ticker) for frame in (ledger, twin_ledger))
+        rows = window_metrics(final, calls.filter(pl.col("ticker") == ticker), end_dates, rules)
+        attribution = attribution_metrics(final, twin, twin_calls.filter(pl.col("ticker") == ticker), rows,
+                                          end_dates, rules)
+        frames.append(pl.concat([rows, attribution], how="horizontal").with_columns(pl.lit(ticker).alias("ticker")))
+        series[ticker] = window_series(final, max(end_dates), rules, twin)
+        if progress:
+            progress(f"backtests: {ticker} done ({len(end_dates)} windows)")
+    return pl.concat(frames), series

@@ -73,7 +73,8 @@ def forecast_fan_png(prices: pl.DataFrame, fan: pl.DataFrame, tickers: list[str]
 
 def equity_drawdown_png(series: dict[str, pl.DataFrame], max_panels: int = 2) -> bytes:
     """For up to `max_panels` backtests (name -> window_series frame): the strategy's equity
-    against buy-and-hold over the window, and the strategy's drawdown below it."""
+    against buy-and-hold over the window (and the forecast-only twin's, when the frame has it),
+    and the strategy's drawdown below it."""
     shown = list(series.items())[:max_panels]
     fig, axes = plt.subplots(2 * len(shown), 1, figsize=(7, 2.6 * len(shown)), squeeze=False,
                              gridspec_kw={"height_ratios": [2, 1] * len(shown)})
@@ -81,6 +82,9 @@ def equity_drawdown_png(series: dict[str, pl.DataFrame], max_panels: int = 2) ->
         equity_ax, drawdown_ax = axes[2 * index, 0], axes[2 * index + 1, 0]
         dates = frame["date"].to_list()
         equity_ax.plot(dates, frame["strategy_equity"].to_numpy(), color="tab:blue", lw=1.1, label="strategy (net of costs)")
+        if "forecast_only_equity" in frame.columns:
+            equity_ax.plot(dates, frame["forecast_only_equity"].to_numpy(), color="tab:orange", lw=1.0, ls="--",
+                           label="forecast only (LLM off)")
         equity_ax.plot(dates, frame["buy_hold_equity"].to_numpy(), color="gray", lw=1.0, label="buy and hold")
         equity_ax.set_title(f"{name}: equity of 1 invested", fontsize=9, loc="left")
         drawdown_ax.fill_between(dates, frame["drawdown"].to_numpy(), 0.0, color="tab:red", alpha=0.35)

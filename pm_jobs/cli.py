@@ -226,6 +226,10 @@ def llm_summary() -> list[str]:
     return lines
 
 
+ATTRIBUTION_SQL = ("forecast_only_total_return, forecast_only_sharpe, llm_delta_sharpe, llm_sharpe_delta_ci_lower, "
+                   "llm_sharpe_delta_ci_upper, llm_held_back, llm_verdict")
+
+
 def backtest_summary() -> list[str]:
     """The backtests of the last date: the metrics table the README shows."""
     import duckdb
@@ -238,9 +242,12 @@ def backtest_summary() -> list[str]:
         rows = query(conn, "SELECT ticker, date, sessions, total_return, buy_hold_total_return, sharpe, max_drawdown, "
                            "exposure, trades, hit_rate, verdict, verdict_reason FROM backtests "
                            "WHERE date = (SELECT max(date) FROM backtests) ORDER BY ticker")
-        book = query(conn, "SELECT weighting, date, sessions, total_return, buy_hold_total_return, sharpe, exposure, verdict "
-                           "FROM portfolio_backtests WHERE date = (SELECT max(date) FROM portfolio_backtests) "
+        book = query(conn, "SELECT weighting, date, sessions, total_return, buy_hold_total_return, sharpe, exposure, verdict, "
+                           f"{ATTRIBUTION_SQL} FROM portfolio_backtests "
+                           "WHERE date = (SELECT max(date) FROM portfolio_backtests) "
                            "ORDER BY weighting") if table_exists(conn, "portfolio_backtests") else None
+        attribution = query(conn, f"SELECT ticker AS name, date, sessions, total_return, sharpe, {ATTRIBUTION_SQL} "
+                                  "FROM backtests WHERE date = (SELECT max(date) FROM backtests) ORDER BY ticker")
 
     def number(value, percent=False) -> str:
         return "-" if value is None else (f"{value:.2%}" if percent else f"{value:.2f}")
@@ -255,6 +262,16 @@ def backtest_summary() -> list[str]:
         lines.append(f"  book/{r['weighting']:<13} {r['sessions']:>3} sessions  return {number(r['total_return'], True)} "
                      f"vs {number(r['buy_hold_total_return'], True)}  Sharpe {number(r['sharpe'])}  "
                      f"exposure {number(r['exposure'], True)}  {r['verdict']}")
+    lines.append("What the LLM adds (final signals vs the same rules with the LLM's veto off, same days):")
+    named = [(r["name"], r) for r in attribution.iter_rows(named=True)]
+    named += [(f"book/{r['weighting']}", r) for r in (book.iter_rows(named=True) if book is not None else [])]
+    for name, r in named:
+        interval = ("-" if r["llm_sharpe_delta_ci_lower"] is None
+                    else f"[{r['llm_sharpe_delta_ci_lower']:.2f}, {r['llm_sharpe_delta_ci_upper']:.2f}]")
+        lines.append(f"  {name:<18} return {number(r['total_return'], True)} vs forecast-only "
+                     f"{number(r['forecast_only_total_return'], True)}  Sharpe {number(r['sharpe'])} vs "
+                     f"{number(r['forecast_only_sharpe'])}  difference {number(r['llm_delta_sharpe'])} "
+                     f"(90% {interval})  held back {r['llm_held_back']}  {r['llm_verdict']}")
     return lines
 
 

@@ -1,0 +1,122 @@
+"""What the LLM adds, with known answers: an LLM that vetoes every trade, an oracle that vetoes
+exactly the losing trades, and a coin flip (pm_domain.attribution through backtest.ticker_backtests)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pm_domain import calendar
+from pm_domain.attribution import forecast_only_signals, paired_sharpe_difference_interval
+from pm_domain.backtest import POSITION_LAG_SESSIONS, BacktestRules, ticker_backtests
+from pm_domain.outcomes import SessionGrid
+from pm_domain.performance import stationary_bootstrap_counts
+
+FIRST = dt.date(2017, 1, 3)
+SESSIONS = 300
+RULES = BacktestRules(window_sessions=252, bootstrap_replications=400)
+DAYS = calendar.trading_days(FIRST, calendar.shift_trading_days(FIRST, SESSIONS - 1))
+END = DAYS[-1]
+
+
+def market(seed: int) -> pl.DataFrame:
+    """A driftless random walk: a forecast that calls it at random has no skill."""
+    returns = np.random.default_rng(seed).normal(0.0, 0.01, SESSIONS)
+    return pl.DataFrame({"ticker": "AAA", "date": DAYS, "price": 100.0 * np.cumprod(1.0 + returns)})
+
+
+def proposals(seed: int) -> pl.DataFrame:
+    """A BUY or SELL proposal every day, at random; the final action is filled in by each test."""
+    rng = np.random.default_rng(seed + 1)
+    return pl.DataFrame({"ticker": "AAA", "date": DAYS, "forecast_action": rng.choice(["BUY", "SELL"], SESSIONS),
+                         "confidence": 0.6, "position_size": 0.2, "horizon": 1, "kelly_fraction": 0.4,
+                         "rules": '{"kelly_share": 0.5, "max_position": 0.25}'},
+                        schema_overrides={"horizon": pl.Int64})
+
+
+def final_signals(proposed: pl.DataFrame, keep: np.ndarray) -> pl.DataFrame:
+    """The LLM keeps the trades where `keep` is true and holds the others back."""
+    return proposed.with_columns(pl.when(pl.Series(keep)).then(pl.col("forecast_action")).otherwise(pl.lit("HOLD"))
+                                 .alias("action"))
+
+
+def last_row(signals: pl.DataFrame, prices: pl.DataFrame, rules: BacktestRules = RULES) -> dict:
+    grid = SessionGrid(DAYS[0], END)
+    rows, _ = ticker_backtests(signals, prices, grid, ["AAA"], [END], rules)
+    return rows.row(0, named=True)
+
+
+def test_the_twin_is_the_forecasts_proposal_with_the_rules_size():
+    proposed = proposals(0).head(3).with_columns(pl.Series("action", ["HOLD", "BUY", "SELL"]),
+                                                 pl.Series("forecast_action", ["BUY", "BUY", "SELL"]))
+    twin = forecast_only_signals(proposed.with_columns(position_size=pl.Series([0.0, 0.2, 0.2])))
+    assert twin["action"].to_list() == ["BUY", "BUY", "SELL"]
+    assert twin["position_size"].to_list() == [0.2, 0.2, 0.2]  # held back: 0.5 x 0.4 (under the 0.25 cap)
+
+
+def test_an_llm_that_vetoes_every_trade_removes_exactly_the_forecasts_returns():
+    prices, proposed = market(1), proposals(1)
+    row = last_row(final_signals(proposed, np.zeros(SESSIONS, bool)), prices)
+    assert row["total_return"] == 0.0 and row["trades"] == 0
+    # final minus forecast-only = minus what the vetoed trades earned, to the last bit
+    assert row["llm_delta_total_return"] == -row["forecast_only_total_return"]
+    assert row["llm_delta_trades"] == -row["forecast_only_trades"]
+    assert row["llm_held_back"] == row["sessions"]  # a trade was held back for every position day
+    assert row["llm_verdict"] in ("llm_adds", "llm_removes", "no_difference")
+
+
+def test_an_oracle_that_vetoes_exactly_the_losing_trades_adds_significantly():
+    prices, proposed = market(2), proposals(2)
+    # the trade of day t earns the return of session t + 2 (entered at the next close)
+    returns = prices["price"].pct_change().to_numpy()
+    ahead = np.concatenate([returns[POSITION_LAG_SESSIONS:], np.zeros(POSITION_LAG_SESSIONS)])
+    sign = np.where(proposed["forecast_action"].to_numpy() == "BUY", 1.0, -1.0)
+    row = last_row(final_signals(proposed, sign * ahead > 0), prices)
+    assert row["llm_verdict"] == "llm_adds"
+    assert row["llm_sharpe_delta_ci_lower"] > 0 and row["llm_delta_sharpe"] > 3
+
+
+def test_identical_strategies_make_no_difference():
+    prices, proposed = market(3), proposals(3)
+    row = last_row(final_signals(proposed, np.ones(SESSIONS, bool)), prices)
+    assert row["llm_delta_sharpe"] == 0.0 and row["llm_held_back"] == 0
+    assert (row["llm_sharpe_delta_ci_lower"], row["llm_sharpe_delta_ci_upper"]) == (0.0, 0.0)
+    assert row["llm_verdict"] == "no_difference"
+
+
+def coin_flip_false_positive_rate(seeds: range, rules: BacktestRules = RULES) -> float:
+    """Share of seeds on which an LLM that vetoes each trade on a coin flip is judged to add or
+    remove skill: the verdict's false-positive rate (nominal 1 - interval)."""
+    wrong = 0
+    for seed in seeds:
+        prices, proposed = market(1000 + seed), proposals(1000 + seed)
+        keep = np.random.default_rng(5000 + seed).random(SESSIONS) < 0.5
+        wrong += last_row(final_signals(proposed, keep), prices, rules)["llm_verdict"] != "no_difference"
+    return wrong / len(seeds)
+
+
+def test_a_coin_flip_llm_is_mostly_judged_to_make_no_difference():
+    # 60 seeds here (about 1 s each); benchmarks/bench_attribution.py measures 200.
+    assert coin_flip_false_positive_rate(range(60)) <= 0.25
+
+
+def test_the_paired_interval_resamples_both_strategies_on_the_same_days():
+    rng = np.random.default_rng(9)
+    a = rng.normal(0.001, 0.01, (1, 200))
+    counts = stationary_bootstrap_counts(200, 300, 10.0, 42)
+    lower, upper = paired_sharpe_difference_interval(a, a, counts, 0.9)
+    assert (lower[0], upper[0]) == (0.0, 0.0)  # the same series: every resample's difference is 0
+    flat = np.zeros((1, 200))
+    lower, upper = paired_sharpe_difference_interval(a, flat, counts, 0.9)
+    assert lower[0] > 0 or upper[0] > 0  # a flat twin has Sharpe 0, so the difference is defined
+
+
+@pytest.mark.parametrize("missing", ["kelly_fraction", "rules"])
+def test_the_twin_size_is_zero_without_a_measured_kelly_fraction(missing):
+    proposed = proposals(0).head(1).with_columns(pl.lit("HOLD").alias("action"))
+    proposed = proposed.with_columns(pl.lit(None, proposed.schema[missing]).alias(missing))
+    size = forecast_only_signals(proposed)["position_size"][0]
+    assert size == (0.0 if missing == "kelly_fraction" else 0.2)  # no rules: the defaults 0.5 and 0.25
