@@ -17,13 +17,36 @@ from dagster_duckdb import DuckDBResource
 from pm_assets.inputs import require_partitions
 from pm_assets.metadata import run_metadata
 from pm_assets.partitions import STAGE_ASSET_ARGS, decode_partition_keys, forward_mapping
-from pm_domain import calendar
+from pm_domain import calendar, plots
+from pm_domain import performance as perf
 from pm_domain.forecasting.engine import price_rows
 from pm_domain import outcomes
 from pm_domain.outcomes import ENTRY_LAG_SESSIONS, STATUSES, TRACKING_SESSIONS
 from pm_resources.store import read_rows, replace_partitions
 
 LAST_SESSION = ENTRY_LAG_SESSIONS + TRACKING_SESSIONS
+
+
+def calibration_metadata(signals: pl.DataFrame, rows: pl.DataFrame) -> dict:
+    """The forecast's and the LLM's own calls of the run, scored: count, hit rate, Brier score,
+    and the reliability diagram of both."""
+    if "llm_action" not in signals.columns:
+        return {}
+    calls = outcomes.directional_calls(signals, rows)
+    metadata, points = {}, {}
+    for caller in ("forecast", "llm"):
+        own = calls.filter(pl.col("caller") == caller)
+        hits = own["hit"].cast(pl.Float64).to_numpy()
+        metadata[f"{caller}_calls_scored"] = own.height
+        if own.height:
+            metadata[f"{caller}_hit_rate"] = float(hits.mean())
+            metadata[f"{caller}_brier_score"] = float(perf.brier_score(own["probability"].to_numpy(), hits))
+        points[caller if caller == "forecast" else "LLM"] = perf.reliability(own["probability"].to_numpy(), hits)
+    if calls.height:
+        metadata["reliability"] = MetadataValue.md(plots.png_markdown(
+            plots.reliability_png(points, "Reliability of this run's scored calls: forecast and LLM"),
+            "reliability diagram"))
+    return metadata
 
 
 @asset(
@@ -61,6 +84,7 @@ def signal_outcomes(context: AssetExecutionContext, duckdb: DuckDBResource) -> M
     metadata |= {f"status_{status}": statuses.get(status, 0) for status in STATUSES}
     metadata["hit_rate_resolved"] = (float(resolved["hit"].cast(pl.Float64).mean()) if resolved.height
                                      else MetadataValue.text("no resolved call"))
+    metadata |= calibration_metadata(signals, rows)
     return MaterializeResult(
         metadata=metadata,
         check_results=[AssetCheckResult(

@@ -156,3 +156,20 @@ def _status(window_end: pl.Expr) -> list[pl.Expr]:
         .otherwise(pl.format("{} was wrong over {} sessions", pl.col("action"), horizon))
     )
     return [status.alias("status"), reason.alias("status_reason")]
+
+
+def directional_calls(signals: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataFrame:
+    """The forecast's and the LLM's own BUY/SELL calls, scored on the signal's realised return at
+    its horizon: caller (`forecast` or `llm`), ticker, date, call, probability (the forecast's
+    confidence, or the LLM's llm_confidence), hit. Calls whose outcome is not known yet are left
+    out; so are rows without an LLM opinion."""
+    joined = signals.select("ticker", "date", "forecast_action", "confidence", "llm_action", "llm_confidence").join(
+        outcomes.select("ticker", "date", "realised_return_horizon"), on=["ticker", "date"])
+    frames = [
+        joined.select("ticker", "date", pl.lit(caller).alias("caller"), pl.col(action).alias("call"),
+                      pl.col(probability).alias("probability"),
+                      call_hit(pl.col(action), pl.col("realised_return_horizon")).alias("hit"))
+        for caller, action, probability in (("forecast", "forecast_action", "confidence"),
+                                            ("llm", "llm_action", "llm_confidence"))
+    ]
+    return pl.concat(frames).filter(pl.col("call").is_in(["BUY", "SELL"]) & pl.col("hit").is_not_null())

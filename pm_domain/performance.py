@@ -213,6 +213,21 @@ def brier_score(probabilities: np.ndarray, hits: np.ndarray) -> float | np.ndarr
     return _result(_mean((p - outcome) ** 2), p)
 
 
+def reliability(probabilities: np.ndarray, hits: np.ndarray, bins: int = 10) -> dict[str, np.ndarray]:
+    """The reliability diagram's points: the calls grouped by stated probability into `bins`
+    equal bins of [0, 1] (1.0 in the last), and per bin the mean stated probability, the realised
+    hit rate and the number of calls. A calibrated caller's points lie on the diagonal. Bins
+    without a call are left out."""
+    p, outcome = (np.asarray(a, dtype=float).ravel() for a in (probabilities, hits))
+    known = ~np.isnan(p) & ~np.isnan(outcome)
+    p, outcome = p[known], outcome[known]
+    index = np.minimum((p * bins).astype(int), bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    used = counts > 0
+    return {"bin_lower": (np.arange(bins) / bins)[used], "mean_probability": (np.bincount(index, p, bins) / np.maximum(counts, 1))[used],
+            "hit_rate": (np.bincount(index, outcome, bins) / np.maximum(counts, 1))[used], "calls": counts[used]}
+
+
 def exposure(positions: np.ndarray) -> float | np.ndarray:
     """Share of observed days with a non-zero position."""
     p = _as_float(positions)

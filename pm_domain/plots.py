@@ -98,3 +98,29 @@ def equity_drawdown_png(series: dict[str, pl.DataFrame], max_panels: int = 2) ->
     fig.savefig(buffer, format="png", dpi=64)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def reliability_png(points: dict[str, dict], title: str) -> bytes:
+    """Reliability diagram, one line per caller (name -> performance.reliability output): stated
+    probability against realised hit rate, marker area by the number of calls, and the diagonal
+    a calibrated caller follows. 1,000 px wide."""
+    fig, ax = plt.subplots(figsize=(10, 5))
+    ax.plot([0, 1], [0, 1], color="gray", lw=1.0, ls="--", label="calibrated")
+    for (name, table), color in zip(points.items(), ("tab:blue", "tab:orange", "tab:green"), strict=False):
+        if not len(table["calls"]):
+            continue
+        ax.plot(table["mean_probability"], table["hit_rate"], color=color, lw=1.5, label=f"{name} ({int(table['calls'].sum())} calls)")
+        ax.scatter(table["mean_probability"], table["hit_rate"], s=20 + 8 * table["calls"], color=color, alpha=0.6)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("stated probability the call is right", fontsize=12)
+    ax.set_ylabel("realised hit rate", fontsize=12)
+    ax.set_title(title, fontsize=13, loc="left")
+    ax.tick_params(labelsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=11, loc="upper left")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()

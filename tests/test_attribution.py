@@ -120,3 +120,42 @@ def test_the_twin_size_is_zero_without_a_measured_kelly_fraction(missing):
     proposed = proposed.with_columns(pl.lit(None, proposed.schema[missing]).alias(missing))
     size = forecast_only_signals(proposed)["position_size"][0]
     assert size == (0.0 if missing == "kelly_fraction" else 0.2)  # no rules: the defaults 0.5 and 0.25
+
+
+# --- the LLM as a forecaster ------------------------------------------------------------------
+
+def test_reliability_bins_stated_probability_against_the_realised_hit_rate():
+    from pm_domain.performance import reliability
+
+    table = reliability([0.55, 0.58, 0.72, 1.0, np.nan], [1.0, 0.0, 1.0, 1.0, 1.0], bins=10)
+    assert table["bin_lower"].tolist() == [0.5, 0.7, 0.9]  # 1.0 falls in the last bin; NaN is dropped
+    assert table["calls"].tolist() == [2, 1, 1]
+    assert table["mean_probability"] == pytest.approx([0.565, 0.72, 1.0])
+    assert table["hit_rate"].tolist() == [0.5, 1.0, 1.0]
+
+
+def test_the_llms_own_calls_are_scored_whatever_the_final_signal():
+    from pm_domain.outcomes import directional_calls
+
+    signals = pl.DataFrame({"ticker": "AAA", "date": DAYS[:4], "forecast_action": ["BUY", "SELL", "HOLD", "BUY"],
+                            "confidence": [0.6, 0.7, 0.5, 0.6], "llm_action": ["SELL", "SELL", "BUY", None],
+                            "llm_confidence": [0.9, 0.8, 0.55, None]})
+    outcomes = pl.DataFrame({"ticker": "AAA", "date": DAYS[:4], "realised_return_horizon": [0.01, -0.02, 0.03, None]})
+    calls = directional_calls(signals, outcomes).sort("caller", "date")
+    assert calls.select("caller", "call", "probability", "hit").rows() == [
+        ("forecast", "BUY", 0.6, True), ("forecast", "SELL", 0.7, True),  # the HOLD is no call; day 4 unknown
+        ("llm", "SELL", 0.9, False), ("llm", "SELL", 0.8, True), ("llm", "BUY", 0.55, True),
+    ]
+
+
+def test_the_reliability_plot_is_a_readable_size():
+    from io import BytesIO
+
+    from matplotlib import image
+
+    from pm_domain.performance import reliability
+    from pm_domain.plots import reliability_png
+
+    png = reliability_png({"forecast": reliability([0.6, 0.7], [1.0, 0.0]), "LLM": reliability([0.9], [0.0])}, "t")
+    height, width = image.imread(BytesIO(png)).shape[:2]
+    assert width >= 1000 and height >= 400

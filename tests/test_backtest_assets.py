@@ -42,12 +42,18 @@ def _run(instance, db_path, assets, start=START, end=END, run_config=None):
 
 
 def _signals(seed: int = 0) -> pl.DataFrame:
+    """Random forecast proposals; an LLM that vetoes about a third of the trades and has its own
+    random calls (the backtest's attribution and the outcomes' calibration read them)."""
     rng = np.random.default_rng(seed)
     n = len(SIGNAL_DAYS) * len(TICKERS)
+    proposed = rng.choice(["BUY", "SELL", "HOLD"], n)
+    vetoed = (proposed != "HOLD") & (rng.random(n) < 0.3)
     return pl.DataFrame({
         "ticker": [t for t in TICKERS for _ in SIGNAL_DAYS], "date": SIGNAL_DAYS * len(TICKERS),
-        "action": rng.choice(["BUY", "SELL", "HOLD"], n), "confidence": rng.uniform(0.5, 0.75, n),
-        "position_size": rng.uniform(0.0, 0.25, n), "horizon": np.full(n, 5),
+        "action": np.where(vetoed, "HOLD", proposed), "confidence": rng.uniform(0.5, 0.75, n),
+        "position_size": rng.uniform(0.0, 0.25, n), "horizon": np.full(n, 5), "forecast_action": proposed,
+        "kelly_fraction": rng.uniform(0.0, 0.5, n), "rules": '{"kelly_share": 0.5, "max_position": 0.25}',
+        "llm_action": rng.choice(["BUY", "SELL", "HOLD"], n), "llm_confidence": rng.uniform(0.3, 0.95, n),
     })
 
 
@@ -103,6 +109,15 @@ def test_the_three_assets_write_every_partition_once_with_plots_and_checks(unive
     assert metadata["equity_curve"].value.startswith("![strategy equity") and "base64," in metadata["equity_curve"].value
     assert "probabilistic_sharpe" in metadata["metrics"].value and metadata["verdict_failed"].value == rows.height
     assert "data:image/png" in portfolio.asset_materializations_for_node("portfolio_backtests")[0].metadata["equity_curve"].value
+    # beside every row, the forecast-only twin and the verdict on what the LLM's vetoes did
+    assert rows["llm_verdict"].is_in(["llm_adds", "llm_removes", "no_difference", "insufficient_data"]).all()
+    usable = rows.filter(pl.col("verdict") != "insufficient_data")
+    assert (usable["llm_held_back"] > 0).all()  # about a third of the trades were vetoed
+    assert (usable["llm_delta_sharpe"] - (usable["sharpe"] - usable["forecast_only_sharpe"])).abs().max() < 1e-12
+    assert "llm_verdict" in metadata["llm_attribution"].value
+    outcome_metadata = result.asset_materializations_for_node("signal_outcomes")[0].metadata
+    assert outcome_metadata["llm_calls_scored"].value > 0 and outcome_metadata["forecast_calls_scored"].value > 0
+    assert outcome_metadata["reliability"].value.startswith("![reliability diagram](data:image/png")
 
     # A call is resolved exactly when its 30-session window closed by the last price, 2018-12-31.
     calls = outcomes.filter(pl.col("action") != "HOLD")

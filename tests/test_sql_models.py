@@ -91,11 +91,12 @@ def test_malformed_models_fail_at_load_naming_the_file(tmp_path, files, message)
 
 def test_the_project_marts_load_with_lineage_to_the_assets_they_read():
     models = {m.name: m for m in load_models(MODELS_DIR, TABLES)}
-    assert set(models) == {"signal_scorecard", "llm_latency_daily", "portfolio_overview"}
+    assert set(models) == {"signal_scorecard", "llm_latency_daily", "portfolio_overview", "llm_scorecard"}
     assert models["portfolio_overview"].refs == ("prices", "llm_signals", "risk_assessments", "backtests")
     deps = {a.key.to_user_string(): {k.to_user_string() for k in a.asset_deps[a.key]} for a in SQL_ASSETS}
     assert deps["llm_latency_daily"] == {"llm_analysis", "llm_signals", "risk_assessments"}
     assert deps["signal_scorecard"] == {"signal_outcomes"}
+    assert deps["llm_scorecard"] == {"llm_signals", "signal_outcomes"}
 
 
 # --- the build ----------------------------------------------------------------------------------
@@ -142,12 +143,12 @@ def small_store(db_path):
     """A few rows per table, small enough to compute every mart by hand."""
     with duckdb.connect(db_path) as conn:
         conn.execute("""CREATE TABLE signal_outcomes AS SELECT * FROM (VALUES
-            ('AAA', DATE '2018-11-01', 'BUY',  0.8::DOUBLE, true,  0.02::DOUBLE,  0.05::DOUBLE),
-            ('AAA', DATE '2018-11-02', 'SELL', 0.6, false, 0.01, -0.03),
-            ('AAA', DATE '2018-11-05', 'HOLD', 0.5, NULL, -0.01, NULL),
-            ('AAA', DATE '2018-11-06', 'BUY',  0.7, NULL,  NULL,  NULL),
-            ('AAA', DATE '2018-12-03', 'SELL', 0.9, true, -0.04,  NULL)
-            ) t(ticker, date, action, confidence, hit, realised_return_5d, realised_return_30d)""")
+            ('AAA', DATE '2018-11-01', 'BUY',  0.8::DOUBLE, true,  0.02::DOUBLE,  0.05::DOUBLE, 0.02::DOUBLE),
+            ('AAA', DATE '2018-11-02', 'SELL', 0.6, false, 0.01, -0.03, 0.01),
+            ('AAA', DATE '2018-11-05', 'HOLD', 0.5, NULL, -0.01, NULL, -0.01),
+            ('AAA', DATE '2018-11-06', 'BUY',  0.7, NULL,  NULL,  NULL, NULL),
+            ('AAA', DATE '2018-12-03', 'SELL', 0.9, true, -0.04,  NULL, -0.04)
+            ) t(ticker, date, action, confidence, hit, realised_return_5d, realised_return_30d, realised_return_horizon)""")
         conn.execute("""CREATE TABLE llm_calls AS SELECT * FROM (VALUES
             (TIMESTAMP '2018-12-03 20:00:00', 'signal', 'm1', 'ollama', 'ok', 100.0::DOUBLE, 10.0::DOUBLE),
             (TIMESTAMP '2018-12-03 20:01:00', 'signal', 'm1', 'ollama', 'ok', 200.0, 20.0),
@@ -166,9 +167,12 @@ def small_store(db_path):
             ('BBB', DATE '2018-12-03', 20.0, TIMESTAMP '2018-12-03 23:00:00')
             ) t(ticker, date, close, ingested_at)""")
         conn.execute("""CREATE TABLE llm_signals AS SELECT * FROM (VALUES
-            ('AAA', DATE '2018-12-03', 'HOLD', 0.5::DOUBLE, 0.0::DOUBLE, 'forecast', 'fallback'),
-            ('AAA', DATE '2018-12-04', 'BUY', 0.7, 0.1, 'llm', 'ollama')
-            ) t(ticker, date, action, confidence, position_size, decided_by, llm_source)""")
+            ('AAA', DATE '2018-11-01', 'HOLD', 0.6::DOUBLE, 0.0::DOUBLE, 'llm_veto', 'ollama', 'BUY', 'SELL', 0.9::DOUBLE),
+            ('AAA', DATE '2018-11-02', 'SELL', 0.6, 0.1, 'forecast+llm', 'ollama', 'SELL', 'SELL', 0.7),
+            ('AAA', DATE '2018-12-03', 'HOLD', 0.5, 0.0, 'forecast', 'fallback', 'HOLD', NULL, NULL),
+            ('AAA', DATE '2018-12-04', 'BUY', 0.7, 0.1, 'llm', 'ollama', 'BUY', 'BUY', 0.8)
+            ) t(ticker, date, action, confidence, position_size, decided_by, llm_source, forecast_action, llm_action,
+                llm_confidence)""")
         conn.execute("""CREATE TABLE risk_assessments AS SELECT * FROM (VALUES
             ('AAA', DATE '2018-12-03', 'high', 0.6::DOUBLE), ('AAA', DATE '2018-12-04', 'medium', 0.4)
             ) t(ticker, date, risk_level, risk_score)""")
@@ -179,7 +183,7 @@ def small_store(db_path):
     return db_path
 
 
-def test_the_three_marts_on_a_hand_computed_store(small_store):
+def test_the_marts_on_a_hand_computed_store(small_store):
     result = build(small_store, SQL_ASSETS)
     assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
     scorecard = rows(small_store, "SELECT * FROM signal_scorecard")
@@ -199,6 +203,12 @@ def test_the_three_marts_on_a_hand_computed_store(small_store):
                                         1 / 8, 2 / 8, 1 / 8))
     assert latency[1] == (D(2018, 12, 4), "analysis", "(none)", 1, 0, 0, None, None, None, 0.0, 1.0, 0.0)
 
+    # November: the LLM called SELL twice on two up days (0 hits; Brier (0.81 + 0.49) / 2), the
+    # forecast BUY then SELL (1 hit; Brier (0.16 + 0.36) / 2); always-up hit both days. December
+    # has no scored call (12-03 is a HOLD the LLM was not asked about; 12-04 has no outcome yet).
+    (llm_scorecard,) = rows(small_store, "SELECT * FROM llm_scorecard")
+    assert llm_scorecard == pytest.approx(("AAA", D(2018, 11, 1), 2, 0.0, 0.65, 1.0, 2, 0.5, 0.26, 1.0))
+
     overview = rows(small_store, "SELECT * FROM portfolio_overview")
     assert overview == [
         ("AAA", D(2018, 12, 4), 11.0, dt.datetime(2018, 12, 4, 23), 0, D(2018, 12, 4), "BUY", 0.7, 0.1, "llm",
@@ -210,7 +220,8 @@ def test_the_three_marts_on_a_hand_computed_store(small_store):
 
 def test_a_failing_mart_test_fails_its_check_and_names_the_rows(small_store):
     with duckdb.connect(small_store) as conn:
-        conn.execute("INSERT INTO llm_signals VALUES ('BBB', DATE '2018-12-03', 'STRONG_BUY', 0.9, 0.2, 'llm', 'ollama')")
+        conn.execute("INSERT INTO llm_signals VALUES ('BBB', DATE '2018-12-03', 'STRONG_BUY', 0.9, 0.2, 'llm', 'ollama', "
+                     "'BUY', NULL, NULL)")
     result = build(small_store, SQL_ASSETS)
     failed = {e.check_name: e.metadata["failing_rows"].value for e in result.get_asset_check_evaluations() if not e.passed}
     assert failed == {"action_accepted_values": 1}
