@@ -7,6 +7,7 @@ from pm_assets import llm_stage
 from pm_assets.inputs import require_partitions
 from pm_assets.metadata import run_metadata
 from pm_assets.partitions import decode_partition_keys
+from pm_domain.llm.content import analysis_content
 from pm_domain.llm.schemas import MarketAnalysis
 from pm_domain.llm.stages import analysis_requests, analysis_rows, forecasts_wide
 from pm_resources.ollama import OllamaResource
@@ -17,7 +18,13 @@ from pm_resources.store import read_rows
     **llm_stage.LLM_STAGE_ASSET_ARGS,
     group_name="llm",
     deps=[AssetDep("features"), AssetDep("ts_forecasts")],
-    check_specs=[AssetCheckSpec("llm_replies_valid", asset="llm_analysis")],
+    check_specs=[
+        AssetCheckSpec("llm_replies_valid", asset="llm_analysis", description=llm_stage.REPLIES_VALID_HELP),
+        AssetCheckSpec("llm_trend_agrees", asset="llm_analysis", description=(
+            "warn: no model reply calls the trend bullish where the indicators' votes (close vs SMA50, "
+            "SMA20 vs SMA50, MACD histogram) say bearish, or the reverse; the agreement rate is in the "
+            "metadata and each row's content_check says why")),
+    ],
     description="Market analysis per ticker and date as validated JSON (trend, strength, regime, "
     "key observations, summary) from the analysis model, given that date's indicators and "
     "forecasts. Each row says whether Ollama, the cache or the rule-based fallback wrote it, "
@@ -33,9 +40,13 @@ def llm_analysis(context: AssetExecutionContext, duckdb: DuckDBResource, ollama:
     inputs = features.join(forecasts_wide(forecasts), on=["ticker", "date"]).sort("ticker", "date")
     calls = llm_stage.ask(context, duckdb, ollama, "analysis", analysis_requests(inputs), MarketAnalysis)
     rows = analysis_rows(inputs, calls)
+    content = analysis_content(inputs, rows)
+    rows = rows.join(content, on=["ticker", "date"])
     llm_stage.write(duckdb, selection, "llm_analysis", rows, calls, "analysis")
+    check = llm_stage.content_check("llm_trend_agrees", content, "agrees", "contradicts", "trend_agreement")
 
-    metadata = run_metadata(selection, rows, ["ticker", "date", "trend", "strength", "regime",
+    metadata = run_metadata(selection, rows, ["ticker", "date", "trend", "strength", "regime", "content_check",
                                               *llm_stage.TELEMETRY_PREVIEW])
-    return MaterializeResult(metadata=metadata | llm_stage.llm_metadata(calls),
-                             check_results=[llm_stage.replies_check(calls)])
+    return MaterializeResult(metadata=metadata | llm_stage.llm_metadata(calls)
+                             | {"trend_agreement_rate": check.metadata["trend_agreement_rate"]},
+                             check_results=[llm_stage.replies_check(calls), check])

@@ -93,7 +93,7 @@ class LlmSignalsConfig(Config):
     check_specs=[
         AssetCheckSpec(f"validation_{layer}", asset="llm_signals", blocking=layer == "structure")
         for layer in LAYERS
-    ] + [AssetCheckSpec("llm_replies_valid", asset="llm_signals")],
+    ] + [AssetCheckSpec("llm_replies_valid", asset="llm_signals", description=llm_stage.REPLIES_VALID_HELP)],
     description="BUY/SELL/HOLD per ticker and date: the 5-session forecast proposes (confidence "
     ">= 0.55, return net of costs >= 0.3%, risk score <= 0.7), the signal model confirms or vetoes; "
     "stop max(2 ATR, 1.5%), target >= 2x stop, half-Kelly size from the measured hit rate (cap 25%). "

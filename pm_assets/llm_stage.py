@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection
 from pm_domain import calendar, risk, settings
 from pm_domain.llm.client import LLMCall
+from pm_domain.llm.content import agreement_rate
 from pm_domain.llm.records import (
     Request,
     answer_all,
@@ -30,6 +31,8 @@ from pm_resources.store import KeyedRows, PartitionRows, query, read_keyed, read
 # reaches the server however many runs a backfill starts. Their DuckDB writes are short, and
 # DuckDBResource retries opening the file while another process holds the write lock.
 LLM_STAGE_ASSET_ARGS = {**STAGE_ASSET_ARGS, "pool": "ollama", "kinds": {"duckdb", "polars", "ollama"}}
+REPLIES_VALID_HELP = ("warn: every request the model answered gave a reply that validates against the "
+                      "stage's schema; rows still stand, written from the labelled fallback")
 TELEMETRY_PREVIEW = ["llm_source", "llm_outcome", "latency_ms", "completion_tokens", "tokens_per_second"]
 CACHE_TABLE = "llm_cache"
 CALLS_TABLE = "llm_calls"
@@ -132,3 +135,22 @@ def risk_metrics(context: AssetExecutionContext, histories: dict[str, pl.DataFra
                             f"leaves it out (materialize prices for {benchmark} or set PM_BENCHMARK)")
     return risk.assess_tickers({t: histories[t] for t in selection.tickers}, histories.get(benchmark),
                                selection.dates)
+
+
+def content_check(name: str, content: pl.DataFrame, good: str, bad: str, what: str) -> AssetCheckResult:
+    """A warn-level check that the model's replies agree with the numbers (pm_domain.llm.content):
+    fails when any reply is `bad`; the agreement rate and examples with their reasons in metadata."""
+    rate = agreement_rate(content, good)
+    flagged = content.filter(pl.col("content_check") == bad)
+    counts = dict(content.group_by("content_check").len().iter_rows())
+    return AssetCheckResult(
+        check_name=name,
+        passed=flagged.is_empty(),
+        severity=AssetCheckSeverity.WARN,
+        description=(f"{flagged.height} repl(ies) {bad} the numbers; {what}: "
+                     + ("no reply from the model to judge" if rate is None else f"{rate:.0%} {good}")),
+        metadata={f"{what}_rate": rate if rate is not None else MetadataValue.text("no reply from the model"),
+                  **{f"rows_{verdict}": n for verdict, n in counts.items()},
+                  "examples": "; ".join(f"{r['ticker']} {r['date']}: {r['content_reason']}"
+                                        for r in flagged.head(3).iter_rows(named=True)) or "none"},
+    )

@@ -12,6 +12,7 @@ from pm_assets.partitions import decode_partition_keys, lookback_mapping
 from pm_domain import risk
 from pm_domain.forecasting.engine import price_histories
 from pm_domain.llm.schemas import RiskNarrative
+from pm_domain.llm.content import risk_content
 from pm_domain.llm.stages import risk_requests, risk_rows
 from pm_domain.quality import risk_rules
 from pm_resources.ollama import OllamaResource
@@ -28,8 +29,15 @@ LOOKBACK_SESSIONS = 253  # 252 returns: drawdown and beta windows
         AssetDep("ts_forecasts"),
         AssetDep("llm_signals"),
     ],
-    check_specs=[AssetCheckSpec("risk_complete", asset="risk_assessments"),
-                 AssetCheckSpec("llm_replies_valid", asset="risk_assessments")],
+    check_specs=[
+        AssetCheckSpec("risk_complete", asset="risk_assessments", description=(
+            "warn: a risk score in [0, 1] with a level, and historical and model VaR, on every row")),
+        AssetCheckSpec("llm_replies_valid", asset="risk_assessments", description=llm_stage.REPLIES_VALID_HELP),
+        AssetCheckSpec("llm_concerns_cover_metrics", asset="risk_assessments", description=(
+            "warn: every model reply mentions each metric past its alert threshold (volatility > 30%, "
+            "drawdown < -20%, VaR95 > 2.5%, |beta| > 1.3, a stop inside two days of VaR); the coverage "
+            "rate is in the metadata and each row's content_check says what was missed")),
+    ],
     description="Per ticker and date: historical VaR/CVaR 95% (250 daily returns), model VaR/CVaR "
     "95% from the 1-day forecast distribution (GARCH-t; normal under the EWMA fallback), 20-day "
     "volatility, 252-day max drawdown, beta to PM_BENCHMARK (^GSPC), a heuristic risk score and "
@@ -54,15 +62,19 @@ def risk_assessments(context: AssetExecutionContext, duckdb: DuckDBResource, oll
     )
     calls = llm_stage.ask(context, duckdb, ollama, "risk", risk_requests(inputs, benchmark), RiskNarrative)
     rows = risk_rows(inputs, calls)
+    content = risk_content(rows)
+    rows = rows.join(content, on=["ticker", "date"])
     llm_stage.write(duckdb, selection, "risk_assessments", rows, calls, "risk")
+    coverage = llm_stage.content_check("llm_concerns_cover_metrics", content, "covers", "misses", "metric_coverage")
 
     levels = dict(rows.group_by("risk_level").len().iter_rows())
     context.log.info(f"wrote {rows.height} risk assessments: {levels}")
     metadata = run_metadata(selection, rows, ["ticker", "date", "risk_score", "risk_level", "var_95_hist",
                                               "var_95_model_log", "llm_source", "latency_ms"])
     return MaterializeResult(
-        metadata=metadata | llm_stage.llm_metadata(calls) | {f"level_{k}": v for k, v in levels.items()},
-        check_results=check_results(risk_rules(rows), AssetCheckSeverity.WARN) + [llm_stage.replies_check(calls)],
+        metadata=metadata | llm_stage.llm_metadata(calls) | {f"level_{k}": v for k, v in levels.items()}
+        | {"metric_coverage_rate": coverage.metadata["metric_coverage_rate"]},
+        check_results=check_results(risk_rules(rows), AssetCheckSeverity.WARN) + [llm_stage.replies_check(calls), coverage],
     )
 
 

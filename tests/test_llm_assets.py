@@ -101,6 +101,15 @@ def test_auto_mode_with_ollama_writes_every_stage_with_source_latency_and_checks
 
     analysis = table(store, "llm_analysis")
     assert analysis["trend"].to_list() == ["bullish"] * PARTITIONS  # the model's answer, not the rules'
+    # December 2018 fell: the indicators vote bearish, so "bullish" is flagged on every such row
+    contradictions = analysis.filter(pl.col("content_check") == "contradicts")
+    assert contradictions.height > 0 and contradictions["content_reason"].str.contains("indicators vote bearish").all()
+    assert checks[("llm_analysis", "llm_trend_agrees")] is False
+    rate = result.asset_materializations_for_node("llm_analysis")[0].metadata["trend_agreement_rate"].value
+    assert rate == pytest.approx((analysis["content_check"] == "agrees").sum() / PARTITIONS)
+    risk_rows = table(store, "risk_assessments")
+    assert risk_rows["content_check"].is_in(["covers", "misses", "nothing_past"]).all()
+    assert checks[("risk_assessments", "llm_concerns_cover_metrics")] == (risk_rows["content_check"] != "misses").all()
     signals = table(store, "llm_signals")
     assert signals["llm_action"].to_list() == ["HOLD"] * PARTITIONS
     # the fake always says HOLD at 0.7: a forecast trade is vetoed, a forecast HOLD stays HOLD

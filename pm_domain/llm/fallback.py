@@ -27,15 +27,25 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:+.2%}"
 
 
+def trend_votes(row: Mapping[str, float | None]) -> tuple[str, int, str]:
+    """The indicators' own trend: three votes (close vs SMA50, SMA20 vs SMA50, MACD histogram),
+    bullish at +2 or more, bearish at -2 or less, else sideways; and the votes in words."""
+    close, sma_20, sma_50 = row["close"], row["sma_20"], row["sma_50"]
+    signs = [_sign(close - sma_50) if sma_50 else 0, _sign(sma_20 - sma_50) if sma_20 and sma_50 else 0,
+             _sign(row.get("macd_hist"))]
+    votes = sum(signs)
+    trend = "bullish" if votes >= 2 else "bearish" if votes <= -2 else "sideways"
+    words = ", ".join(f"{name} {'above' if sign > 0 else 'below' if sign < 0 else 'level with'} {ref}"
+                      for (name, ref), sign in zip((("close", "SMA50"), ("SMA20", "SMA50"), ("MACD", "its signal")),
+                                                   signs, strict=True))
+    return trend, votes, words
+
+
 def analysis_fallback(row: Mapping[str, float | None]) -> MarketAnalysis:
     """Trend from three votes (close vs SMA50, SMA20 vs SMA50, MACD histogram); strength from the
     distance of the close to SMA50 (10% or more = 10); regime from volatility and the SMA gap."""
     close, sma_20, sma_50 = row["close"], row["sma_20"], row["sma_50"]
-    votes = 0
-    if sma_50:
-        votes += _sign(close - sma_50) + _sign(sma_20 - sma_50 if sma_20 else None)
-    votes += _sign(row.get("macd_hist"))
-    trend = "bullish" if votes >= 2 else "bearish" if votes <= -2 else "sideways"
+    trend, votes, _ = trend_votes(row)
     gap = abs(close / sma_50 - 1) if sma_50 else 0.0
     strength = max(1, min(10, 1 + round(9 * min(1.0, gap / 0.10))))
     volatility = row.get("realised_vol_20d")
@@ -61,25 +71,32 @@ def analysis_fallback(row: Mapping[str, float | None]) -> MarketAnalysis:
                           key_observations=observations, summary=summary)
 
 
+def risk_flags(row: Mapping[str, object]) -> list[tuple[str, str]]:
+    """The metrics past their alert thresholds, in order of the risk score's weights, as
+    (metric, concern): volatility, drawdown, var, beta, stop."""
+    flags = []
+    volatility = row.get("volatility_20d")
+    if isinstance(volatility, float) and volatility > 0.30:
+        flags.append(("volatility", f"20-day volatility {volatility:.1%} annualised is elevated"))
+    drawdown = row.get("max_drawdown_252d")
+    if isinstance(drawdown, float) and drawdown < -0.20:
+        flags.append(("drawdown", f"max drawdown over 252 sessions {drawdown:.1%}"))
+    var = row.get("var_95_hist")
+    if isinstance(var, float) and var > 0.025:
+        flags.append(("var", f"daily historical VaR95 {var:.2%}"))
+    beta = row.get("beta")
+    if isinstance(beta, float) and abs(beta) > 1.3:
+        flags.append(("beta", f"beta {beta:.2f} amplifies the benchmark's moves"))
+    if row.get("action") in ("BUY", "SELL") and isinstance(row.get("stop_distance"), float) \
+            and isinstance(var, float) and row["stop_distance"] < 2 * var:
+        flags.append(("stop", f"stop {row['stop_distance']:.2%} is under two days of VaR95"))
+    return flags
+
+
 def risk_fallback(row: Mapping[str, object]) -> RiskNarrative:
     """Concerns are the metrics past fixed thresholds, in order of the risk score's weights (the
     first two)."""
-    concerns = []
-    volatility = row.get("volatility_20d")
-    if isinstance(volatility, float) and volatility > 0.30:
-        concerns.append(f"20-day volatility {volatility:.1%} annualised is elevated")
-    drawdown = row.get("max_drawdown_252d")
-    if isinstance(drawdown, float) and drawdown < -0.20:
-        concerns.append(f"max drawdown over 252 sessions {drawdown:.1%}")
-    var = row.get("var_95_hist")
-    if isinstance(var, float) and var > 0.025:
-        concerns.append(f"daily historical VaR95 {var:.2%}")
-    beta = row.get("beta")
-    if isinstance(beta, float) and abs(beta) > 1.3:
-        concerns.append(f"beta {beta:.2f} amplifies the benchmark's moves")
-    if row.get("action") in ("BUY", "SELL") and isinstance(row.get("stop_distance"), float) \
-            and isinstance(var, float) and row["stop_distance"] < 2 * var:
-        concerns.append(f"stop {row['stop_distance']:.2%} is under two days of VaR95")
+    concerns = [concern for _, concern in risk_flags(row)]
     if not concerns:
         concerns.append("no metric past its alert threshold")
     score = row.get("risk_score")
