@@ -275,6 +275,42 @@ def backtest_summary() -> list[str]:
     return lines
 
 
+def llm_scorecard_summary() -> list[str]:
+    """The LLM's own calls against the forecast's and always-up, per ticker over every month stored
+    (the llm_scorecard mart, weighted by calls)."""
+    import duckdb
+
+    from pm_resources.store import query, table_exists
+
+    with duckdb.connect(settings.duckdb_path(), read_only=True) as conn:
+        if not table_exists(conn, "llm_scorecard"):
+            return []
+        rows = query(conn, """
+            SELECT ticker,
+                   sum(llm_calls) AS llm_calls,
+                   sum(llm_hit_rate * llm_calls) / nullif(sum(llm_calls), 0) AS llm_hit_rate,
+                   sum(llm_brier_score * llm_calls) / nullif(sum(llm_calls), 0) AS llm_brier,
+                   sum(llm_days_always_up_hit_rate * llm_calls) / nullif(sum(llm_calls), 0) AS llm_up,
+                   sum(forecast_calls) AS forecast_calls,
+                   sum(forecast_hit_rate * forecast_calls) / nullif(sum(forecast_calls), 0) AS forecast_hit_rate,
+                   sum(forecast_brier_score * forecast_calls) / nullif(sum(forecast_calls), 0) AS forecast_brier,
+                   sum(forecast_days_always_up_hit_rate * forecast_calls) / nullif(sum(forecast_calls), 0) AS forecast_up
+            FROM llm_scorecard GROUP BY ticker ORDER BY ticker""")
+
+    def pct(value) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
+    def num(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = ["The LLM's own calls vs the forecast's (llm_scorecard; hit rate, Brier, always-up on the same days):"]
+    for r in rows.iter_rows(named=True):
+        lines.append(f"  {r['ticker']:<8} LLM {r['llm_calls']} calls, hit {pct(r['llm_hit_rate'])}, Brier "
+                     f"{num(r['llm_brier'])} (always up {pct(r['llm_up'])})  forecast {r['forecast_calls']} calls, hit "
+                     f"{pct(r['forecast_hit_rate'])}, Brier {num(r['forecast_brier'])} (always up {pct(r['forecast_up'])})")
+    return lines
+
+
 def mart_names() -> list[str]:
     from pm_assets import SQL_ASSETS
 
@@ -336,6 +372,7 @@ def run_demo() -> int:
     print("\n".join(store_summary()))
     print("\n".join(llm_summary()))
     print("\n".join(backtest_summary()))
+    print("\n".join(llm_scorecard_summary()))
     print("\n".join(portfolio_overview_summary()))
     print(f"\nDagster instance: {instance.root_directory}")
     print("Open the UI on this instance with `make ui`, then http://127.0.0.1:3000 "

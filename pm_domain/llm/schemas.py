@@ -33,8 +33,8 @@ def text(min_chars: int, max_chars: int):
                                 pattern=f"^{TEXT_CHARACTERS}{{{min_chars},{max_chars}}}$")]
 
 
-# Sized so a reply in English is well under 100 tokens (~4 characters a token); the hard bound
-# (a token per character, as a run of digits costs in Gemma) is the stage's num_predict.
+# Sized after a real model's replies (docs/llm.md): the hard bound, a token per character as a
+# run of digits costs in Gemma, is each stage's num_predict.
 Observation = text(3, 48)
 Summary = text(10, 100)
 

@@ -1,0 +1,35 @@
+"""`pm demo` end to end, as its own process, against a temporary instance and store: a model
+whose replies never validate fails only a warning check, so the demo still exits 0 and says so."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fake_ollama import FakeOllama
+
+pytestmark = pytest.mark.timeout(600)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_demo_exits_0_when_only_warning_checks_fail_and_prints_what_failed(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with FakeOllama() as fake:
+        fake.behaviour = "garbage"  # every reply invalid: llm_replies_valid (warn) fails on each LLM stage
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PM_")} | {
+            "DAGSTER_HOME": str(home), "PM_DUCKDB_PATH": str(tmp_path / "pm.duckdb"), "OLLAMA_HOST": fake.host,
+            "PM_LLM_MODE": "auto", "PM_PRICE_SOURCE": "sample"}
+        demo = subprocess.run([sys.executable, "-c", "from pm_jobs.cli import main; raise SystemExit(main(['demo']))"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
+        asked = fake.count("/api/chat")
+    out = demo.stdout
+    assert demo.returncode == 0, out[-3000:] + demo.stderr[-3000:]
+    assert asked > 0  # the LLM stages did ask the (fake) model
+    assert "warnings: llm_replies_valid" in out and "FAILED (blocking)" not in out
+    assert "valid replies 0/120" in out  # the valid share per stage: none of the analysis replies
+    assert "What the LLM adds" in out and "no_difference" in out
+    assert "The LLM's own calls vs the forecast's" in out
