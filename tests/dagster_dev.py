@@ -6,38 +6,24 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.local_server import free_port, wait_until_answering
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 180
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for_webserver(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"dagster dev exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"webserver not up after {STARTUP_SECONDS} s:\n{log.read_text()[-3000:]}")
+    try:
+        wait_until_answering(f"{url}/server_info", process, log, STARTUP_SECONDS, "dagster dev", 1.0)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def stop_process_group(process: subprocess.Popen) -> None:

@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.dagster_dev import free_port
+from tests.local_server import free_port
 
 COMMAND_SECONDS = 120  # initdb, createdb, pg_ctl stop
 START_SECONDS = 60  # pg_ctl start -w -t 60

