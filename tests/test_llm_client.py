@@ -349,6 +349,18 @@ def test_a_cached_reply_from_any_model_of_the_route_is_reused(two_models):
     assert (again.source, again.model, two_models.count("/api/chat")) == ("cache", "fast:1b", 1)
 
 
+def test_a_valid_cached_reply_from_a_later_model_wins_over_an_invalid_one_from_the_first(two_models):
+    two_models.behaviour = "garbage"
+    slow_only = _client(two_models.host, models=ROUTE | {"analysis": "slow:7b"})
+    invalid = slow_only.ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, {})
+    two_models.behaviour = "valid"
+    fast_only = _client(two_models.host, models=ROUTE | {"analysis": "fast:1b"})
+    valid = fast_only.ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, {})
+    stored = cached_replies(cache_frame([invalid, valid]))
+    again = _client(two_models.host, models=ROUTE).ask("analysis", "^GSPC", DAY, _prompt(), MarketAnalysis, stored)
+    assert (again.source, again.model, two_models.count("/api/chat")) == ("cache", "fast:1b", 2)
+
+
 def test_skipped_rows_are_labelled_and_never_reach_the_server(fake):
     requests = [Request("^GSPC", DAY, _prompt()), Request("^IXIC", DAY, _prompt(), skip="HOLD cannot change")]
     calls = answer_all(_client(fake.host), "analysis", requests, MarketAnalysis, lambda keys: {})

@@ -256,11 +256,16 @@ class LLMClient:
             call.error = f"model {call.model} not on {self.settings.host} (ollama pull {call.model})"
             return call
         options = self.settings.options(schema)
-        for model in available:
-            entry = cache.get(cache_key(prompt.prompt_hash, model, availability.digests[model], options, schema))
-            if entry is not None and (entry.valid is not False or not self.settings.retry_invalid):
-                call.model, call.model_digest = model, availability.digests[model]
-                return self._from_cache(call, entry, schema)
+        cached = {model: cache.get(cache_key(prompt.prompt_hash, model, availability.digests[model], options, schema))
+                  for model in available}
+        # A valid reply from any model of the route first; an invalid one only when none is valid
+        # and invalid replies are not to be asked again.
+        usable = [m for m, e in cached.items() if e is not None and e.valid is not False]
+        if not usable and not self.settings.retry_invalid:
+            usable = [m for m, e in cached.items() if e is not None]
+        if usable:
+            call.model, call.model_digest = usable[0], availability.digests[usable[0]]
+            return self._from_cache(call, cached[usable[0]], schema)
         call.model, call.routed_from = self._choose(available)
         call.model_digest = availability.digests[call.model]
         if call.model != self.settings.route(stage)[0] and call.routed_from is None:
