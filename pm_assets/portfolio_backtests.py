@@ -13,11 +13,10 @@ from pm_assets.partitions import TICKERS_PARTITIONS_NAME, UNIVERSE_ASSET_ARGS, P
 from pm_domain.attribution import forecast_only_signals
 from pm_domain.backtest import (
     PORTFOLIO_WEIGHTINGS,
-    attribution_metrics,
+    backtest_with_attribution,
     portfolio_ledger,
     scored_calls,
     ticker_ledger,
-    window_metrics,
     window_series,
 )
 from pm_domain.outcomes import signal_outcomes
@@ -56,9 +55,8 @@ def portfolio_backtests(context: AssetExecutionContext, config: BacktestsConfig,
         sizing = SIZING_BY_WEIGHTING[weighting]
         book = portfolio_ledger(ticker_ledger(signals, prices, grid, sizing), weighting)
         twin_book = portfolio_ledger(ticker_ledger(twin_signals, prices, grid, sizing), weighting)
-        rows = window_metrics(book, calls, dates, rules)
-        attribution = attribution_metrics(book, twin_book, twin_calls, rows, dates, rules)
-        frames.append(pl.concat([rows, attribution], how="horizontal").with_columns(pl.lit(weighting).alias("weighting")))
+        frames.append(backtest_with_attribution(book, twin_book, calls, twin_calls, dates, rules)
+                      .with_columns(pl.lit(weighting).alias("weighting")))
         series[f"portfolio ({weighting})"] = window_series(book, selection.end, rules, twin_book)
     used = sorted(set(signals["ticker"].to_list()))
     rows = pl.concat(frames).with_columns(

@@ -48,19 +48,6 @@ def forecast_only_signals(signals: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def held_back(signals: pl.DataFrame) -> pl.DataFrame:
-    """ticker, date of the rows whose forecast trade the LLM held back."""
-    return signals.filter((pl.col("action") != pl.col("forecast_action")) & (pl.col("forecast_action") != "HOLD")
-                          ).select("ticker", "date")
-
-
-def _flat_zero_sharpe(sums: np.ndarray, squares: np.ndarray, n: int) -> np.ndarray:
-    mean = sums / n
-    variance = np.maximum(squares - n * mean**2, 0.0) / (n - 1)
-    sharpe = perf._divide(mean, np.sqrt(variance)) * math.sqrt(perf.TRADING_DAYS_PER_YEAR)
-    return np.where((variance == 0) & (mean == 0), 0.0, sharpe)
-
-
 def paired_sharpe_difference_interval(final: np.ndarray, twin: np.ndarray, counts: np.ndarray,
                                       confidence: float, risk_free: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval of Sharpe(final) - Sharpe(twin) over stationary-bootstrap resamples of
@@ -72,9 +59,8 @@ def paired_sharpe_difference_interval(final: np.ndarray, twin: np.ndarray, count
     if n < 2:
         nan = np.full(final.shape[0], np.nan)
         return nan, nan
-    a, b = final - risk_free, twin - risk_free
-    difference = (_flat_zero_sharpe(counts @ a.T, counts @ (a**2).T, n)
-                  - _flat_zero_sharpe(counts @ b.T, counts @ (b**2).T, n))
+    difference = (perf.resampled_sharpe(final - risk_free, counts, flat_is_zero=True)
+                  - perf.resampled_sharpe(twin - risk_free, counts, flat_is_zero=True))
     tail = (1.0 - confidence) / 2.0
     defined = np.isfinite(difference)
     with np.errstate(all="ignore"):

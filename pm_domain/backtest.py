@@ -299,7 +299,10 @@ def window_metrics(ledger: pl.DataFrame, calls: pl.DataFrame, end_dates: Sequenc
     the metrics of BACKTEST_SCHEMA over each trailing window, the verdict, and the ledger of the
     date itself. `calls` are that ledger's scored_calls. Ledger sessions must be the grid's, in
     order, reaching `window_sessions + 2` sessions before the first end date."""
-    w = _windows(ledger, end_dates, rules)
+    return _metrics(ledger, calls, _windows(ledger, end_dates, rules), rules)
+
+
+def _metrics(ledger: pl.DataFrame, calls: pl.DataFrame, w: _Windows, rules: BacktestRules) -> pl.DataFrame:
     rf = rules.daily_risk_free
     sessions_in_ledger = ledger["session"].to_numpy()
     if len(sessions_in_ledger) and not np.array_equal(sessions_in_ledger, np.arange(sessions_in_ledger[0],
@@ -416,14 +419,15 @@ def window_series(ledger: pl.DataFrame, end_date: dt.date, rules: BacktestRules,
     return series
 
 
-def attribution_metrics(final: pl.DataFrame, twin: pl.DataFrame, twin_calls: pl.DataFrame,
-                        final_rows: pl.DataFrame, end_dates: Sequence[dt.date], rules: BacktestRules) -> pl.DataFrame:
-    """Beside each backtest row of the `final` ledger (final_rows, from window_metrics): the
-    forecast-only `twin` ledger's metrics over the same window, the final's minus the twin's, the
-    number of held-back signals whose positions fall in the window, and the paired bootstrap
-    interval and verdict of the Sharpe difference (pm_domain.attribution)."""
-    twin_rows = window_metrics(twin, twin_calls, end_dates, rules)
+def backtest_with_attribution(final: pl.DataFrame, twin: pl.DataFrame, calls: pl.DataFrame,
+                              twin_calls: pl.DataFrame, end_dates: Sequence[dt.date],
+                              rules: BacktestRules) -> pl.DataFrame:
+    """window_metrics of the `final` ledger and, beside each row, the forecast-only `twin`
+    ledger's metrics over the same window, the final's minus the twin's, the number of held-back
+    signals whose positions fall in the window, and the paired bootstrap interval and verdict of
+    the Sharpe difference (pm_domain.attribution). Each ledger's windows are cut once."""
     fw, tw = _windows(final, end_dates, rules), _windows(twin, end_dates, rules)
+    final_rows, twin_rows = _metrics(final, calls, fw, rules), _metrics(twin, twin_calls, tw, rules)
     both = ~np.isnan(fw.net) & ~np.isnan(tw.net)
     final_net, twin_net = np.where(both, fw.net, np.nan), np.where(both, tw.net, np.nan)
     lower, upper = np.full(len(end_dates), np.nan), np.full(len(end_dates), np.nan)
@@ -442,13 +446,14 @@ def attribution_metrics(final: pl.DataFrame, twin: pl.DataFrame, twin_calls: pl.
         columns[f"llm_delta_{metric}"] = final_rows[metric] - twin_rows[metric]
     bounds = [(None if np.isnan(lo) or not ok else float(lo), None if np.isnan(up) or not ok else float(up))
               for lo, up, ok in zip(lower, upper, usable, strict=True)]
-    return pl.DataFrame({
+    attribution = pl.DataFrame({
         **columns,
         "llm_sharpe_delta_ci_lower": [b[0] for b in bounds],
         "llm_sharpe_delta_ci_upper": [b[1] for b in bounds],
         "llm_held_back": np.where(usable, held, 0).astype(np.int64),
         "llm_verdict": [llm_verdict(lo, up, ok) for (lo, up), ok in zip(bounds, usable, strict=True)],
     }, schema=ATTRIBUTION_SCHEMA)
+    return pl.concat([final_rows, attribution], how="horizontal")
 
 
 def ledger_and_calls(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionGrid,
@@ -462,17 +467,16 @@ def ticker_backtests(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionG
                      end_dates: Sequence[dt.date], rules: BacktestRules,
                      progress: Callable[[str], None] | None = None) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
     """Per ticker and end date: the backtest of the final signals with the forecast-only twin's
-    attribution beside it (attribution_metrics), and each ticker's window series of the last date
+    attribution beside it (backtest_with_attribution), and each ticker's window series of the last date
     with both equity curves. `signals` need forecast_action, kelly_fraction and rules too."""
     ledger, calls = ledger_and_calls(signals, prices, grid, rules.sizing)
     twin_ledger, twin_calls = ledger_and_calls(forecast_only_signals(signals), prices, grid, rules.sizing)
     frames, series = [], {}
     for ticker in tickers:
         final, twin = (frame.filter(pl.col("ticker") == ticker) for frame in (ledger, twin_ledger))
-        rows = window_metrics(final, calls.filter(pl.col("ticker") == ticker), end_dates, rules)
-        attribution = attribution_metrics(final, twin, twin_calls.filter(pl.col("ticker") == ticker), rows,
-                                          end_dates, rules)
-        frames.append(pl.concat([rows, attribution], how="horizontal").with_columns(pl.lit(ticker).alias("ticker")))
+        own_calls, own_twin_calls = (c.filter(pl.col("ticker") == ticker) for c in (calls, twin_calls))
+        frames.append(backtest_with_attribution(final, twin, own_calls, own_twin_calls, end_dates, rules)
+                      .with_columns(pl.lit(ticker).alias("ticker")))
         series[ticker] = window_series(final, max(end_dates), rules, twin)
         if progress:
             progress(f"backtests: {ticker} done ({len(end_dates)} windows)")

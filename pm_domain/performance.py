@@ -283,6 +283,19 @@ def stationary_bootstrap_counts(observations_count: int, replications: int, mean
     return counts
 
 
+def resampled_sharpe(rows: np.ndarray, counts: np.ndarray, flat_is_zero: bool = False) -> np.ndarray:
+    """The annualised Sharpe of every resample (counts, replications x N) of every row (windows x
+    N, no NaN): mean / std(ddof=1) * sqrt(252) from sum(c * r) and sum(c * r^2), as
+    (replications x windows). NaN where undefined; with `flat_is_zero`, a resample with no return
+    and no dispersion (a strategy with no position) has Sharpe 0."""
+    n = rows.shape[1]
+    sums, squares = counts @ rows.T, counts @ (rows**2).T
+    mean = sums / n
+    variance = np.maximum(squares - n * mean**2, 0.0) / (n - 1) if n > 1 else np.full_like(mean, np.nan)
+    sharpe = _divide(mean, np.sqrt(variance)) * math.sqrt(TRADING_DAYS_PER_YEAR)
+    return np.where((variance == 0) & (mean == 0), 0.0, sharpe) if flat_is_zero else sharpe
+
+
 def bootstrap_sharpe_interval(returns: np.ndarray, counts: np.ndarray, confidence: float = 0.90,
                               risk_free: float = 0.0) -> tuple[float, float] | tuple[np.ndarray, np.ndarray]:
     """The (lower, upper) percentile interval of the annualised Sharpe ratio over stationary
@@ -296,11 +309,7 @@ def bootstrap_sharpe_interval(returns: np.ndarray, counts: np.ndarray, confidenc
         raise ValueError("bootstrap_sharpe_interval takes complete windows: drop NaN days first")
     if rows.shape[1] != counts.shape[1]:
         raise ValueError(f"counts are for {counts.shape[1]} days, returns have {rows.shape[1]}")
-    n = rows.shape[1]
-    sums, squares = counts @ rows.T, counts @ (rows**2).T  # (replications x windows)
-    mean = sums / n
-    variance = np.maximum(squares - n * mean**2, 0.0) / (n - 1) if n > 1 else np.full_like(mean, np.nan)
-    resampled = _divide(mean, np.sqrt(variance)) * math.sqrt(TRADING_DAYS_PER_YEAR)
+    resampled = resampled_sharpe(rows, counts)
     tail = (1.0 - confidence) / 2.0
     # A resample of only flat days has no Sharpe; the interval is over the resamples that have
     # one, and undefined when fewer than half do.
