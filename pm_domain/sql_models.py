@@ -11,7 +11,7 @@ A `schema.yml` beside the files (dbt's format: `version: 2`, `models:` with `des
 `not_null`, `unique`, `accepted_values: {values: [...]}` per column, and
 `dbt_utils.unique_combination_of_columns: {combination_of_columns: [...]}` per model. Anything
 else is refused when the models load, naming the file, so a file that loads here is a valid dbt
-model (see the README for moving to dbt-duckdb and dagster-dbt).
+model (see docs/marts.md for moving to dbt-duckdb and dagster-dbt).
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def materialize_range(instance, assets: Sequence[str], tickers: Sequence[str] | 
 
 
 def portfolio_overview_summary() -> list[str]:
-    """The morning page (the portfolio_overview mart), as the README shows it."""
+    """The morning page (the portfolio_overview mart), as docs/marts.md shows it."""
     import duckdb
 
     from pm_resources.store import query, table_exists
@@ -231,7 +231,7 @@ ATTRIBUTION_SQL = ("forecast_only_total_return, forecast_only_sharpe, llm_delta_
 
 
 def backtest_summary() -> list[str]:
-    """The backtests of the last date: the metrics table the README shows."""
+    """The backtests of the last date: the metrics table docs/demo.md shows."""
     import duckdb
 
     from pm_resources.store import query, table_exists

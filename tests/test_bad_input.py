@@ -1,6 +1,6 @@
 """Source faults and the bad-input catalogue: each is refused with a message naming what was
 wrong, before it touches SQL, a file or a prompt, and the rows stored earlier stay as they were.
-The README's catalogue table lists the same inputs."""
+docs/operations.md's catalogue table lists the same inputs."""
 
 from __future__ import annotations
 
