@@ -39,10 +39,12 @@ test-llm: $(LLM_STAMP)
 demo: $(STAMP)
 	PM_PRICE_SOURCE=sample $(BIN)/pm demo
 
-# The UI on the demo's instance, bound to loopback only. Override the source: make ui PM_PRICE_SOURCE=yfinance
+# The UI and daemon on the demo's instance, bound to loopback only; a busy port is refused before
+# either starts. Override: make ui PORT=3300 PM_PRICE_SOURCE=yfinance
 PM_PRICE_SOURCE ?= sample
+PORT ?= 3000
 ui: $(STAMP)
-	PM_PRICE_SOURCE=$(PM_PRICE_SOURCE) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	PM_PRICE_SOURCE=$(PM_PRICE_SOURCE) $(BIN)/pm ui --port $(PORT)
 
 validate: $(STAMP)
 	$(BIN)/dagster definitions validate -w workspace.yaml

@@ -12,6 +12,7 @@ from pm_domain.settings import EXCHANGE
 
 
 SESSION_EPOCH = dt.date(1990, 1, 2)
+EXCHANGE_NAME = {"XNYS": "NYSE"}.get(EXCHANGE, EXCHANGE)
 
 
 class CalendarError(ValueError):
@@ -49,6 +50,35 @@ def non_trading_weekdays(start: dt.date, end: dt.date) -> list[dt.date]:
 
 def is_trading_day(day: dt.date) -> bool:
     return _calendar().is_session(pd.Timestamp(day))
+
+
+def closure_reason(day: dt.date) -> str | None:
+    """Why the exchange is closed on `day` ("Christmas", "a Saturday"), or None on a session."""
+    calendar = _calendar()
+    stamp = pd.Timestamp(day)
+    if day.weekday() >= 5:
+        return f"a {day:%A}"
+    if not calendar.first_session <= stamp <= calendar.last_session or calendar.is_session(stamp):
+        return None
+    named = calendar.regular_holidays.holidays(stamp, stamp, return_name=True)
+    if len(named):
+        return str(named.iloc[0])
+    return "an unscheduled closure, such as a national day of mourning"
+
+
+def session_problem(day: dt.date) -> str | None:
+    """A one-line diagnosis when `day` is not a session, naming the nearest sessions; None on a session."""
+    reason = closure_reason(day)
+    if reason is None:
+        return None
+    calendar = _calendar()
+    stamp = pd.Timestamp(day)
+    try:
+        before = calendar.date_to_session(stamp, direction="previous").date()
+        after = calendar.date_to_session(stamp, direction="next").date()
+    except Exception:  # past the calendar's bounds: no neighbours to name
+        return f"{day} is not an {EXCHANGE_NAME} session ({reason})"
+    return f"{day} is not an {EXCHANGE_NAME} session ({reason}): the nearest sessions are {before} and {after}"
 
 
 def shift_trading_days(day: dt.date, offset: int) -> dt.date:

@@ -35,6 +35,10 @@ PRICES_SCHEMA = {
 SOURCES = ("yfinance", "sample", "csv", "synthetic")
 
 
+# What a person without Yahoo (offline, firewalled, rate-limited) can do instead.
+OFFLINE_HINT = "PM_PRICE_SOURCE=sample serves ^GSPC and ^IXIC offline (PM_PRICE_SOURCE=csv reads your own files)"
+
+
 class PriceSourceError(RuntimeError):
     """A source could not serve what was asked: the message names source, ticker and dates."""
 
@@ -169,14 +173,15 @@ def fetch_yfinance(
             multi_level_index=True,
         )
     except Exception as exc:  # a dropped connection, a rate limit, a bug in yfinance: say which request failed
+        cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         raise PriceSourceError(
-            f"source 'yfinance' failed while downloading {', '.join(tickers)} {start}..{end}: "
-            f"{type(exc).__name__}: {exc}"[:500]
+            f"source 'yfinance' failed while downloading {', '.join(tickers)} {start}..{end} ({cause}); "
+            f"{OFFLINE_HINT}"
         ) from exc
     if frame is None or frame.empty:
         raise PriceSourceError(
             f"source 'yfinance' returned an empty frame for {', '.join(tickers)} {start}..{end}: "
-            "offline, rate-limited, or the tickers are unknown/delisted"
+            f"Yahoo could not be reached, rate-limited the download, or does not know the tickers; {OFFLINE_HINT}"
         )
     return yfinance_frame_to_long(frame, tickers)
 

@@ -7,7 +7,10 @@ the instance's pools. `pm backfill` and the end-to-end test use it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ query Status($id: String!) {
     ... on PartitionBackfill {
       status
       error { message }
-      runs { status }
+      runs { runId status }
       assetBackfillData {
         assetBackfillStatuses {
           ... on AssetPartitionsStatusCounts {
@@ -42,6 +45,24 @@ query Status($id: String!) {
       }
     }
     ... on Error { message }
+  }
+}"""
+
+FAILED_STEPS = """
+query FailedSteps($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run {
+      tags { key value }
+      eventConnection(limit: 5000) {
+        events {
+          __typename
+          ... on ExecutionStepFailureEvent { stepKey error { className message cause { className message
+            cause { className message cause { className message } } } } }
+          ... on RunFailureEvent { message }
+        }
+      }
+    }
   }
 }"""
 
@@ -61,6 +82,8 @@ class BackfillProgress:
     targeted: dict[str, int]
     runs: int = 0
     error: str | None = None
+    failed_run_ids: tuple[str, ...] = ()
+    failures: tuple[str, ...] = ()  # one line per failed step, filled in when the backfill ends
 
     @property
     def finished(self) -> bool:
@@ -99,10 +122,26 @@ def ticker_date_ranges(tickers: Sequence[str], start: dt.date, end: dt.date,
             for r in rectangles([(d, t) for d in days for t in tickers], ticker_order)]
 
 
-def date_range(start: dt.date, end: dt.date) -> list[tuple[str, str]]:
-    """The range of an asset partitioned by date alone."""
-    days = _sessions(start, end)
-    return [(str(days[0]), str(days[-1]))]
+DEFAULT_UI_URL = "http://127.0.0.1:3000"
+UI_STATE_FILE = "pm_ui.json"
+
+
+def remember_ui_url(url: str) -> None:
+    """Note in the instance where `pm ui` serves, so `pm backfill` finds it (`make ui PORT=...`)."""
+    path = os.path.join(os.environ["DAGSTER_HOME"], UI_STATE_FILE)
+    with open(path, "w") as handle:
+        json.dump({"url": url, "pid": os.getpid()}, handle)
+
+
+def ui_url() -> str:
+    """The webserver `pm ui` started on this instance, if it still runs; else the default."""
+    try:
+        with open(os.path.join(os.environ["DAGSTER_HOME"], UI_STATE_FILE)) as handle:
+            state = json.load(handle)
+        os.kill(int(state["pid"]), 0)
+        return str(state["url"])
+    except (KeyError, OSError, ValueError, TypeError):
+        return DEFAULT_UI_URL
 
 
 def _graphql(url: str, query: str, variables: dict, timeout: float) -> dict:
@@ -148,7 +187,33 @@ def backfill_progress(url: str, backfill_id: str, timeout: float = 30.0) -> Back
         targeted={name(s): s["numPartitionsTargeted"] for s in counts},
         runs=len(result.get("runs") or []),
         error=(result.get("error") or {}).get("message"),
+        failed_run_ids=tuple(r["runId"] for r in result.get("runs") or [] if r["status"] == "FAILURE"),
     )
+
+
+def failed_steps(url: str, run_id: str, timeout: float = 30.0) -> list[str]:
+    """`run abcdefgh failed at prices (range): the root error's first line`, per failed step."""
+    run = _graphql(url, FAILED_STEPS, {"runId": run_id}, timeout)["runOrError"]
+    if run["__typename"] != "Run":
+        return [f"run {run_id[:8]} failed (its events are not readable: {run['__typename']})"]
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    scope = tags.get("dagster/partition") or (
+        f"{tags['dagster/asset_partition_range_start']}...{tags.get('dagster/asset_partition_range_end', '?')}"
+        if "dagster/asset_partition_range_start" in tags else "")
+    lines = []
+    for event in run["eventConnection"]["events"]:
+        if event["__typename"] == "ExecutionStepFailureEvent":
+            error = event["error"] or {}
+            while error.get("cause"):
+                error = error["cause"]
+            message = (error.get("message") or "").strip().splitlines()
+            lines.append(f"run {run_id[:8]} failed at {event['stepKey']}"
+                         f"{f' ({scope})' if scope else ''}: {message[0] if message else error.get('className')}")
+    if not lines:
+        run_failure = next((e.get("message") for e in run["eventConnection"]["events"]
+                            if e["__typename"] == "RunFailureEvent"), None)
+        lines.append(f"run {run_id[:8]} failed: {run_failure or 'see its page in the UI'}")
+    return lines
 
 
 def wait_for_backfill(url: str, backfill_id: str, timeout_seconds: float, poll_seconds: float = 2.0,
@@ -162,6 +227,7 @@ def wait_for_backfill(url: str, backfill_id: str, timeout_seconds: float, poll_s
             report(progress)
             last = progress.describe()
         if progress.finished:
-            return progress
+            failures = [line for run_id in progress.failed_run_ids for line in failed_steps(url, run_id)]
+            return dataclasses.replace(progress, failures=tuple(failures))
         time.sleep(poll_seconds)
     raise BackfillError(f"backfill {backfill_id} not finished after {timeout_seconds:g} s: {last}")

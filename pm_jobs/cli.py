@@ -1,20 +1,29 @@
-"""`pm`: manage the ticker universe and run the demo against the project-local instance.
+"""`pm`: the research platform's command line, on the project's Dagster instance.
 
+    pm demo
+    pm materialize --assets A,B [--tickers T,U] [--from DATE] [--to DATE] [--config-json JSON]
+    pm backfill --assets A,B [--tickers T,U] --from DATE [--to DATE] [--url URL] [--wait SECONDS]
     pm tickers list | add TICKER... | remove TICKER... | sync [--file PATH]
     pm partitions [ASSET...]
+    pm failures [--last N]
     pm runs slots | release RUN_ID
-    pm backfill --assets A,B --tickers T,U --from DATE --to DATE [--url URL] [--wait SECONDS]
-    pm demo
+    pm ui [--port PORT]
     pm summary
+
+With DAGSTER_HOME unset, `pm` uses the project's own instance, `.dagster_home/` beside
+`workspace.yaml`, and says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from pm_domain import calendar, settings
 from pm_domain.tickers import TickerError, read_watchlist, validate_tickers
@@ -26,6 +35,27 @@ DEMO_SESSIONS = 120
 # real model the replies are bounded (pm_domain/llm/schemas.py): about 2-4 s a call on two cores.
 DEMO_LLM_SESSIONS = 60
 LLM_TABLES = ("llm_analysis", "llm_signals", "risk_assessments")
+
+
+PROJECT_ROOT = settings.PROJECT_ROOT
+
+
+class InstanceError(RuntimeError):
+    """No Dagster instance to use."""
+
+
+def use_project_instance() -> str:
+    """Point DAGSTER_HOME at the project's `.dagster_home` when it is unset; return the instance
+    in use and why. Dagster's own advice (`export DAGSTER_HOME=~/dagster_home`) would be an empty one."""
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        return f"{home} (DAGSTER_HOME)"
+    project_home = PROJECT_ROOT / ".dagster_home"
+    if not (project_home / "dagster.yaml").is_file():
+        raise InstanceError(f"DAGSTER_HOME is unset and {project_home}/dagster.yaml is missing: "
+                            "run pm from the project's checkout, or export DAGSTER_HOME=/path/to/instance")
+    os.environ["DAGSTER_HOME"] = str(project_home)
+    return f"{project_home} (the project's; DAGSTER_HOME is unset)"
 
 
 def _instance():
@@ -116,48 +146,106 @@ def release_run(instance, run_id: str) -> str:
 
 
 def run_backfill(args) -> int:
-    import datetime as dt
+    from pm_assets.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
+    from pm_jobs.backfill import BackfillError, launch_backfill, ui_url, wait_for_backfill
+    from pm_jobs.materialize import plan_selection
+    from pm_jobs.selection import BY_DATE, SelectionError
 
-    from pm_assets.partitions import TICKERS_PARTITIONS_NAME
-    from pm_jobs.backfill import BackfillError, date_range, launch_backfill, ticker_date_ranges, wait_for_backfill
-
-    assets = [a.strip() for a in args.assets.split(",") if a.strip()]
-    start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
+    url = args.url or ui_url()
     try:
-        if args.tickers:
-            order = _instance().get_dynamic_partitions(TICKERS_PARTITIONS_NAME)
-            ranges = ticker_date_ranges(validate_tickers(args.tickers.split(",")), start, end, order)
-        else:  # an asset partitioned by date alone (portfolio_backtests)
-            ranges = date_range(start, end)
-        backfill_id = launch_backfill(args.url, assets, ranges)
-        print(f"backfill {backfill_id}: {', '.join(assets)} over {', '.join(f'{a}...{b}' for a, b in ranges)} -> "
-              f"{args.url}/runs/b/{backfill_id}", flush=True)
+        selection = plan_selection(_instance(), _names(args.assets), _names(args.tickers), args.start, args.end)
+        if selection.start is None:
+            raise SelectionError(f"{', '.join(selection.assets)}: not partitioned, nothing to backfill "
+                                 "(pm materialize builds them)")
+        ranges = []
+        for block in selection.ticker_blocks:
+            tags = range_tags(None if selection.partitioning == BY_DATE else block, selection.start, selection.end)
+            ranges.append((tags[RANGE_START_TAG], tags[RANGE_END_TAG]))
+        backfill_id = launch_backfill(url, list(selection.assets), ranges)
+        print(f"backfill {backfill_id}: {selection.describe()} -> {url}/runs/b/{backfill_id}", flush=True)
         if not args.wait:
             return 0
-        progress = wait_for_backfill(args.url, backfill_id, args.wait,
+        progress = wait_for_backfill(url, backfill_id, args.wait,
                                      report=lambda p: print(f"  {p.describe()}", flush=True))
-    except BackfillError as exc:
+    except (BackfillError, SelectionError) as exc:
         print(f"pm: {exc}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(exc, BackfillError) else 2
+    for line in progress.failures:
+        print(f"pm: {line}", file=sys.stderr)
     return 0 if progress.succeeded else 1
 
 
-def materialize_range(instance, assets: Sequence[str], tickers: Sequence[str] | None, start: str | None,
-                      end: str | None):
-    """One in-process run of `assets` over dates start..end for the tickers (tickers None: an
-    asset partitioned by date alone; start None: assets without partitions, the SQL marts)."""
-    from dagster import AssetKey
+def _names(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
 
-    from pm_assets.partitions import range_tags
-    from pm_jobs.definitions import defs
 
-    job = defs.resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(
-        instance=instance,
-        asset_selection=[AssetKey(a) for a in assets],
-        tags=range_tags(tickers, start, end) if start is not None else {},
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-    )
+def run_materialize(args) -> int:
+    """`pm materialize`: the selection checked, then one in-process run per block of tickers."""
+    from pm_jobs.materialize import Progress, ensure_store_tables, plan_selection, run_selection
+
+    run_config = None
+    if args.config_json:
+        try:
+            run_config = json.loads(args.config_json)
+        except json.JSONDecodeError as exc:
+            print(f"pm: --config-json is not JSON: {exc}", file=sys.stderr)
+            return 2
+    instance = _instance()
+    selection = plan_selection(instance, _names(args.assets), _names(args.tickers), args.start, args.end)
+    progress = Progress()
+    ensure_store_tables()
+    progress.line(f"materializing {selection.describe()} ...")
+    outcomes = run_selection(instance, selection, progress, run_config)
+    for outcome in outcomes:
+        if outcome.success:
+            progress.line(f"run {outcome.run_id[:8]} succeeded in {outcome.seconds:.1f} s")
+        else:
+            print(f"pm: run {outcome.run_id[:8]} failed at {outcome.failure} "
+                  "(recorded in run_failures: pm failures)", file=sys.stderr)
+            return 1
+    return 0
+
+
+def run_failures_report(last: int) -> list[str]:
+    """The latest rows of `run_failures`, newest first."""
+    import duckdb
+
+    from pm_resources.store import query, table_exists
+
+    path = settings.duckdb_path()
+    if not Path(path).exists():
+        return [f"no store yet at {path}: nothing has run"]
+    with duckdb.connect(path, read_only=True) as conn:
+        if not table_exists(conn, "run_failures"):
+            return ["no failed run recorded"]
+        rows = query(conn, "SELECT failed_at, run_id, job_name, step, partitions, error_class, error "
+                           "FROM run_failures ORDER BY failed_at DESC LIMIT ?", [last])
+    if rows.is_empty():
+        return ["no failed run recorded"]
+    return [f"{r['failed_at']:%Y-%m-%d %H:%M}  run {r['run_id'][:8]} ({r['job_name']})  {r['step']}  "
+            f"{r['partitions'] or '-'}  {r['error_class'] or ''}: {(r['error'] or '').strip().splitlines()[0][:200]}"
+            for r in rows.iter_rows(named=True)]
+
+
+def run_ui(port: int) -> int:
+    """Start `dagster dev` (webserver and daemon) on 127.0.0.1:port, refusing a busy port before
+    either starts (otherwise the daemon runs on without a webserver)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            print(f"pm: port {port} on 127.0.0.1 is in use (another `make ui`?): make ui PORT={port + 1}",
+                  file=sys.stderr)
+            return 2
+    from pm_jobs.backfill import remember_ui_url
+
+    remember_ui_url(f"http://127.0.0.1:{port}")
+    dagster = Path(sys.executable).with_name("dagster")
+    os.chdir(PROJECT_ROOT)
+    os.execv(str(dagster), [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)])
+    return 0  # not reached: exec replaces this process
 
 
 def portfolio_overview_summary() -> list[str]:
@@ -318,11 +406,11 @@ def mart_names() -> list[str]:
 
 
 def run_demo() -> int:
-    warnings.filterwarnings("ignore")  # dagster's beta warnings are noise for a demo
     import datetime as dt
-    import os
 
     from dagster import AssetCheckSeverity
+
+    from pm_jobs.materialize import Progress, ensure_store_tables, plan_selection, run_selection
 
     if os.environ.get("PM_PRICE_SOURCE", "sample") != "sample":
         print("the demo reads the bundled sample data: unset PM_PRICE_SOURCE or set it to 'sample'")
@@ -352,22 +440,25 @@ def run_demo() -> int:
         (mart_names(), None, "the SQL marts of dbt_like_sql/models"),
     ]
     blocking_failed = 0
+    progress = Progress()
+    ensure_store_tables()
     for assets, start, why in steps:
-        began = time.perf_counter()
-        scope = f" for {', '.join(DEMO_TICKERS)} {start}..{DEMO_END}" if start else ""
-        print(f"materializing {', '.join(assets)}{scope} ({why}) ...", flush=True)
-        result = materialize_range(instance, assets, None if assets == ["portfolio_backtests"] else DEMO_TICKERS,
-                                   start, DEMO_END if start else None)
-        evaluations = result.get_asset_check_evaluations()
+        tickers = [] if start is None or assets == ["portfolio_backtests"] else DEMO_TICKERS
+        selection = plan_selection(instance, assets, tickers, start, DEMO_END if start else None)
+        progress.line(f"materializing {selection.describe()}: {why} ...")
+        outcomes = run_selection(instance, selection, progress)
+        outcome = outcomes[-1]
+        evaluations = [e for o in outcomes for e in o.result.get_asset_check_evaluations()]
         errors = [e.check_name for e in evaluations if not e.passed and e.severity == AssetCheckSeverity.ERROR]
         warnings_ = [e.check_name for e in evaluations if not e.passed and e.severity != AssetCheckSeverity.ERROR]
         blocking_failed += len(errors)
-        print(f"  run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'} in "
-              f"{time.perf_counter() - began:.1f} s; checks {len(evaluations) - len(errors) - len(warnings_)}/"
-              f"{len(evaluations)} passed"
-              + (f"; FAILED (blocking): {', '.join(errors)}" if errors else "")
-              + (f"; warnings: {', '.join(warnings_)}" if warnings_ else ""))
-        if not result.success:
+        progress.line(f"  run {outcome.run_id[:8]} {'succeeded' if outcome.success else 'FAILED'} in "
+                      f"{outcome.seconds:.1f} s; checks {len(evaluations) - len(errors) - len(warnings_)}/"
+                      f"{len(evaluations)} passed"
+                      + (f"; FAILED (blocking): {', '.join(errors)}" if errors else "")
+                      + (f"; warnings: {', '.join(warnings_)}" if warnings_ else ""))
+        if not outcome.success:
+            print(f"pm: run {outcome.run_id[:8]} failed at {outcome.failure}", file=sys.stderr)
             return 1
     print("\n".join(store_summary()))
     print("\n".join(llm_summary()))
@@ -375,82 +466,129 @@ def run_demo() -> int:
     print("\n".join(llm_scorecard_summary()))
     print("\n".join(portfolio_overview_summary()))
     print(f"\nDagster instance: {instance.root_directory}")
-    print("Open the UI on this instance with `make ui`, then http://127.0.0.1:3000 "
-          "(Assets -> prices / features / ts_forecasts / llm_* / risk_assessments / signal_outcomes / backtests / "
-          "portfolio_backtests -> Partitions shows the materialized keys, their metadata, plots (the equity "
-          "curve on backtests), each LLM row's source and latency, and the checks).")
+    print("Open it with `make ui`, then http://127.0.0.1:3000: Lineage shows the graph, Catalog -> backtests -> "
+          "Partitions -> 2018-12-31 the equity curve and what the LLM added (the tour: docs/ui.md).")
     return 0 if blocking_failed == 0 else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pm", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    tickers = commands.add_parser("tickers", help="list, add or sync tickers (partitions)")
-    tickers_actions = tickers.add_subparsers(dest="action", required=True)
-    tickers_actions.add_parser("list")
-    add = tickers_actions.add_parser("add")
-    add.add_argument("symbols", nargs="+")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pm", description=__doc__.splitlines()[0],
+        epilog="With DAGSTER_HOME unset, pm uses the project's instance (.dagster_home). Docs: docs/operations.md")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("demo", help="materialize the sample demo into the instance and print what it shows")
+    materialize = commands.add_parser(
+        "materialize", help="run assets over dates x tickers in this process (checked first)",
+        description="Run assets over a date range and tickers in this process, one run per block of tickers "
+                    "adjacent in the universe. Holidays, reversed or out-of-range dates, unknown assets and "
+                    "tickers not in the universe are refused in one line before anything runs.")
+    _selection_arguments(materialize)
+    materialize.add_argument("--config-json", default=None, metavar="JSON",
+                             help="run config, as the launchpad takes it, e.g. "
+                                  "'{\"ops\": {\"ts_forecasts\": {\"config\": {\"refit_every\": 20}}}}'")
+    backfill = commands.add_parser("backfill", help="launch a backfill on the running webserver (as the UI does)",
+                                   description="Launch an asset backfill through the running webserver (make ui); "
+                                               "the daemon runs it. Checked like pm materialize.")
+    _selection_arguments(backfill)
+    backfill.add_argument("--url", default=None,
+                          help="the webserver (default: the one `make ui` started, else http://127.0.0.1:3000)")
+    backfill.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                          help="follow the backfill until it finishes, at most this long; print failed steps' errors")
+
+    tickers = commands.add_parser("tickers", help="list, add, remove or sync the tickers (partitions)")
+    tickers_actions = tickers.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tickers_actions.add_parser("list", help="the universe, in the order tickers were added")
+    add = tickers_actions.add_parser("add", help="add tickers to the universe")
+    add.add_argument("symbols", nargs="+", metavar="TICKER")
     remove = tickers_actions.add_parser("remove", help="take tickers out of the universe (stored rows stay)")
-    remove.add_argument("symbols", nargs="+")
+    remove.add_argument("symbols", nargs="+", metavar="TICKER")
     sync = tickers_actions.add_parser("sync", help="add every ticker of the watchlist file")
-    sync.add_argument("--file", default=None, help="watchlist path (default PM_WATCHLIST)")
+    sync.add_argument("--file", default=None, help="watchlist path (default PM_WATCHLIST, data/watchlist.txt)")
+
+    partitions = commands.add_parser("partitions", help="materialized partitions per asset and ticker")
+    partitions.add_argument("assets", nargs="*", help="asset names (default: every asset)")
+    failures = commands.add_parser("failures", help="the latest failed runs: step, partitions, root error")
+    failures.add_argument("--last", type=int, default=20, help="how many rows (default 20)")
     runs = commands.add_parser("runs", help="pool slots held by runs; release a run whose process died")
-    runs_actions = runs.add_subparsers(dest="action", required=True)
+    runs_actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
     runs_actions.add_parser("slots", help="which runs hold each pool's slots")
     release = runs_actions.add_parser("release", help="mark a dead run failed and free its pool slots")
     release.add_argument("run_id")
-    partitions = commands.add_parser("partitions", help="materialized partitions per asset and ticker")
-    partitions.add_argument("assets", nargs="*", help="asset names (default: every asset)")
-    backfill = commands.add_parser("backfill", help="launch a backfill on a running webserver (as the UI does)")
-    backfill.add_argument("--assets", required=True, help="comma-separated asset names")
-    backfill.add_argument("--tickers", default=None, help="comma-separated; omit for portfolio_backtests")
-    backfill.add_argument("--from", dest="start", required=True, help="first date, YYYY-MM-DD")
-    backfill.add_argument("--to", dest="end", required=True, help="last date, YYYY-MM-DD")
-    backfill.add_argument("--url", default="http://127.0.0.1:3000", help="the webserver (make ui)")
-    backfill.add_argument("--wait", type=float, default=0, metavar="SECONDS",
-                          help="follow the backfill until it finishes, at most this long")
-    commands.add_parser("demo", help="materialize the sample demo into the project instance")
+    ui = commands.add_parser("ui", help="the Dagster UI and daemon on 127.0.0.1 (what make ui runs)")
+    ui.add_argument("--port", type=int, default=3000, help="default 3000")
     commands.add_parser("summary", help="rows per table in the DuckDB store")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _selection_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--assets", required=True, help="comma-separated asset names, e.g. prices,features")
+    command.add_argument("--tickers", default=None,
+                         help="comma-separated (default: every ticker in the universe; none for portfolio_backtests)")
+    command.add_argument("--from", dest="start", default=None, help="first trading day, YYYY-MM-DD")
+    command.add_argument("--to", dest="end", default=None, help="last trading day, YYYY-MM-DD (default: --from)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    warnings.filterwarnings("ignore")  # Dagster's beta and preview notices are noise at a terminal
+    args = build_parser().parse_args(argv)
+    from dagster import DagsterError
+
+    from pm_jobs.selection import SelectionError
 
     try:
-        if args.command == "demo":
-            return run_demo()
-        if args.command == "backfill":
-            return run_backfill(args)
-        if args.command == "runs":
-            lines = pool_slot_holders(_instance()) if args.action == "slots" else [release_run(_instance(), args.run_id)]
-            print("\n".join(lines))
-            return 0
-        if args.command == "partitions":
-            from pm_assets import ALL_ASSETS
-
-            names = args.assets or [key.to_user_string() for asset in ALL_ASSETS for key in asset.keys]
-            print("\n".join(partition_status(_instance(), names)))
-            return 0
-        if args.command == "summary":
-            print("\n".join(store_summary()))
-            return 0
-        from pm_assets.partitions import TICKERS_PARTITIONS_NAME
-
-        instance = _instance()
-        if args.action == "list":
-            print("\n".join(instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME)))
-        elif args.action == "add":
-            print(f"added: {', '.join(add_tickers(instance, args.symbols)) or 'nothing new'}")
-        elif args.action == "remove":
-            removed = remove_tickers(instance, args.symbols)
-            print(f"removed: {', '.join(removed) or 'none of them was in the universe'} "
-                  "(their stored rows stay in DuckDB)")
-        else:
-            from pathlib import Path
-
-            path = Path(args.file) if args.file else settings.watchlist_path()
-            print(f"added: {', '.join(add_tickers(instance, read_watchlist(path))) or 'nothing new'}")
-        return 0
-    except (TickerError, settings.SettingsError, calendar.CalendarError, FileNotFoundError, ValueError) as exc:
+        home = use_project_instance()
+        if args.command not in ("summary", "failures"):
+            print(f"pm: Dagster instance {home}", file=sys.stderr)
+        return dispatch(args)
+    except (TickerError, settings.SettingsError, calendar.CalendarError, SelectionError, InstanceError,
+            FileNotFoundError, ValueError) as exc:
         print(f"pm: {exc}", file=sys.stderr)
         return 2
+    except DagsterError as exc:  # an instance or definitions problem: its first line, not the traceback
+        print(f"pm: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        return run_demo()
+    if args.command == "materialize":
+        return run_materialize(args)
+    if args.command == "backfill":
+        return run_backfill(args)
+    if args.command == "ui":
+        return run_ui(args.port)
+    if args.command == "failures":
+        print("\n".join(run_failures_report(args.last)))
+        return 0
+    if args.command == "runs":
+        lines = pool_slot_holders(_instance()) if args.action == "slots" else [release_run(_instance(), args.run_id)]
+        print("\n".join(lines))
+        return 0
+    if args.command == "partitions":
+        from pm_assets import ALL_ASSETS
+
+        names = args.assets or [key.to_user_string() for asset in ALL_ASSETS for key in asset.keys]
+        print("\n".join(partition_status(_instance(), names)))
+        return 0
+    if args.command == "summary":
+        print("\n".join(store_summary()))
+        return 0
+    from pm_assets.partitions import TICKERS_PARTITIONS_NAME
+
+    instance = _instance()
+    if args.action == "list":
+        print("\n".join(instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME)))
+    elif args.action == "add":
+        print(f"added: {', '.join(add_tickers(instance, args.symbols)) or 'nothing new'}")
+    elif args.action == "remove":
+        removed = remove_tickers(instance, args.symbols)
+        print(f"removed: {', '.join(removed) or 'none of them was in the universe'} "
+              "(their stored rows stay in DuckDB)")
+    else:
+        path = Path(args.file) if args.file else settings.watchlist_path()
+        print(f"added: {', '.join(add_tickers(instance, read_watchlist(path))) or 'nothing new'}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -66,6 +66,12 @@ def _ensure_table(
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {identifier(column)} {_duckdb_type(dtype)}")
 
 
+def create_table(conn: duckdb.DuckDBPyConnection, table: str, schema: dict[str, pl.DataType],
+                 key_columns: Sequence[str]) -> None:
+    """Create `table` empty with the columns of `schema` (or add the columns it lacks)."""
+    _ensure_table(conn, identifier(table), pl.DataFrame(schema=schema), key_columns)
+
+
 @dataclass(frozen=True)
 class PartitionRows:
     """Rows that replace a table's rows for the run's tickers x dates.

@@ -1,8 +1,11 @@
-"""run_failures: every failed run of this code location becomes rows of the `run_failures`
-table (one per failed step: the asset, the partitions, the error), and a log line.
+"""run_failures: every failed run on the instance becomes rows of the `run_failures` table (one
+per failed step: the asset, the partitions, the error), and a log line.
 
-`SELECT * FROM run_failures ORDER BY failed_at DESC` is the morning's to-do list; the UI's run
-page has the full logs.
+The sensor watches every run the instance records, those launched by the webserver and the daemon
+and those run in a process of their own (`dagster asset materialize`, tests), once the daemon is
+running; `pm materialize` and `pm demo` record their own failures at once (the same rows: the key
+is run and step). `pm failures` and `SELECT * FROM run_failures ORDER BY failed_at DESC` are the
+morning's to-do list; the UI's run page has the full logs.
 """
 
 from __future__ import annotations
@@ -10,18 +13,22 @@ from __future__ import annotations
 import datetime as dt
 
 import polars as pl
-from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
+from collections.abc import Sequence
+
+import duckdb as duckdb_module
+from dagster import DagsterRun, DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
 from dagster_duckdb import DuckDBResource
 
 from pm_assets import ALL_ASSETS, SQL_ASSETS
 from pm_assets.partitions import RANGE_END_TAG, RANGE_START_TAG
-from pm_resources.store import KeyedRows, upsert_rows
+from pm_resources.store import KeyedRows, create_table, upsert_rows
 
 FAILURE_SCHEMA = {
     "run_id": pl.String, "step": pl.String, "job_name": pl.String, "failed_at": pl.Datetime("us"),
     "asset": pl.String, "partitions": pl.String, "trigger": pl.String, "error_class": pl.String,
     "error": pl.String,
 }
+FAILURE_KEY = ("run_id", "step")
 
 
 def run_partitions(tags: dict[str, str]) -> str | None:
@@ -55,27 +62,48 @@ def _without_class(message: str, cls_name: str | None) -> str:
     return rest if sep and cls_name and head.split(".")[-1] == cls_name else message.strip()
 
 
+def ensure_failures_table(conn: duckdb_module.DuckDBPyConnection) -> None:
+    """Create the empty table, so the to-do list can be queried before anything has failed."""
+    create_table(conn, "run_failures", FAILURE_SCHEMA, FAILURE_KEY)
+
+
+def step_failure_causes(step_failure_events: Sequence) -> list[tuple[str, str | None, str]]:
+    """(step, root error class, root message) of each STEP_FAILURE event.
+
+    Dagster wraps the asset's exception in its own step error: the root cause is the one that
+    names what was wrong (the full chain is on the run page)."""
+    causes = []
+    for event in step_failure_events:
+        error = getattr(event.event_specific_data, "error", None)
+        while error is not None and error.cause is not None:
+            error = error.cause
+        causes.append((event.step_key or "(unknown step)", getattr(error, "cls_name", None),
+                       _without_class(error.message, error.cls_name) if error is not None else event.message or ""))
+    return causes
+
+
+def record_failed_run(conn: duckdb_module.DuckDBPyConnection, run: DagsterRun, step_failure_events: Sequence,
+                      run_error: str) -> pl.DataFrame:
+    """Upsert the run's failure rows (one per failed step) and return them."""
+    assets = {key.to_user_string() for asset in [*ALL_ASSETS, *SQL_ASSETS] for key in asset.keys}
+    rows = failure_rows(run.run_id, run.job_name, dict(run.tags), dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                        step_failure_causes(step_failure_events), run_error, assets)
+    ensure_failures_table(conn)
+    upsert_rows(conn, KeyedRows("run_failures", rows, FAILURE_KEY))
+    return rows
+
+
 @run_failure_sensor(
     name="run_failures",
     default_status=DefaultSensorStatus.RUNNING,
-    description="Records every failed run (asset, partitions, error) in the run_failures table.",
+    # Every run on the instance, in-process ones included: they have no code location to match.
+    monitor_all_code_locations=True,
+    description="Records every failed run on the instance (asset, partitions, root error) in the run_failures table.",
 )
 def run_failures_sensor(context: RunFailureSensorContext, duckdb: DuckDBResource):
-    run = context.dagster_run
-    steps = []
-    for event in context.get_step_failure_events():
-        error = getattr(event.event_specific_data, "error", None)
-        # Dagster wraps the asset's exception in its own step error: record the root cause, the
-        # one that names what was wrong (the full chain is on the run page).
-        while error is not None and error.cause is not None:
-            error = error.cause
-        steps.append((event.step_key or "(unknown step)", getattr(error, "cls_name", None),
-                      _without_class(error.message, error.cls_name) if error is not None else event.message or ""))
-    assets = {key.to_user_string() for asset in [*ALL_ASSETS, *SQL_ASSETS] for key in asset.keys}
-    rows = failure_rows(run.run_id, run.job_name, dict(run.tags), dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                        steps, context.failure_event.message or "", assets)
     with duckdb.get_connection() as conn:
-        upsert_rows(conn, KeyedRows("run_failures", rows, ("run_id", "step")))
+        rows = record_failed_run(conn, context.dagster_run, context.get_step_failure_events(),
+                                 context.failure_event.message or "")
     for row in rows.iter_rows(named=True):
         context.log.warning(f"run {row['run_id'][:8]} ({row['job_name']}) failed at {row['step']} "
                             f"on {row['partitions']}: {row['error_class']}: {row['error'].splitlines()[0][:200]}")

@@ -1,4 +1,4 @@
-"""Start `dagster dev` (webserver + daemon, as `make ui` does) on a loopback port for the
+"""Start `pm ui` (`dagster dev`: webserver + daemon, as `make ui` does) on a loopback port for the
 end-to-end tests, and stop its whole process group afterwards."""
 
 from __future__ import annotations
@@ -50,9 +50,10 @@ def dagster_dev(home: Path, workdir: Path, tickers: list[str], env_extra: dict[s
            "PYTHONPATH": str(ROOT), "DAGSTER_DISABLE_TELEMETRY": "1", **(env_extra or {})}
     log = workdir / "dagster_dev.log"
     with open(log, "w") as out:
+        # `pm ui` is what `make ui` runs: it checks the port, notes the URL for `pm backfill`, then
+        # becomes `dagster dev` (same process, so the group is still ours to stop).
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml"),
-             "-h", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "pm_jobs.cli", "ui", "--port", str(port)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"

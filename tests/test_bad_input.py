@@ -47,7 +47,7 @@ def stored(instance, db_path, monkeypatch):
 
 @pytest.mark.parametrize("download, message", [
     (lambda **kw: (_ for _ in ()).throw(ConnectionError("Connection reset by peer")),
-     r"source 'yfinance' failed while downloading AAPL, MSFT 2018-12-17..2018-12-31: ConnectionError: Connection reset by peer"),
+     r"source 'yfinance' failed while downloading AAPL, MSFT 2018-12-17..2018-12-31 \(ConnectionError: Connection reset by peer\); PM_PRICE_SOURCE=sample serves"),
     (lambda **kw: pd.DataFrame(), r"source 'yfinance' returned an empty frame for AAPL, MSFT 2018-12-17..2018-12-31"),
     (lambda **kw: yfinance_like_frame(kw["tickers"], sessions("2018-12-17", "2018-12-31"), failed={"MSFT"}), "no prices for MSFT"),
     (lambda **kw: yfinance_like_frame(kw["tickers"], sessions("2018-12-17", "2018-12-27")), r"no prices for AAPL on 2018-12-28"),

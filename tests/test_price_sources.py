@@ -53,7 +53,7 @@ def test_yfinance_frames_are_reshaped_in_one_batched_call():
 
 
 def test_yfinance_empty_frame_is_a_clear_error():
-    with pytest.raises(PriceSourceError, match="yfinance' returned an empty frame for AAPL.*offline"):
+    with pytest.raises(PriceSourceError, match="yfinance' returned an empty frame for AAPL.*PM_PRICE_SOURCE=sample serves .GSPC and .IXIC offline"):
         fetch_prices("yfinance", ["AAPL"], DEC_2018, download=lambda **_: pd.DataFrame())
 
 

@@ -5,7 +5,11 @@ API (what the UI's backfill dialog sends) runs under the instance's pools and la
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,12 +45,13 @@ def dagster_dev_url(tmp_path):
     with DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("tickers", TICKERS)
     with dagster_dev(home, tmp_path, TICKERS) as url:
-        yield url, tmp_path / "pm.duckdb", tmp_path / "dagster_dev.log"
+        yield url, tmp_path / "pm.duckdb", tmp_path / "dagster_dev.log", home
 
 
-@pytest.mark.timeout(STARTUP_SECONDS + BACKFILL_SECONDS + 120)
-def test_a_backfill_launched_through_the_webserver_completes_under_the_pools(dagster_dev_url):
-    url, db_path, log = dagster_dev_url
+@pytest.mark.timeout(STARTUP_SECONDS + 2 * BACKFILL_SECONDS + 600)
+def test_a_backfill_launched_through_the_webserver_completes_under_the_pools_and_failures_reach_one_table(
+        dagster_dev_url):
+    url, db_path, log, home = dagster_dev_url
     listing = httpx.post(f"{url}/graphql", json={"query": SENSORS_QUERY}, timeout=30).json()
     repository = listing["data"]["repositoriesOrError"]["nodes"][0]
     assert {s["name"] for s in repository["sensors"]} == {"watchlist_sync", "signal_validation", "llm_health",
@@ -71,3 +76,35 @@ def test_a_backfill_launched_through_the_webserver_completes_under_the_pools(dag
                                  f"FROM {table} GROUP BY ticker ORDER BY ticker")
             assert stored.rows() == [(t, 20, START, END) for t in TICKERS], table
     assert "database is locked" not in log.read_text() and "Could not set lock" not in log.read_text()
+
+    # A failing backfill: `pm backfill --wait` ends with the failed step's own error, and the
+    # run_failures sensor (watching every run on the instance) records it, as it does a run made
+    # in a process of its own (`dagster asset materialize`, no code location).
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PM_DUCKDB_PATH": str(db_path), "PM_PRICE_SOURCE": "sample"}
+    added = subprocess.run([sys.executable, "-m", "pm_jobs.cli", "tickers", "add", "QQQ"], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0, added.stderr
+    failed = subprocess.run([sys.executable, "-m", "pm_jobs.cli", "backfill", "--assets", "prices", "--tickers", "QQQ",
+                             "--from", "2018-12-31", "--wait", str(BACKFILL_SECONDS)],
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=BACKFILL_SECONDS + 60)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert f"-> {url}/runs/b/" in failed.stdout  # the URL `pm ui` noted, without --url
+    last = failed.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"pm: run \w{8} failed at prices \(2018-12-31\|QQQ\.\.\.2018-12-31\|QQQ\): "
+                        r"source 'sample' has no ticker QQQ: .*", last), failed.stderr
+    cli = subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m",
+                          "pm_jobs.definitions", "--select", "prices", "--partition", "2018-12-28|QQQ"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert cli.returncode != 0
+    deadline = time.monotonic() + 150  # the sensor ticks every 30 s
+    recorded = []
+    while time.monotonic() < deadline and len(recorded) < 2:
+        time.sleep(5)
+        try:
+            with duckdb.connect(str(db_path), read_only=True) as conn:
+                recorded = query(conn, "SELECT partitions, error FROM run_failures WHERE step = 'prices' "
+                                       "ORDER BY partitions").rows()
+        except duckdb.Error:  # a writer holds the file: read again at the next poll
+            continue
+    assert [p for p, _ in recorded] == ["2018-12-28|QQQ", "2018-12-31|QQQ...2018-12-31|QQQ"], recorded
+    assert all(e.startswith("source 'sample' has no ticker QQQ") for _, e in recorded)

@@ -1,0 +1,184 @@
+"""In-process runs for `pm materialize` and `pm demo`: checked selections, short progress lines,
+and a failed run told in one line (and recorded in `run_failures`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, logger
+
+from pm_jobs.selection import BY_DATE, BY_DATE_AND_TICKER, UNPARTITIONED, Selection, plan
+
+
+def partitioning_by_asset() -> dict[str, str]:
+    """Every asset's name and how it is partitioned, in the graph's order."""
+    from pm_assets import ALL_ASSETS, SQL_ASSETS
+    from pm_assets.partitions import daily_ticker_partitions, trading_day_partitions
+
+    kinds = {}
+    for asset in [*ALL_ASSETS, *SQL_ASSETS]:
+        kind = (BY_DATE_AND_TICKER if asset.partitions_def == daily_ticker_partitions
+                else BY_DATE if asset.partitions_def == trading_day_partitions else UNPARTITIONED)
+        for key in asset.keys:
+            kinds[key.to_user_string()] = kind
+    return kinds
+
+
+def partition_bounds() -> tuple[dt.date, dt.date]:
+    from pm_assets.partitions import trading_day_partitions
+
+    return (dt.date.fromisoformat(trading_day_partitions.get_first_partition_key()),
+            dt.date.fromisoformat(trading_day_partitions.get_last_partition_key()))
+
+
+def plan_selection(instance: DagsterInstance, assets: list[str], tickers: list[str], start: str | None,
+                   end: str | None) -> Selection:
+    from pm_assets.partitions import TICKERS_PARTITIONS_NAME
+
+    return plan(assets, tickers, start, end, partitioning_by_asset(),
+                instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME), partition_bounds())
+
+
+class Progress:
+    """Lines for a person at a terminal: what each step says, and a heartbeat when a step is
+    silent (Dagster records every partition's event after the step's own work)."""
+
+    def __init__(self, stream=sys.stdout, quiet_seconds: float = 15.0):
+        self.stream = stream
+        self.quiet_seconds = quiet_seconds
+        self.last_line = time.monotonic()
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self.stream, flush=True)
+            self.last_line = time.monotonic()
+
+    @contextmanager
+    def heartbeat(self, what: str) -> Iterator[None]:
+        began = time.monotonic()
+        done = threading.Event()
+
+        def beat():
+            while not done.wait(1.0):
+                if time.monotonic() - self.last_line >= self.quiet_seconds:
+                    self.line(f"  ... {what}: {time.monotonic() - began:.0f} s")
+
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+
+def progress_logger(progress: Progress):
+    """A Dagster logger that prints the assets' own log lines (not Dagster's event stream), the
+    first line of each, as `  step: message`."""
+
+    class StepLines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            meta = getattr(record, "dagster_meta", None) or {}
+            if meta.get("dagster_event") is not None or record.levelno < logging.INFO:
+                return
+            message = str(meta.get("orig_message") or record.getMessage()).strip().splitlines()
+            level = "" if record.levelno == logging.INFO else f"{record.levelname}: "
+            progress.line(f"  {meta.get('step_key') or 'run'}: {level}{message[0] if message else ''}")
+
+    @logger(description="The assets' own log lines, one line each, for `pm`.")
+    def step_lines(_init_context) -> logging.Logger:
+        log = logging.Logger("pm", level=logging.INFO)
+        log.addHandler(StepLines())
+        return log
+
+    return step_lines
+
+
+def execute(instance: DagsterInstance, assets: tuple[str, ...], tags: dict[str, str], progress: Progress,
+            run_config: dict | None = None) -> ExecuteInProcessResult:
+    from pm_jobs.definitions import defs
+
+    job = defs.resolve_implicit_global_asset_job_def().with_logger_defs({"console": progress_logger(progress)})
+    return job.execute_in_process(
+        instance=instance,
+        asset_selection=[AssetKey(a) for a in assets],
+        tags=tags,
+        run_config={**(run_config or {}), "loggers": {"console": {}}},
+        raise_on_error=False,
+    )
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    success: bool
+    seconds: float
+    result: ExecuteInProcessResult
+    failure: str | None  # the one line that says what went wrong
+
+
+def run_tags(selection: Selection, block: tuple[str, ...]) -> dict[str, str]:
+    from pm_assets.partitions import range_tags
+
+    if selection.start is None:
+        return {"pm/trigger": "pm"}
+    return {**range_tags(block or None, selection.start, selection.end), "pm/trigger": "pm"}
+
+
+def run_selection(instance: DagsterInstance, selection: Selection, progress: Progress,
+                  run_config: dict | None = None) -> list[RunOutcome]:
+    """One run per ticker block, in order; stops at the first failed run."""
+    outcomes = []
+    for block in selection.ticker_blocks or ((),):
+        began = time.perf_counter()
+        with progress.heartbeat("still running"):
+            result = execute(instance, selection.assets, run_tags(selection, block), progress, run_config)
+        failure = None if result.success else record_failure(instance, result)
+        outcomes.append(RunOutcome(result.run_id, result.success, time.perf_counter() - began, result, failure))
+        if not result.success:
+            break
+    return outcomes
+
+
+def record_failure(instance: DagsterInstance, result: ExecuteInProcessResult) -> str:
+    """Write the failed run into `run_failures` and return its first failed step in one line."""
+    import duckdb
+
+    from pm_domain import settings
+    from pm_sensors.run_failures import record_failed_run
+
+    run = instance.get_run_by_id(result.run_id)
+    failure_events = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    run_error = next((e.message or "" for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE"), "")
+    try:
+        with duckdb.connect(settings.duckdb_path()) as conn:
+            rows = record_failed_run(conn, run, failure_events, run_error)
+    except duckdb.Error as exc:  # the store is locked or unwritable: still tell the person what failed
+        from pm_sensors.run_failures import step_failure_causes
+
+        step, _, message = (step_failure_causes(failure_events) or [("(run)", None, run_error)])[0]
+        return f"{step}: {message.strip().splitlines()[0] if message.strip() else 'failed'} (not recorded: {exc})"
+    first = rows.row(0, named=True)
+    message = first["error"].strip().splitlines()
+    return f"{first['step']}: {message[0] if message else 'failed'}"
+
+
+def ensure_store_tables() -> None:
+    """The tables a person queries before anything has gone wrong (`run_failures`) exist from
+    the first run on."""
+    import duckdb
+
+    from pm_domain import settings
+    from pm_sensors.run_failures import ensure_failures_table
+
+    with duckdb.connect(settings.duckdb_path()) as conn:
+        ensure_failures_table(conn)
