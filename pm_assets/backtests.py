@@ -2,6 +2,7 @@
 trailing window after costs, against buy-and-hold of the same days, with the validation verdict."""
 
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 import polars as pl
@@ -20,7 +21,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from pm_assets.inputs import require_partitions
-from pm_assets.metadata import preview_markdown, run_metadata
+from pm_assets.metadata import add_plot, last_date_keys, preview_markdown, run_metadata
 from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection, decode_partition_keys, lookback_mapping
 from pm_domain import calendar, plots
 from pm_domain.attribution import LLM_VERDICTS
@@ -84,8 +85,10 @@ def read_backtest_inputs(duckdb: DuckDBResource, tickers: list[str], selection: 
     return SessionGrid(first, selection.end), signals, price_rows(prices)
 
 
-def backtest_metadata(rows: pl.DataFrame, series: dict[str, pl.DataFrame], key_column: str) -> dict:
-    """The metrics table of the run's last date and the equity / drawdown plot."""
+def backtest_metadata(context: AssetExecutionContext, rows: pl.DataFrame, series: dict[str, pl.DataFrame],
+                      key_column: str, plot_keys: Sequence[str]) -> dict:
+    """The metrics table of the run's last date, and the equity / drawdown plot on `plot_keys`
+    (the last date's partitions it draws)."""
     last = rows.filter(pl.col("date") == rows["date"].max())
     verdicts = dict(rows.group_by("verdict").len().iter_rows())
     metadata = {
@@ -98,9 +101,13 @@ def backtest_metadata(rows: pl.DataFrame, series: dict[str, pl.DataFrame], key_c
     }
     drawable = {name: frame for name, frame in series.items() if frame.height}
     if drawable:
-        metadata["equity_curve"] = MetadataValue.md(plots.png_markdown(
-            plots.equity_drawdown_png(drawable), "strategy equity against buy and hold, and drawdown"))
+        metadata |= add_plot(context, "equity_curve", plots.png_markdown(
+            plots.equity_drawdown_png(drawable), "strategy equity against buy and hold, and drawdown"), plot_keys)
     return metadata
+
+
+INPUTS_COMPLETE_HELP = ("warn: every backtest row has its metrics (a window with too few sessions, prices or "
+                        "signals is stored as insufficient_data with the reason)")
 
 
 def insufficient_check(rows: pl.DataFrame, asset_name: str, key_column: str) -> AssetCheckResult:
@@ -123,7 +130,7 @@ def insufficient_check(rows: pl.DataFrame, asset_name: str, key_column: str) -> 
         AssetDep("llm_signals", partition_mapping=lookback_mapping(SIGNAL_LOOKBACK_SESSIONS)),
         AssetDep("prices", partition_mapping=lookback_mapping(PRICE_LOOKBACK_SESSIONS)),
     ],
-    check_specs=[AssetCheckSpec("backtest_inputs_complete", asset="backtests")],
+    check_specs=[AssetCheckSpec("backtest_inputs_complete", asset="backtests", description=INPUTS_COMPLETE_HELP)],
     description="Per ticker and date: the stored signals traded over the trailing 252 sessions "
     "(entered at the close after the signal, 5 bps per unit of position changed) against "
     "buy-and-hold of the same days: CAGR, volatility, Sharpe, Sortino, max drawdown, Calmar, "
@@ -148,9 +155,10 @@ def backtests(context: AssetExecutionContext, config: BacktestsConfig, duckdb: D
         replace_partitions(conn, "backtests", rows, selection.tickers, selection.dates)
     context.log.info(f"wrote {rows.height} backtests over {selection.describe()}")
     return MaterializeResult(
-        metadata=run_metadata(selection, rows, ["ticker", "date", "total_return", "sharpe", "max_drawdown",
+        metadata=run_metadata(context, selection, rows, ["ticker", "date", "total_return", "sharpe", "max_drawdown",
                                                 "hit_rate", "verdict"])
-        | backtest_metadata(rows, series, "ticker")
+        | backtest_metadata(context, rows, series, "ticker",
+                            last_date_keys(selection, [t for t in series if series[t].height][:plots.MAX_PANELS]))
         # The asset's own work (read, compute, write, plot); Dagster then records one
         # materialization event per partition on top of it.
         | {"compute_seconds": round(time.perf_counter() - began, 3)},

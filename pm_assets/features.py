@@ -13,7 +13,7 @@ from dagster import (
 from dagster_duckdb import DuckDBResource
 
 from pm_assets.inputs import require_partitions
-from pm_assets.metadata import check_results, run_metadata
+from pm_assets.metadata import add_plot, check_results, last_date_keys, run_metadata
 from pm_assets.partitions import (
     STAGE_ASSET_ARGS,
     PartitionSelection,
@@ -22,13 +22,13 @@ from pm_assets.partitions import (
 )
 from pm_domain.features import WARMUP_SESSIONS, compute_features
 from pm_domain.plots import png_markdown, price_bands_png
-from pm_domain.quality import feature_rules
+from pm_domain.quality import RULE_DESCRIPTIONS, feature_rules
 from pm_resources.store import read_rows, replace_partitions
 
 
 # A ranged run's metadata is copied into each partition's materialization event, so the chart
 # (~25 KB) is attached only to runs small enough for those copies to stay cheap.
-PLOT_MAX_PARTITIONS = 500
+PLOTTED_TICKERS = 2  # the plot draws the run's first tickers, one panel each
 
 
 @asset(
@@ -36,8 +36,9 @@ PLOT_MAX_PARTITIONS = 500
     group_name="market_data",
     deps=[AssetDep("prices", partition_mapping=lookback_mapping(WARMUP_SESSIONS))],
     check_specs=[
-        AssetCheckSpec("indicators_in_range", asset="features", blocking=True),
-        AssetCheckSpec("warmed_up", asset="features"),
+        AssetCheckSpec("indicators_in_range", asset="features", blocking=True,
+                       description=RULE_DESCRIPTIONS["indicators_in_range"]),
+        AssetCheckSpec("warmed_up", asset="features", description=RULE_DESCRIPTIONS["warmed_up"]),
     ],
     description="SMA 20/50, EMA 12/26, MACD, RSI 14 (Wilder), ATR 14, Bollinger 20/2, realised "
     "volatility, volume ratio and returns. A value at date t reads prices up to t only; recursive "
@@ -56,9 +57,10 @@ def features(context: AssetExecutionContext, duckdb: DuckDBResource) -> Material
         replace_partitions(conn, "features", rows, selection.tickers, selection.dates)
 
     metadata = run_metadata(
-        selection, rows, ["ticker", "date", "close", "sma_20", "sma_50", "rsi_14", "macd", "atr_14"]
+        context, selection, rows, ["ticker", "date", "close", "sma_20", "sma_50", "rsi_14", "macd", "atr_14"]
     )
-    metadata["plot"] = MetadataValue.md(_plot_markdown(all_features, selection))
+    shown = list(selection.tickers[:PLOTTED_TICKERS])
+    metadata |= add_plot(context, "plot", _plot_markdown(all_features, selection, shown), last_date_keys(selection, shown))
     outcomes = {outcome.name: outcome for outcome in feature_rules(rows)}
     return MaterializeResult(
         metadata=metadata,
@@ -67,12 +69,8 @@ def features(context: AssetExecutionContext, duckdb: DuckDBResource) -> Material
     )
 
 
-def _plot_markdown(all_features: pl.DataFrame, selection: PartitionSelection) -> str:
-    partitions = len(selection.tickers) * len(selection.dates)
-    if partitions > PLOT_MAX_PARTITIONS:
-        return (f"Plot omitted: this run covers {partitions} partitions and Dagster stores a copy of "
-                f"the metadata with each; materialize up to {PLOT_MAX_PARTITIONS} to get the chart.")
+def _plot_markdown(all_features: pl.DataFrame, selection: PartitionSelection, tickers: list[str]) -> str:
     window = all_features.filter(pl.col("date").is_between(selection.start, selection.end))
     if window["date"].n_unique() < 60:  # give short runs (a nightly date) some context
         window = all_features.filter(pl.col("date") <= selection.end).group_by("ticker").tail(120)
-    return png_markdown(price_bands_png(window, list(selection.tickers)), "price with SMA and Bollinger")
+    return png_markdown(price_bands_png(window, tickers), "price with SMA and Bollinger")

@@ -45,7 +45,7 @@ def llm_analysis(context: AssetExecutionContext, duckdb: DuckDBResource, ollama:
     llm_stage.write(duckdb, selection, "llm_analysis", rows, calls, "analysis")
     check = llm_stage.content_check("llm_trend_agrees", content, "agrees", "contradicts", "trend_agreement")
 
-    metadata = run_metadata(selection, rows, ["ticker", "date", "trend", "strength", "regime", "content_check",
+    metadata = run_metadata(context, selection, rows, ["ticker", "date", "trend", "strength", "regime", "content_check",
                                               *llm_stage.TELEMETRY_PREVIEW])
     return MaterializeResult(metadata=metadata | llm_stage.llm_metadata(calls)
                              | {"trend_agreement_rate": check.metadata["trend_agreement_rate"]},

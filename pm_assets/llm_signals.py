@@ -26,7 +26,7 @@ from pm_domain.forecasting.engine import ForecastConfig, price_histories
 from pm_domain.llm.records import TELEMETRY_SCHEMA, telemetry_columns
 from pm_domain.llm.schemas import SignalOpinion
 from pm_domain.llm.stages import opinion_columns, signal_requests
-from pm_domain.signal_validation import LAYERS, layer_outcomes, validate_signals
+from pm_domain.signal_validation import LAYER_DESCRIPTIONS, LAYERS, layer_outcomes, validate_signals
 from pm_domain.signals import (
     SignalRules,
     decide,
@@ -91,7 +91,8 @@ class LlmSignalsConfig(Config):
         AssetDep("llm_analysis"),
     ],
     check_specs=[
-        AssetCheckSpec(f"validation_{layer}", asset="llm_signals", blocking=layer == "structure")
+        AssetCheckSpec(f"validation_{layer}", asset="llm_signals", blocking=layer == "structure",
+                       description=LAYER_DESCRIPTIONS[layer])
         for layer in LAYERS
     ] + [AssetCheckSpec("llm_replies_valid", asset="llm_signals", description=llm_stage.REPLIES_VALID_HELP)],
     description="BUY/SELL/HOLD per ticker and date: the 5-session forecast proposes (confidence "
@@ -148,7 +149,7 @@ def llm_signals(context: AssetExecutionContext, config: LlmSignalsConfig, duckdb
     counts = dict(rows.group_by("action").len().iter_rows())
     context.log.info(f"wrote {rows.height} signals: {counts}")
     outcomes = {o.name: o for o in layer_outcomes(rows)}
-    metadata = run_metadata(selection, rows, ["ticker", "date", "action", "confidence", "position_size",
+    metadata = run_metadata(context, selection, rows, ["ticker", "date", "action", "confidence", "position_size",
                                               "decided_by", "validation_score", "llm_source", "latency_ms"])
     metadata |= {f"signals_{action.lower()}": counts.get(action, 0) for action in ("BUY", "SELL", "HOLD")}
     return MaterializeResult(

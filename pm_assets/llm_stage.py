@@ -55,8 +55,9 @@ def ask(context: AssetExecutionContext, duckdb: DuckDBResource, ollama: OllamaRe
                          + (f"; not on the server: {', '.join(missing)}" if missing else "")
                          + (f"; slow at the last health probe: {', '.join(slow)}" if slow else ""))
     elif asked:
-        context.log.warning(f"{stage}: {availability.error}; writing {asked} rule-based "
-                            f"fallback row(s), labelled llm_source='fallback' (mode={settings.mode})")
+        warn_unreachable_once(context, f"{stage}: {availability.error}; writing {asked} rule-based fallback row(s), "
+                                       f"labelled llm_source='fallback' (mode={settings.mode}; "
+                                       "PM_LLM_MODE=fallback skips the attempt)")
 
     def read_cache(keys: list[str]):
         with duckdb.get_connection() as conn:
@@ -65,6 +66,20 @@ def ask(context: AssetExecutionContext, duckdb: DuckDBResource, ollama: OllamaRe
     calls = answer_all(client, stage, requests, schema, read_cache, progress=context.log.info)
     context.log.info(f"{stage}: {source_counts(calls)}")
     return calls
+
+
+OLLAMA_UNREACHABLE_TAG = "pm/ollama_unreachable"
+
+
+def warn_unreachable_once(context: AssetExecutionContext, message: str) -> None:
+    """A WARNING for the first LLM stage of a run that finds Ollama unreachable, INFO for the
+    later ones: a run tag carries the fact across steps (each may be its own process)."""
+    run = context.instance.get_run_by_id(context.run_id)
+    if run is not None and OLLAMA_UNREACHABLE_TAG in run.tags:
+        context.log.info(f"{message} (warned once this run)")
+        return
+    context.instance.add_run_tags(context.run_id, {OLLAMA_UNREACHABLE_TAG: "fallback rows written"})
+    context.log.warning(message)
 
 
 def slow_at_last_probe(conn: DuckDBPyConnection) -> list[str]:

@@ -7,7 +7,13 @@ import polars as pl
 from dagster import AssetDep, AssetExecutionContext, AssetCheckSpec, MaterializeResult, MultiToSingleDimensionPartitionMapping, asset
 from dagster_duckdb import DuckDBResource
 
-from pm_assets.backtests import BacktestsConfig, backtest_metadata, insufficient_check, read_backtest_inputs
+from pm_assets.backtests import (
+    INPUTS_COMPLETE_HELP,
+    BacktestsConfig,
+    backtest_metadata,
+    insufficient_check,
+    read_backtest_inputs,
+)
 from pm_assets.metadata import run_metadata
 from pm_assets.partitions import TICKERS_PARTITIONS_NAME, UNIVERSE_ASSET_ARGS, PartitionSelection
 from pm_domain.attribution import forecast_only_signals
@@ -31,7 +37,8 @@ SIZING_BY_WEIGHTING = {"equal": "unit", "position_size": "signal"}
     # Computed after every ticker's backtest of the day, from the same signals and prices over
     # the trailing window (the per-ticker lookback is declared on `backtests`).
     deps=[AssetDep("backtests", partition_mapping=MultiToSingleDimensionPartitionMapping(partition_dimension_name="date"))],
-    check_specs=[AssetCheckSpec("backtest_inputs_complete", asset="portfolio_backtests")],
+    check_specs=[AssetCheckSpec("backtest_inputs_complete", asset="portfolio_backtests",
+                                description=INPUTS_COMPLETE_HELP)],
     description="Per trading day: all tickers' signals as one book over the trailing window, "
     "weighting 'equal' (each ticker's unit position at 1/N of the book) and 'position_size' (the "
     "signals' half-Kelly sizes, scaled down when they sum above 100%), against the equal-weight "
@@ -68,7 +75,7 @@ def portfolio_backtests(context: AssetExecutionContext, config: BacktestsConfig,
     context.log.info(f"wrote {rows.height} portfolio backtests over {len(dates)} date(s) and {len(used)} ticker(s) "
                      f"with signals: {', '.join(used) or 'none'}")
     return MaterializeResult(
-        metadata=run_metadata(selection, rows, ["date", "weighting", "total_return", "sharpe", "max_drawdown", "verdict"])
-        | backtest_metadata(rows, series, "weighting"),
+        metadata=run_metadata(context, selection, rows, ["date", "weighting", "total_return", "sharpe", "max_drawdown", "verdict"])
+        | backtest_metadata(context, rows, series, "weighting", [str(selection.end)]),
         check_results=[insufficient_check(rows, "portfolio_backtests", "weighting")],
     )

@@ -16,7 +16,7 @@ from dagster_duckdb import DuckDBResource
 from pm_assets.metadata import check_results, run_metadata
 from pm_assets.partitions import STAGE_ASSET_ARGS, decode_partition_keys
 from pm_domain import calendar, settings
-from pm_domain.quality import price_rules
+from pm_domain.quality import RULE_DESCRIPTIONS, price_rules
 from pm_resources.price_source import PriceSourceResource
 from pm_resources.store import read_rows, replace_partitions
 
@@ -49,7 +49,8 @@ def prices_freshness_policy() -> FreshnessPolicy:
     **STAGE_ASSET_ARGS,
     group_name="market_data",
     freshness_policy=prices_freshness_policy(),
-    check_specs=[AssetCheckSpec(name, asset="prices", blocking=True) for name in PRICE_CHECKS],
+    check_specs=[AssetCheckSpec(name, asset="prices", blocking=True, description=RULE_DESCRIPTIONS[name])
+                 for name in PRICE_CHECKS],
     description="Daily OHLCV and adjusted close per ticker and NYSE trading day, with the source "
     "name and ingestion time. One fetch and one write per run, whatever its range.",
 )
@@ -72,7 +73,7 @@ def prices(
         stored = read_rows(conn, "prices", selection.tickers, selection.end, selection.start)
     context.log.info(f"wrote {rows.height} price rows")
     metadata = run_metadata(
-        selection, stored, ["ticker", "date", "open", "high", "low", "close", "adj_close", "volume"]
+        context, selection, stored, ["ticker", "date", "open", "high", "low", "close", "adj_close", "volume"]
     )
     metadata["source"] = price_source.source
     return MaterializeResult(

@@ -69,7 +69,7 @@ def risk_assessments(context: AssetExecutionContext, duckdb: DuckDBResource, oll
 
     levels = dict(rows.group_by("risk_level").len().iter_rows())
     context.log.info(f"wrote {rows.height} risk assessments: {levels}")
-    metadata = run_metadata(selection, rows, ["ticker", "date", "risk_score", "risk_level", "var_95_hist",
+    metadata = run_metadata(context, selection, rows, ["ticker", "date", "risk_score", "risk_level", "var_95_hist",
                                               "var_95_model_log", "llm_source", "latency_ms"])
     return MaterializeResult(
         metadata=metadata | llm_stage.llm_metadata(calls) | {f"level_{k}": v for k, v in levels.items()}

@@ -15,7 +15,7 @@ from dagster import (
 from dagster_duckdb import DuckDBResource
 
 from pm_assets.inputs import require_partitions
-from pm_assets.metadata import run_metadata
+from pm_assets.metadata import add_plot, last_date_keys, run_metadata
 from pm_assets.partitions import STAGE_ASSET_ARGS, decode_partition_keys, forward_mapping
 from pm_domain import calendar, plots
 from pm_domain import performance as perf
@@ -57,7 +57,8 @@ def calibration_metadata(signals: pl.DataFrame, rows: pl.DataFrame) -> dict:
         # The prices an outcome waits for: the entry close (t+1) through t+31.
         AssetDep("prices", partition_mapping=forward_mapping(ENTRY_LAG_SESSIONS, LAST_SESSION)),
     ],
-    check_specs=[AssetCheckSpec("outcome_prices_complete", asset="signal_outcomes")],
+    check_specs=[AssetCheckSpec("outcome_prices_complete", asset="signal_outcomes", description=(
+        "warn: every outcome whose 1-, 5- or 30-session window has closed has its price (no gap in prices)"))],
     description="Per ticker and signal date: entry at the next close, realised return after 1, 5 "
     "and 30 sessions (exchange sessions, not price rows), hit or miss of BUY/SELL at the signal's "
     "horizon, and a status: pending until the 30-session window has closed, then validated or "
@@ -79,12 +80,15 @@ def signal_outcomes(context: AssetExecutionContext, duckdb: DuckDBResource) -> M
     resolved = rows.filter(pl.col("status").is_in(["validated", "failed"]))
     context.log.info(f"wrote {rows.height} signal outcomes: {statuses}")
     gaps = rows.filter((pl.col("status") == "pending") & pl.col("status_reason").str.starts_with("a price is missing"))
-    metadata = run_metadata(selection, rows, ["ticker", "date", "action", "realised_return_1d", "realised_return_5d",
+    metadata = run_metadata(context, selection, rows, ["ticker", "date", "action", "realised_return_1d", "realised_return_5d",
                                               "realised_return_30d", "hit", "status"])
     metadata |= {f"status_{status}": statuses.get(status, 0) for status in STATUSES}
     metadata["hit_rate_resolved"] = (float(resolved["hit"].cast(pl.Float64).mean()) if resolved.height
                                      else MetadataValue.text("no resolved call"))
     metadata |= calibration_metadata(signals, rows)
+    if "reliability" in metadata:  # the run's calls over every ticker: on its first ticker's last date
+        metadata |= add_plot(context, "reliability", metadata.pop("reliability").value,
+                             last_date_keys(selection, selection.tickers[:1]))
     return MaterializeResult(
         metadata=metadata,
         check_results=[AssetCheckResult(

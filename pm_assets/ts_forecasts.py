@@ -17,7 +17,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from pm_assets.inputs import MissingInputsError, require_partitions
-from pm_assets.metadata import check_results, preview_markdown, run_metadata
+from pm_assets.metadata import add_plot, check_results, last_date_keys, preview_markdown, run_metadata
 from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection, decode_partition_keys, lookback_mapping
 from pm_domain import calendar, settings
 from pm_domain.forecasting.engine import (
@@ -29,7 +29,7 @@ from pm_domain.forecasting.engine import (
     processes_for,
 )
 from pm_domain.plots import forecast_fan_png, png_markdown
-from pm_domain.quality import forecast_rules
+from pm_domain.quality import RULE_DESCRIPTIONS, forecast_rules
 from pm_resources.store import read_rows, replace_partitions
 
 FIT_WINDOW = settings.forecast_fit_window()
@@ -38,7 +38,7 @@ MAX_REFIT_EVERY = 60
 LOOKBACK_SESSIONS = ForecastConfig(fit_window=FIT_WINDOW, refit_every=MAX_REFIT_EVERY).lookback_sessions
 KEY_COLUMNS = ("ticker", "date", "horizon")
 PLOT_HORIZON = 5
-PLOT_MAX_PARTITIONS = 500  # metadata is copied into every partition's event: see features
+PLOTTED_TICKERS = 2  # the fan draws the run's first tickers, one panel each
 
 
 class TsForecastsConfig(Config):
@@ -63,8 +63,9 @@ class TsForecastsConfig(Config):
         AssetDep("features"),
     ],
     check_specs=[
-        AssetCheckSpec("ensemble_complete", asset="ts_forecasts", blocking=True),
-        AssetCheckSpec("all_models_fitted", asset="ts_forecasts"),
+        AssetCheckSpec("ensemble_complete", asset="ts_forecasts", blocking=True,
+                       description=RULE_DESCRIPTIONS["ensemble_complete"]),
+        AssetCheckSpec("all_models_fitted", asset="ts_forecasts", description=RULE_DESCRIPTIONS["all_models_fitted"]),
     ],
     description="Forecast of the 1, 5 and 20-session log return per ticker and date: SARIMAX, "
     "SAMOSSA- and MSSA-RL-style SSA, random walk and drift, combined with weights from their "
@@ -103,11 +104,13 @@ def ts_forecasts(
         replace_partitions(conn, "ts_forecasts", rows, selection.tickers, selection.dates, KEY_COLUMNS)
     context.log.info(f"wrote {rows.height} forecast rows")
 
-    metadata = run_metadata(selection, rows, ["ticker", "date", "horizon", "expected_log_return",
+    metadata = run_metadata(context, selection, rows, ["ticker", "date", "horizon", "expected_log_return",
                                               "lower_90", "upper_90", "volatility_model"])
     metadata["weights"] = MetadataValue.md(weights_markdown(rows))
     metadata["volatility_fallback_share"] = float(rows["volatility_model"].ne("garch_t").mean())
-    metadata["plot"] = MetadataValue.md(_plot_markdown(histories, rows, selection))
+    shown = list(selection.tickers[:PLOTTED_TICKERS])
+    metadata |= add_plot(context, "plot", _plot_markdown(histories, rows, selection, shown),
+                         last_date_keys(selection, shown))
     outcomes = {outcome.name: outcome for outcome in forecast_rules(rows)}
     return MaterializeResult(
         metadata=metadata,
@@ -143,11 +146,8 @@ def weights_markdown(rows: pl.DataFrame) -> str:
     return preview_markdown(table, ["over", "horizon", *MEAN_MODELS], rows=table.height)
 
 
-def _plot_markdown(histories: dict[str, pl.DataFrame], rows: pl.DataFrame, selection: PartitionSelection) -> str:
-    partitions = len(selection.tickers) * len(selection.dates)
-    if partitions > PLOT_MAX_PARTITIONS:
-        return (f"Plot omitted: this run covers {partitions} partitions and Dagster stores a copy of "
-                f"the metadata with each; materialize up to {PLOT_MAX_PARTITIONS} to get the chart.")
+def _plot_markdown(histories: dict[str, pl.DataFrame], rows: pl.DataFrame, selection: PartitionSelection,
+                   tickers: list[str]) -> str:
     recent = pl.concat([h.tail(120) for h in histories.values()])
     sessions = calendar.trading_days(selection.start, selection.end + dt.timedelta(days=30))
     target = {day: sessions[i + PLOT_HORIZON] for i, day in enumerate(sessions[:-PLOT_HORIZON])}
@@ -161,5 +161,5 @@ def _plot_markdown(histories: dict[str, pl.DataFrame], rows: pl.DataFrame, selec
             (pl.col("origin_price") * pl.col("upper_90").exp()).alias("upper_price"),
         )
     )
-    png = forecast_fan_png(recent, fan, list(selection.tickers), PLOT_HORIZON)
+    png = forecast_fan_png(recent, fan, tickers, PLOT_HORIZON)
     return png_markdown(png, f"price with the {PLOT_HORIZON}-session forecast fan")

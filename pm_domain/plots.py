@@ -13,6 +13,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
 
+# 1,000 px wide (10 in at 100 dpi), fonts sized to read at that width in Dagster's metadata pane.
+WIDTH_INCHES, DPI = 10.0, 100
+TITLE, LABEL, LEGEND = 13, 11, 10
+MAX_PANELS = 2
+
+
 def png_markdown(png: bytes, alt: str) -> str:
     """Markdown that embeds a PNG inline, as Dagster's UI renders it."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
@@ -22,17 +28,16 @@ def _ticker_panels_png(tickers: list[str], max_tickers: int, legend_columns: int
                       draw: Callable[[plt.Axes, str], None]) -> bytes:
     """One small panel per ticker (at most `max_tickers`), drawn by `draw`, as PNG bytes."""
     shown = tickers[:max_tickers]
-    # Dagster copies a ranged run's metadata into every partition's event: keep the image small.
-    fig, axes = plt.subplots(len(shown), 1, figsize=(7, 2.2 * len(shown)), squeeze=False)
+    fig, axes = plt.subplots(len(shown), 1, figsize=(WIDTH_INCHES, 3.4 * len(shown)), squeeze=False)
     for ax, ticker in zip(axes[:, 0], shown, strict=True):
         draw(ax, ticker)
-        ax.set_title(ticker, fontsize=9, loc="left")
-        ax.tick_params(labelsize=7)
+        ax.set_title(ticker, fontsize=TITLE, loc="left")
+        ax.tick_params(labelsize=LABEL)
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, ncol=legend_columns, loc="upper left")
+    axes[0, 0].legend(fontsize=LEGEND, ncol=legend_columns, loc="upper left")
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=64)
+    fig.savefig(buffer, format="png", dpi=DPI)
     plt.close(fig)
     return buffer.getvalue()
 
@@ -71,12 +76,12 @@ def forecast_fan_png(prices: pl.DataFrame, fan: pl.DataFrame, tickers: list[str]
     return _ticker_panels_png(tickers, max_tickers, 3, draw)
 
 
-def equity_drawdown_png(series: dict[str, pl.DataFrame], max_panels: int = 2) -> bytes:
+def equity_drawdown_png(series: dict[str, pl.DataFrame], max_panels: int = MAX_PANELS) -> bytes:
     """For up to `max_panels` backtests (name -> window_series frame): the strategy's equity
     against buy-and-hold over the window (and the forecast-only twin's, when the frame has it),
     and the strategy's drawdown below it."""
     shown = list(series.items())[:max_panels]
-    fig, axes = plt.subplots(2 * len(shown), 1, figsize=(7, 2.6 * len(shown)), squeeze=False,
+    fig, axes = plt.subplots(2 * len(shown), 1, figsize=(WIDTH_INCHES, 4.6 * len(shown)), squeeze=False,
                              gridspec_kw={"height_ratios": [2, 1] * len(shown)})
     for index, (name, frame) in enumerate(shown):
         equity_ax, drawdown_ax = axes[2 * index, 0], axes[2 * index + 1, 0]
@@ -86,16 +91,16 @@ def equity_drawdown_png(series: dict[str, pl.DataFrame], max_panels: int = 2) ->
             equity_ax.plot(dates, frame["forecast_only_equity"].to_numpy(), color="tab:orange", lw=1.0, ls="--",
                            label="forecast only (LLM off)")
         equity_ax.plot(dates, frame["buy_hold_equity"].to_numpy(), color="gray", lw=1.0, label="buy and hold")
-        equity_ax.set_title(f"{name}: equity of 1 invested", fontsize=9, loc="left")
+        equity_ax.set_title(f"{name}: equity of 1 invested", fontsize=TITLE, loc="left")
         drawdown_ax.fill_between(dates, frame["drawdown"].to_numpy(), 0.0, color="tab:red", alpha=0.35)
-        drawdown_ax.set_title(f"{name}: strategy drawdown", fontsize=8, loc="left")
+        drawdown_ax.set_title(f"{name}: strategy drawdown", fontsize=LABEL, loc="left")
         for ax in (equity_ax, drawdown_ax):
-            ax.tick_params(labelsize=7)
+            ax.tick_params(labelsize=LABEL)
             ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, loc="upper left")
+    axes[0, 0].legend(fontsize=LEGEND, loc="upper left")
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=64)
+    fig.savefig(buffer, format="png", dpi=DPI)
     plt.close(fig)
     return buffer.getvalue()
 
@@ -104,7 +109,7 @@ def reliability_png(points: dict[str, dict], title: str) -> bytes:
     """Reliability diagram, one line per caller (name -> performance.reliability output): stated
     probability against realised hit rate, marker area by the number of calls, and the diagonal
     a calibrated caller follows. 1,000 px wide."""
-    fig, ax = plt.subplots(figsize=(10, 5))
+    fig, ax = plt.subplots(figsize=(WIDTH_INCHES, 5))
     ax.plot([0, 1], [0, 1], color="gray", lw=1.0, ls="--", label="calibrated")
     for (name, table), color in zip(points.items(), ("tab:blue", "tab:orange", "tab:green"), strict=False):
         if not len(table["calls"]):
@@ -121,6 +126,6 @@ def reliability_png(points: dict[str, dict], title: str) -> bytes:
     ax.legend(fontsize=11, loc="upper left")
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=DPI)
     plt.close(fig)
     return buffer.getvalue()

@@ -20,13 +20,29 @@ class RuleOutcome:
     examples: list[str] = field(default_factory=list)
 
 
+# What each rule asks of the rows: the rule's outcome and its asset check's description in the UI.
+RULE_DESCRIPTIONS = {
+    "positive_prices": "open, high, low, close (and adj_close when present) > 0",
+    "high_is_highest": "high >= max(open, close)",
+    "low_is_lowest": "low <= min(open, close)",
+    "non_negative_volume": "volume >= 0",
+    "unique_keys": "one row per (ticker, date)",
+    "no_missing_trading_days": "a row for every trading day of the run's range, for every ticker",
+    "indicators_in_range": "RSI in [0, 100], ATR >= 0, Bollinger lower <= upper",
+    "warmed_up": "SMA 50 and the other indicators exist (at least 50 sessions of history)",
+    "ensemble_complete": "every (ticker, date, horizon) has a finite ensemble forecast inside a non-empty 90% interval",
+    "all_models_fitted": "SARIMAX, SAMOSSA and MSSA-RL all produced a forecast",
+    "risk_complete": "risk score in [0, 1] with a level, historical and model VaR present (needs 20+ returns)",
+}
+
+
 def _examples(rows: pl.DataFrame, limit: int = 5) -> list[str]:
     return [f"{r['ticker']} {r['date']}" for r in rows.head(limit).iter_rows(named=True)]
 
 
-def _rule(name: str, description: str, frame: pl.DataFrame, bad: pl.Expr) -> RuleOutcome:
+def _rule(name: str, frame: pl.DataFrame, bad: pl.Expr) -> RuleOutcome:
     failing = frame.filter(bad) if frame.height else frame
-    return RuleOutcome(name, failing.height == 0, description, failing.height, _examples(failing))
+    return RuleOutcome(name, failing.height == 0, RULE_DESCRIPTIONS[name], failing.height, _examples(failing))
 
 
 def missing_keys(
@@ -47,24 +63,24 @@ def price_rules(
     """Every rule the prices of a run must satisfy; each failure means the data is wrong."""
     price_columns = ["open", "high", "low", "close"]
     outcomes = [
-        _rule("positive_prices", "open, high, low, close (and adj_close when present) > 0", stored,
+        _rule("positive_prices", stored,
               pl.any_horizontal([pl.col(c) <= 0 for c in price_columns])
               | (pl.col("adj_close").is_not_null() & (pl.col("adj_close") <= 0))),
-        _rule("high_is_highest", "high >= max(open, close)", stored,
+        _rule("high_is_highest", stored,
               pl.col("high") < pl.max_horizontal("open", "close")),
-        _rule("low_is_lowest", "low <= min(open, close)", stored,
+        _rule("low_is_lowest", stored,
               pl.col("low") > pl.min_horizontal("open", "close")),
-        _rule("non_negative_volume", "volume >= 0", stored, pl.col("volume") < 0),
+        _rule("non_negative_volume", stored, pl.col("volume") < 0),
     ]
     duplicated = stored.filter(pl.struct("ticker", "date").is_duplicated()) if stored.height else stored
     outcomes.append(RuleOutcome(
-        "unique_keys", duplicated.height == 0, "one row per (ticker, date)", duplicated.height,
+        "unique_keys", duplicated.height == 0, RULE_DESCRIPTIONS["unique_keys"], duplicated.height,
         _examples(duplicated),
     ))
     missing = missing_keys(stored, tickers, dates)
     outcomes.append(RuleOutcome(
         "no_missing_trading_days", missing.height == 0,
-        "a row for every trading day of the run's range, for every ticker", missing.height,
+        RULE_DESCRIPTIONS["no_missing_trading_days"], missing.height,
         _examples(missing),
     ))
     return outcomes
@@ -73,12 +89,10 @@ def price_rules(
 def feature_rules(features: pl.DataFrame) -> list[RuleOutcome]:
     """Sanity rules for indicators; a failure points at a bug or at too short a history."""
     return [
-        _rule("indicators_in_range", "RSI in [0, 100], ATR >= 0, Bollinger lower <= upper",
-              features,
+        _rule("indicators_in_range", features,
               (pl.col("rsi_14") < 0) | (pl.col("rsi_14") > 100) | (pl.col("atr_14") < 0)
               | (pl.col("bb_lower") > pl.col("bb_upper"))),
-        _rule("warmed_up", "SMA 50 and the other indicators exist (at least 50 sessions of history)",
-              features, pl.col("sma_50").is_null() | pl.col("macd_signal").is_null()),
+        _rule("warmed_up", features, pl.col("sma_50").is_null() | pl.col("macd_signal").is_null()),
     ]
 
 
@@ -91,20 +105,15 @@ def forecast_rules(rows: pl.DataFrame) -> list[RuleOutcome]:
         (pl.col("lower_90") < pl.col("expected_log_return")) & (pl.col("expected_log_return") < pl.col("upper_90"))
     )
     return [
-        _rule("ensemble_complete",
-              "every (ticker, date, horizon) has a finite ensemble forecast inside a non-empty 90% interval",
-              rows, incomplete.fill_null(True)),
-        _rule("all_models_fitted", "SARIMAX, SAMOSSA and MSSA-RL all produced a forecast",
-              rows, pl.col("models_failed").is_not_null()),
+        _rule("ensemble_complete", rows, incomplete.fill_null(True)),
+        _rule("all_models_fitted", rows, pl.col("models_failed").is_not_null()),
     ]
 
 
 def risk_rules(rows: pl.DataFrame) -> list[RuleOutcome]:
     """risk_complete: every row has a risk score in [0, 1], a level, a historical and a model VaR."""
     return [
-        _rule("risk_complete",
-              "risk score in [0, 1] with a level, historical and model VaR present (needs 20+ returns)",
-              rows,
+        _rule("risk_complete", rows,
               (pl.col("risk_score").is_null() | ~pl.col("risk_score").is_between(0.0, 1.0)
                | (pl.col("risk_level") == "unknown") | pl.col("var_95_hist").is_null()
                | pl.col("var_95_model_log").is_null()).fill_null(True)),

@@ -22,6 +22,18 @@ from pm_domain.quality import RuleOutcome
 from pm_domain.signals import SignalRules
 
 LAYERS = ("structure", "market_context", "risk_return", "technical", "calibration")
+# What fails (and, after the semicolon, what only warns) in each layer: its check's description.
+LAYER_DESCRIPTIONS = {
+    "structure": "fails: an action outside BUY/SELL/HOLD, confidence outside [0, 1], reasoning under 20 or over "
+                 "2,000 characters, size outside [0, 25%], a BUY without stop < entry < target (SELL mirrored)",
+    "market_context": "fails: no price on the date, or a close unchanged 3+ sessions (stale feed); "
+                      "warns: 20-day volatility above 50% or missing",
+    "risk_return": "fails: reward/risk under 2 on a trade; warns: expected move under a quarter of the stop "
+                   "distance, or a stop inside one forecast sigma",
+    "technical": "fails: RSI and the SMA 20/50 trend both against the trade; warns: BUY with RSI > 70 or in a "
+                 "downtrend, SELL with RSI < 30 or in an uptrend",
+    "calibration": "warns: confidence >= 0.7 on fewer than 30 measured outcomes or in volatility above 40%",
+}
 SCORES = {"pass": 1.0, "warn": 0.5, "fail": 0.0}
 MIN_REASONING_CHARS = 20
 MAX_REASONING_CHARS = 2000

@@ -3,6 +3,7 @@
 import datetime as dt
 
 import duckdb
+import polars as pl
 
 from pm_assets import features, prices
 from pm_domain.calendar import trading_days
@@ -41,8 +42,20 @@ def test_range_materializes_prices_and_features_with_checks_and_plot(instance, d
     materializations = result.asset_materializations_for_node("features")
     assert len(materializations) == 2 * len(days)  # one per (date, ticker) partition
     metadata = materializations[0].metadata
-    assert metadata["plot"].value.startswith("![price with SMA and Bollinger](data:image/png;base64,")
-    assert metadata["rows_written"].value == 2 * len(days)
+    # the plot is stored on the partitions it draws (the last date's), once each, not on all 2 x N
+    plotted = {str(m.partition): m.metadata["plot"].value for m in materializations if "plot" in m.metadata}
+    assert sorted(plotted) == ["2018-12-31|^GSPC", "2018-12-31|^IXIC"]
+    assert plotted["2018-12-31|^GSPC"].startswith("![price with SMA and Bollinger](data:image/png;base64,")
+    assert metadata["run_plot"].value == "on partition 2018-12-31|^GSPC, 2018-12-31|^IXIC"
+    assert metadata["run_rows_written"].value == 2 * len(days)
+    # each partition's own facts are its own: one row, and its own close in its values
+    stored = table(db_path, "features")
+    for materialization in result.asset_materializations_for_node("features")[:3]:
+        day, ticker = str(materialization.partition).split("|")
+        close = stored.filter((pl.col("ticker") == ticker) & (pl.col("date") == dt.date.fromisoformat(day)))["close"][0]
+        assert materialization.metadata["partition_rows"].value == 1
+        assert materialization.metadata["dagster/row_count"].value == 1
+        assert f"{close:.4g}" in materialization.metadata["partition_values"].value
     # a single run covered the whole rectangle
     assert len({m.partition for m in result.asset_materializations_for_node("prices")}) == 2 * len(days)
 

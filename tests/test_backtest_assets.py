@@ -106,9 +106,16 @@ def test_the_three_assets_write_every_partition_once_with_plots_and_checks(unive
     assert checks[("backtests", "backtest_inputs_complete")] and checks[("portfolio_backtests", "backtest_inputs_complete")]
     assert checks[("signal_outcomes", "outcome_prices_complete")]
     metadata = result.asset_materializations_for_node("backtests")[0].metadata
-    assert metadata["equity_curve"].value.startswith("![strategy equity") and "base64," in metadata["equity_curve"].value
+
+    def plotted(run, asset, name):  # a plot lives on the last date's partitions it draws
+        return {str(m.partition): m.metadata[name].value for m in run.asset_materializations_for_node(asset)
+                if name in m.metadata}
+
+    curves = plotted(result, "backtests", "equity_curve")
+    assert sorted(curves) == [f"{RUN_DAYS[-1]}|{t}" for t in sorted(TICKERS)]
+    assert all(c.startswith("![strategy equity") and "base64," in c for c in curves.values())
     assert "probabilistic_sharpe" in metadata["metrics"].value and metadata["verdict_failed"].value == rows.height
-    assert "data:image/png" in portfolio.asset_materializations_for_node("portfolio_backtests")[0].metadata["equity_curve"].value
+    assert list(plotted(portfolio, "portfolio_backtests", "equity_curve")) == [str(RUN_DAYS[-1])]
     # beside every row, the forecast-only twin and the verdict on what the LLM's vetoes did
     assert rows["llm_verdict"].is_in(["llm_adds", "llm_removes", "no_difference", "insufficient_data"]).all()
     usable = rows.filter(pl.col("verdict") != "insufficient_data")
@@ -117,7 +124,8 @@ def test_the_three_assets_write_every_partition_once_with_plots_and_checks(unive
     assert "llm_verdict" in metadata["llm_attribution"].value
     outcome_metadata = result.asset_materializations_for_node("signal_outcomes")[0].metadata
     assert outcome_metadata["llm_calls_scored"].value > 0 and outcome_metadata["forecast_calls_scored"].value > 0
-    assert outcome_metadata["reliability"].value.startswith("![reliability diagram](data:image/png")
+    reliability = plotted(result, "signal_outcomes", "reliability")
+    assert len(reliability) == 1 and next(iter(reliability.values())).startswith("![reliability diagram](data:image/png")
 
     # A call is resolved exactly when its 30-session window closed by the last price, 2018-12-31.
     calls = outcomes.filter(pl.col("action") != "HOLD")

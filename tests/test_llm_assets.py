@@ -97,7 +97,7 @@ def test_auto_mode_with_ollama_writes_every_stage_with_source_latency_and_checks
     assert checks[("llm_signals", "validation_structure")]
     metadata = result.asset_materializations_for_node("llm_analysis")[0].metadata
     assert metadata["rows_from_ollama"].value == PARTITIONS and metadata["median_latency_ms"].value == 2000.0
-    assert "llm_source" in metadata["preview"].value and "latency_ms" in metadata["preview"].value
+    assert "llm_source" in metadata["run_preview"].value and "latency_ms" in metadata["run_preview"].value
 
     analysis = table(store, "llm_analysis")
     assert analysis["trend"].to_list() == ["bullish"] * PARTITIONS  # the model's answer, not the rules'
