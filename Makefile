@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 LLM_STAMP := $(VENV)/.llm-installed-stamp
+DOCS_STAMP := $(VENV)/.docs-installed-stamp
 
-.PHONY: install install-llm test test-llm demo ui bench bench-forecasts bench-llm bench-backtests bench-attribution bench-sensors evaluate validate clean
+.PHONY: install install-llm test test-llm demo ui bench bench-forecasts bench-llm bench-backtests bench-attribution bench-sensors evaluate validate screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -45,6 +46,14 @@ PM_PRICE_SOURCE ?= sample
 PORT ?= 3000
 ui: $(STAMP)
 	PM_PRICE_SOURCE=$(PM_PRICE_SOURCE) $(BIN)/pm ui --port $(PORT)
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
+	@touch $(DOCS_STAMP)
+
+# docs/images/*.png from the real UI on the demo's instance (run `make demo` first; needs chromium).
+screenshots: $(DOCS_STAMP)
+	$(BIN)/python scripts/ui_screenshots.py
 
 validate: $(STAMP)
 	$(BIN)/dagster definitions validate -w workspace.yaml

@@ -23,17 +23,14 @@ def preview_markdown(frame: pl.DataFrame, columns: Sequence[str], rows: int = 10
     return f"{header}\n{body}"
 
 
-# Above this many partitions in one run, a partition's metadata is its row count alone: the
-# markdown of every partition's values would cost more than the step's own work.
-PARTITION_VALUES_LIMIT = 10_000
-
-
 def run_metadata(context: AssetExecutionContext, selection: PartitionSelection, written: pl.DataFrame,
                  preview_columns: Sequence[str]) -> dict:
-    """Metadata for every partition of the run: the run's facts under `run_` names (a ranged run's
-    metadata reaches each partition), and each partition's own rows added to it alone."""
-    add_partition_metadata(context, written, preview_columns)
+    """The run's facts, named `run_*`: a ranged run's metadata reaches each of its partitions, so
+    a partition's page shows them as the run's, not as its own. (Per-partition metadata through
+    `add_asset_metadata(partition_key=...)` was measured at 5x the run's time for 5,020
+    partitions, so each partition's values are in the store, not in its event.)"""
     return {
+        "run_partitions": len(context.partition_keys),
         "run_rows_written": written.height,
         "run_tickers": ", ".join(selection.tickers),
         "run_date_range": f"{selection.start} .. {selection.end}",
@@ -54,25 +51,6 @@ def add_plot(context: AssetExecutionContext, name: str, markdown: str, partition
 def last_date_keys(selection: PartitionSelection, tickers: Sequence[str]) -> list[str]:
     """The run's last-date partition keys of `tickers`."""
     return [f"{selection.end}|{ticker}" for ticker in tickers]
-
-
-def add_partition_metadata(context: AssetExecutionContext, written: pl.DataFrame, columns: Sequence[str]) -> None:
-    """`dagster/row_count`, `partition_rows` and (up to PARTITION_VALUES_LIMIT partitions) the
-    partition's own values, on each partition the run materialized."""
-    keyed = [c for c in ("date", "ticker") if c in written.columns]
-    shown = [c for c in columns if c not in keyed]
-    partitions = list(context.partition_keys)
-    groups = {}
-    if written.height:
-        frame = written.with_columns(pl.col("date").cast(pl.String))
-        key = (pl.col("date") + "|" + pl.col("ticker")) if "ticker" in keyed else pl.col("date")
-        groups = frame.with_columns(key.alias("_key")).partition_by("_key", as_dict=True)
-    for partition in partitions:
-        rows = groups.get((partition,), written.clear())
-        metadata = {"dagster/row_count": rows.height, "partition_rows": rows.height}
-        if len(partitions) <= PARTITION_VALUES_LIMIT and rows.height and shown:
-            metadata["partition_values"] = MetadataValue.md(preview_markdown(rows, shown))
-        context.add_asset_metadata(metadata, partition_key=partition)
 
 
 def check_results(outcomes: Sequence[RuleOutcome], severity: AssetCheckSeverity) -> list[AssetCheckResult]:

@@ -3,7 +3,6 @@
 import datetime as dt
 
 import duckdb
-import polars as pl
 
 from pm_assets import features, prices
 from pm_domain.calendar import trading_days
@@ -48,14 +47,7 @@ def test_range_materializes_prices_and_features_with_checks_and_plot(instance, d
     assert plotted["2018-12-31|^GSPC"].startswith("![price with SMA and Bollinger](data:image/png;base64,")
     assert metadata["run_plot"].value == "on partition 2018-12-31|^GSPC, 2018-12-31|^IXIC"
     assert metadata["run_rows_written"].value == 2 * len(days)
-    # each partition's own facts are its own: one row, and its own close in its values
-    stored = table(db_path, "features")
-    for materialization in result.asset_materializations_for_node("features")[:3]:
-        day, ticker = str(materialization.partition).split("|")
-        close = stored.filter((pl.col("ticker") == ticker) & (pl.col("date") == dt.date.fromisoformat(day)))["close"][0]
-        assert materialization.metadata["partition_rows"].value == 1
-        assert materialization.metadata["dagster/row_count"].value == 1
-        assert f"{close:.4g}" in materialization.metadata["partition_values"].value
+    assert metadata["run_partitions"].value == 2 * len(days)  # the run's facts are named as the run's
     # a single run covered the whole rectangle
     assert len({m.partition for m in result.asset_materializations_for_node("prices")}) == 2 * len(days)
 

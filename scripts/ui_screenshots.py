@@ -1,0 +1,139 @@
+"""Screenshots of the real Dagster UI on the demo's instance, for the README and docs/ui.md.
+
+    make demo && make screenshots
+
+Starts `pm ui` on a free loopback port against the instance and store in use (the project's
+`.dagster_home` and `data/pm.duckdb` unless DAGSTER_HOME / PM_DUCKDB_PATH say otherwise), drives
+Debian's Chromium with Playwright through the pages the UI tour names, writes docs/images/*.png,
+and stops the UI's whole process group. Needs `chromium` (apt-get install chromium) and the
+`docs` extra (make screenshots installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "docs" / "images"
+CHROMIUM = os.environ.get("PM_CHROMIUM", "/usr/bin/chromium")
+# Without the background-networking flags Chromium keeps dialling Google's hosts, which a closed
+# network refuses many times a second.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 900}
+DEMO_PARTITION = "2018-12-31%7C%5EGSPC"  # 2018-12-31|^GSPC, URL-encoded
+STARTUP_SECONDS = 180
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_ui(port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PM_PRICE_SOURCE": os.environ.get("PM_PRICE_SOURCE", "sample"),
+           "PM_LLM_MODE": os.environ.get("PM_LLM_MODE", "fallback"), "DAGSTER_DISABLE_TELEMETRY": "1"}
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "pm_jobs.cli", "ui", "--port", str(port)], cwd=ROOT,
+                                   env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"pm ui exited with {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    stop_ui(process)
+    raise SystemExit(f"the UI did not answer within {STARTUP_SECONDS} s: see {log}")
+
+
+def stop_ui(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+def show_markdown(row: str) -> Callable:
+    """Open the metadata row's markdown (a plot or a table): the UI shows it in a dialog."""
+    def action(page) -> None:
+        cell = page.locator("tr").filter(has=page.get_by_text(row, exact=True)).get_by_text("[Show Markdown]")
+        cell.first.scroll_into_view_if_needed()
+        cell.first.click()
+        page.wait_for_timeout(2000)
+    return action
+
+
+def scroll_to(text: str) -> Callable:
+    def action(page) -> None:
+        page.get_by_text(text, exact=True).first.scroll_into_view_if_needed()
+        page.wait_for_timeout(1500)
+    return action
+
+
+# (file, path, what to do before the shot): the UI tour of docs/ui.md, in its order.
+SHOTS = [
+    ("lineage.png", "/assets/backtests?view=lineage&lineageScope=upstream", None),
+    ("backtests-partition.png", f"/assets/backtests?view=partitions&partition={DEMO_PARTITION}", None),
+    ("backtests-equity-curve.png", f"/assets/backtests?view=partitions&partition={DEMO_PARTITION}",
+     show_markdown("equity_curve")),
+    ("llm-signals-partition.png", f"/assets/llm_signals?view=partitions&partition={DEMO_PARTITION}",
+     scroll_to("run_preview")),
+    ("llm-signals-checks.png", "/assets/llm_signals?view=checks", None),
+    ("automation.png", "/automation", None),
+]
+
+
+def main() -> int:
+    if not Path(CHROMIUM).exists():
+        print(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set PM_CHROMIUM)", file=sys.stderr)
+        return 2
+    from playwright.sync_api import sync_playwright
+
+    from pm_jobs.cli import use_project_instance
+
+    print(f"instance: {use_project_instance()}", flush=True)
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = Path(os.environ["DAGSTER_HOME"]) / "screenshots-ui.log"
+    process = start_ui(port, log)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport=VIEWPORT)
+            page.goto(f"http://127.0.0.1:{port}/overview", wait_until="networkidle")
+            page.wait_for_timeout(2000)
+            if page.get_by_role("button", name="Skip").count():  # the first visit's newsletter dialog
+                page.get_by_role("button", name="Skip").click()
+            for name, path, before in SHOTS:
+                page.goto(f"http://127.0.0.1:{port}{path}", wait_until="networkidle")
+                page.wait_for_timeout(3000)
+                if before:
+                    before(page)
+                page.screenshot(path=str(IMAGES / name))
+                print(f"docs/images/{name}  <- {path}", flush=True)
+            browser.close()
+    finally:
+        stop_ui(process)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
