@@ -6,7 +6,6 @@ STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 LLM_STAMP := $(VENV)/.llm-installed-stamp
-DOCS_STAMP := $(VENV)/.docs-installed-stamp
 
 .PHONY: install install-llm test test-llm demo ui bench bench-forecasts bench-llm bench-backtests bench-attribution bench-sensors evaluate validate screenshots clean
 
@@ -47,12 +46,8 @@ PORT ?= 3000
 ui: $(STAMP)
 	PM_PRICE_SOURCE=$(PM_PRICE_SOURCE) $(BIN)/pm ui --port $(PORT)
 
-$(DOCS_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
-	@touch $(DOCS_STAMP)
-
-# docs/images/*.png from the real UI on the demo's instance (run `make demo` first; needs chromium).
-screenshots: $(DOCS_STAMP)
+# docs/images/*.png from the real UI on the demo's instance (run `make demo` first; needs Debian's chromium).
+screenshots: $(STAMP)
 	$(BIN)/python scripts/ui_screenshots.py
 
 validate: $(STAMP)

@@ -206,7 +206,12 @@ def failed_steps(url: str, run_id: str, timeout: float = 30.0) -> list[str]:
             error = event["error"] or {}
             while error.get("cause"):
                 error = error["cause"]
-            message = (error.get("message") or "").strip().splitlines()
+            text = (error.get("message") or "").strip()
+            # `pkg.module.SomeError: what happened` -> `what happened`: the class is not the news
+            head, sep, rest = text.partition(": ")
+            if sep and error.get("className") and head.split(".")[-1] == error["className"]:
+                text = rest
+            message = text.splitlines()
             lines.append(f"run {run_id[:8]} failed at {event['stepKey']}"
                          f"{f' ({scope})' if scope else ''}: {message[0] if message else error.get('className')}")
     if not lines:

@@ -531,6 +531,7 @@ def _selection_arguments(command: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore")  # Dagster's beta and preview notices are noise at a terminal
     args = build_parser().parse_args(argv)
+    import duckdb
     from dagster import DagsterError
 
     from pm_jobs.selection import SelectionError
@@ -546,6 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except DagsterError as exc:  # an instance or definitions problem: its first line, not the traceback
         print(f"pm: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+    except duckdb.Error as exc:  # the store is missing, locked by another writer, or unreadable
+        print(f"pm: the store {settings.duckdb_path()}: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 1
 
 

@@ -1,12 +1,12 @@
 """Screenshots of the real Dagster UI on the demo's instance, for the README and docs/ui.md.
 
-    make demo && make screenshots
+    make demo && make screenshots           # or: python scripts/ui_screenshots.py OUT_DIR
 
 Starts `pm ui` on a free loopback port against the instance and store in use (the project's
 `.dagster_home` and `data/pm.duckdb` unless DAGSTER_HOME / PM_DUCKDB_PATH say otherwise), drives
 Debian's Chromium with Playwright through the pages the UI tour names, writes docs/images/*.png,
 and stops the UI's whole process group. Needs `chromium` (apt-get install chromium) and the
-`docs` extra (make screenshots installs it).
+`dev` extra's playwright (make installs it).
 """
 
 from __future__ import annotations
@@ -88,29 +88,32 @@ def scroll_to(text: str) -> Callable:
     return action
 
 
-# (file, path, what to do before the shot): the UI tour of docs/ui.md, in its order.
+# (file, path, what to do before the shot, text the page must show): the tour of docs/ui.md, in
+# its order. A page without its text fails the run, so a screenshot never shows an error page.
 SHOTS = [
-    ("lineage.png", "/assets/backtests?view=lineage&lineageScope=upstream", None),
-    ("backtests-partition.png", f"/assets/backtests?view=partitions&partition={DEMO_PARTITION}", None),
+    ("lineage.png", "/assets/backtests?view=lineage&lineageScope=upstream", None, "ts_forecasts"),
+    ("backtests-partition.png", f"/assets/backtests?view=partitions&partition={DEMO_PARTITION}", None,
+     "run_date_range"),
     ("backtests-equity-curve.png", f"/assets/backtests?view=partitions&partition={DEMO_PARTITION}",
-     show_markdown("equity_curve")),
+     show_markdown("equity_curve"), "strategy equity against buy and hold"),
     ("llm-signals-partition.png", f"/assets/llm_signals?view=partitions&partition={DEMO_PARTITION}",
-     scroll_to("run_preview")),
-    ("llm-signals-checks.png", "/assets/llm_signals?view=checks", None),
-    ("automation.png", "/automation", None),
+     scroll_to("run_preview"), "llm_source"),
+    ("llm-signals-checks.png", "/assets/llm_signals?view=checks", None, "validation_structure"),
+    ("automation.png", "/automation", None, "nightly_research"),
 ]
 
 
-def main() -> int:
+def main(out_dir: Path = IMAGES) -> int:
     if not Path(CHROMIUM).exists():
         print(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set PM_CHROMIUM)", file=sys.stderr)
         return 2
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     from pm_jobs.cli import use_project_instance
 
     print(f"instance: {use_project_instance()}", flush=True)
-    IMAGES.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = Path(os.environ["DAGSTER_HOME"]) / "screenshots-ui.log"
     process = start_ui(port, log)
@@ -122,13 +125,19 @@ def main() -> int:
             page.wait_for_timeout(2000)
             if page.get_by_role("button", name="Skip").count():  # the first visit's newsletter dialog
                 page.get_by_role("button", name="Skip").click()
-            for name, path, before in SHOTS:
+            for name, path, before, expected in SHOTS:
                 page.goto(f"http://127.0.0.1:{port}{path}", wait_until="networkidle")
                 page.wait_for_timeout(3000)
                 if before:
                     before(page)
-                page.screenshot(path=str(IMAGES / name))
-                print(f"docs/images/{name}  <- {path}", flush=True)
+                try:  # the graph and the tables render after the data arrives: slower on a busy machine
+                    page.wait_for_function("text => document.documentElement.innerHTML.includes(text)",
+                                           arg=expected, timeout=90_000)
+                except PlaywrightTimeout:
+                    raise SystemExit(f"{path}: the page does not show {expected!r} (see {log})") from None
+                page.wait_for_timeout(1000)
+                page.screenshot(path=str(out_dir / name))
+                print(f"{out_dir / name}  <- {path}", flush=True)
             browser.close()
     finally:
         stop_ui(process)
@@ -136,4 +145,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else IMAGES))

@@ -199,9 +199,18 @@ def test_an_unknown_price_source_is_refused():
 
 # --- security -----------------------------------------------------------------------------------
 
-def test_the_ui_binds_to_loopback_by_default():
+def test_the_ui_binds_to_loopback_by_default(monkeypatch):
     ui = re.search(r"^ui:.*\n\t(.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE).group(1)
-    assert "dagster dev" in ui and "-h 127.0.0.1" in ui
+    assert "pm ui --port" in ui
+    from pm_jobs import cli
+
+    started = []
+    monkeypatch.chdir(ROOT)  # run_ui moves to the project's folder, as dagster dev needs
+    monkeypatch.setenv("DAGSTER_HOME", str(ROOT / ".dagster_home"))
+    monkeypatch.setattr(cli.os, "execv", lambda path, args: started.append(args))
+    monkeypatch.setattr("pm_jobs.backfill.remember_ui_url", lambda url: None)
+    cli.run_ui(0)  # port 0: any free one, so the bind check passes
+    assert started and started[0][1:] == ["dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "0"]
 
 
 def test_no_project_code_executes_text_or_reads_secrets_outside_environment_variables():

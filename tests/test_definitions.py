@@ -34,3 +34,12 @@ def test_pm_cli_rejects_bad_tickers_with_exit_code_2(tmp_path):
     listed = subprocess.run([sys.executable, "-m", "pm_jobs.cli", "tickers", "list"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert listed.stdout.split() == ["^GSPC"]
+
+
+def test_every_asset_check_says_what_it_asks():
+    from pm_jobs.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    undescribed = [f"{key.asset_key.to_user_string()}:{key.name}" for key in graph.asset_check_keys
+                   if not graph.get_check_spec(key).description]
+    assert undescribed == []

@@ -1,6 +1,8 @@
 """`pm demo` end to end, as its own process, against a temporary instance and store: a model
-whose replies never validate fails only a warning check, so the demo still exits 0 and says so."""
+whose replies never validate fails only a warning check, so the demo still exits 0 and says so;
+then the UI on that instance in a real browser (Debian's Chromium through Playwright)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -8,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from scripts.ui_screenshots import CHROMIUM, SHOTS
 from tests.fake_ollama import FakeOllama
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(1000)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,3 +36,14 @@ def test_the_demo_exits_0_when_only_warning_checks_fail_and_prints_what_failed(t
     assert "valid replies 0/120" in out  # the valid share per stage: none of the analysis replies
     assert "What the LLM adds" in out and "no_difference" in out
     assert "The LLM's own calls vs the forecast's" in out
+
+    # The UI on what the demo left, in a real browser: every page of the tour (docs/ui.md) shows
+    # what it should, from the lineage to the equity-curve plot and the automation list.
+    if not Path(CHROMIUM).exists() or importlib.util.find_spec("playwright") is None:
+        pytest.skip(f"no Chromium at {CHROMIUM} or no playwright: apt-get install chromium; pip install -e '.[dev]'")
+    shots = tmp_path / "shots"
+    browsed = subprocess.run([sys.executable, str(ROOT / "scripts" / "ui_screenshots.py"), str(shots)], cwd=ROOT,
+                             env=env | {"PM_LLM_MODE": "fallback"}, capture_output=True, text=True, timeout=400)
+    assert browsed.returncode == 0, browsed.stdout[-2000:] + browsed.stderr[-3000:]
+    assert sorted(p.name for p in shots.glob("*.png")) == sorted(name for name, *_ in SHOTS)
+    assert all(p.stat().st_size > 20_000 for p in shots.glob("*.png"))  # a rendered page, not a blank one

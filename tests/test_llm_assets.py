@@ -2,6 +2,7 @@
 store, with the real ollama client talking to the fake server (or to nothing)."""
 
 import datetime as dt
+import logging
 
 import duckdb
 import polars as pl
@@ -187,6 +188,10 @@ def test_unreachable_ollama_in_auto_mode_writes_fallback_rows(instance, store):
     rows = table(store, "llm_analysis")
     assert set(rows["llm_outcome"]) == {"unreachable"} and rows["llm_error"].str.contains(host).all()
     assert _checks(result)[("llm_analysis", "llm_replies_valid")]  # an outage is reported, not an invalid reply
+    # one warning for the run, however many stages find the server gone; the run is tagged
+    logs = [e for e in instance.all_logs(result.run_id) if e.user_message and "Ollama unreachable" in e.user_message]
+    assert [e.level for e in logs].count(logging.WARNING) == 1 and len(logs) == 3, [(e.level, e.user_message) for e in logs]
+    assert instance.get_run_by_id(result.run_id).tags["pm/ollama_unreachable"] == "fallback rows written"
 
 
 def test_fallback_mode_needs_no_server_and_says_so_in_every_row(instance, store):
