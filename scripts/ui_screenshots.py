@@ -91,7 +91,7 @@ def scroll_to(text: str) -> Callable:
 # (file, path, what to do before the shot, text the page must show): the tour of docs/ui.md, in
 # its order. A page without its text fails the run, so a screenshot never shows an error page.
 SHOTS = [
-    ("lineage.png", "/assets/backtests?view=lineage&lineageScope=upstream", None, "ts_forecasts"),
+    ("lineage.png", "/assets/backtests?view=lineage&lineageScope=upstream", None, "llm_signals"),
     ("backtests-partition.png", f"/assets/backtests?view=partitions&partition={DEMO_PARTITION}", None,
      "run_date_range"),
     ("backtests-equity-curve.png", f"/assets/backtests?view=partitions&partition={DEMO_PARTITION}",
@@ -134,7 +134,9 @@ def main(out_dir: Path = IMAGES) -> int:
                     page.wait_for_function("text => document.documentElement.innerHTML.includes(text)",
                                            arg=expected, timeout=90_000)
                 except PlaywrightTimeout:
-                    raise SystemExit(f"{path}: the page does not show {expected!r} (see {log})") from None
+                    page.screenshot(path=str(out_dir / f"failed-{name}"))
+                    raise SystemExit(f"{path}: the page does not show {expected!r} (see {log} and "
+                                     f"{out_dir / f'failed-{name}'})") from None
                 page.wait_for_timeout(1000)
                 page.screenshot(path=str(out_dir / name))
                 print(f"{out_dir / name}  <- {path}", flush=True)
