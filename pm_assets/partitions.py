@@ -194,7 +194,7 @@ def rectangles(keys: Iterable[tuple[dt.date, str]], ticker_order: Sequence[str])
     for day, ticker in keys:
         if ticker in position:
             tickers_by_date.setdefault(day, set()).add(ticker)
-    blocks_by_date = {day: _adjacent_blocks(sorted(tickers, key=position.__getitem__), position)
+    blocks_by_date = {day: adjacent_blocks(tickers, position)
                       for day, tickers in tickers_by_date.items()}
     open_ranges: dict[tuple[str, ...], PartitionRectangle] = {}
     closed: list[PartitionRectangle] = []
@@ -210,9 +210,10 @@ def rectangles(keys: Iterable[tuple[dt.date, str]], ticker_order: Sequence[str])
     return sorted(closed, key=lambda r: (r.start, position[r.tickers[0]]))
 
 
-def _adjacent_blocks(tickers: list[str], position: dict[str, int]) -> list[tuple[str, ...]]:
+def adjacent_blocks(tickers: Iterable[str], position: dict[str, int]) -> list[tuple[str, ...]]:
+    """`tickers` split into runs adjacent in the universe's order (`position`: ticker -> index)."""
     blocks: list[list[str]] = []
-    for ticker in tickers:
+    for ticker in sorted(tickers, key=position.__getitem__):
         if blocks and position[ticker] == position[blocks[-1][-1]] + 1:
             blocks[-1].append(ticker)
         else:

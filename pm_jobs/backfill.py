@@ -193,6 +193,8 @@ def backfill_progress(url: str, backfill_id: str, timeout: float = 30.0) -> Back
 
 def failed_steps(url: str, run_id: str, timeout: float = 30.0) -> list[str]:
     """`run abcdefgh failed at prices (range): the root error's first line`, per failed step."""
+    from pm_sensors.run_failures import without_class
+
     run = _graphql(url, FAILED_STEPS, {"runId": run_id}, timeout)["runOrError"]
     if run["__typename"] != "Run":
         return [f"run {run_id[:8]} failed (its events are not readable: {run['__typename']})"]
@@ -206,12 +208,7 @@ def failed_steps(url: str, run_id: str, timeout: float = 30.0) -> list[str]:
             error = event["error"] or {}
             while error.get("cause"):
                 error = error["cause"]
-            text = (error.get("message") or "").strip()
-            # `pkg.module.SomeError: what happened` -> `what happened`: the class is not the news
-            head, sep, rest = text.partition(": ")
-            if sep and error.get("className") and head.split(".")[-1] == error["className"]:
-                text = rest
-            message = text.splitlines()
+            message = without_class(error.get("message") or "", error.get("className")).splitlines()
             lines.append(f"run {run_id[:8]} failed at {event['stepKey']}"
                          f"{f' ({scope})' if scope else ''}: {message[0] if message else error.get('className')}")
     if not lines:

@@ -12,6 +12,7 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pm_assets.partitions import adjacent_blocks
 from pm_domain import calendar
 from pm_domain.tickers import TickerError, validate_tickers
 
@@ -103,14 +104,7 @@ def check_tickers(requested: Sequence[str], universe: Sequence[str]) -> tuple[tu
     if missing:
         are = "is" if len(missing) == 1 else "are"
         raise SelectionError(f"{', '.join(missing)} {are} not in the universe: pm tickers add {' '.join(missing)}")
-    position = {t: i for i, t in enumerate(universe)}
-    blocks: list[list[str]] = []
-    for ticker in sorted(tickers, key=position.__getitem__):
-        if blocks and position[ticker] == position[blocks[-1][-1]] + 1:
-            blocks[-1].append(ticker)
-        else:
-            blocks.append([ticker])
-    return tuple(tuple(b) for b in blocks)
+    return tuple(adjacent_blocks(tickers, {t: i for i, t in enumerate(universe)}))
 
 
 def plan(assets: Sequence[str], tickers: Sequence[str], start: str | None, end: str | None,

@@ -56,7 +56,7 @@ def failure_rows(run_id: str, job_name: str, tags: dict[str, str], failed_at: dt
     )
 
 
-def _without_class(message: str, cls_name: str | None) -> str:
+def without_class(message: str, cls_name: str | None) -> str:
     """`pkg.module.SomeError: what happened` -> `what happened` (the class has its own column)."""
     head, sep, rest = message.strip().partition(": ")
     return rest if sep and cls_name and head.split(".")[-1] == cls_name else message.strip()
@@ -78,7 +78,7 @@ def step_failure_causes(step_failure_events: Sequence) -> list[tuple[str, str | 
         while error is not None and error.cause is not None:
             error = error.cause
         causes.append((event.step_key or "(unknown step)", getattr(error, "cls_name", None),
-                       _without_class(error.message, error.cls_name) if error is not None else event.message or ""))
+                       without_class(error.message, error.cls_name) if error is not None else event.message or ""))
     return causes
 
 

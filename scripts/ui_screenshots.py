@@ -12,17 +12,15 @@ and stops the UI's whole process group. Needs `chromium` (apt-get install chromi
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a file: the project's tests/ helpers are importable
+
+from tests.local_server import free_port, stop_process_group, wait_until_answering  # noqa: E402
 IMAGES = ROOT / "docs" / "images"
 CHROMIUM = os.environ.get("PM_CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps dialling Google's hosts, which a closed
@@ -34,41 +32,18 @@ DEMO_PARTITION = "2018-12-31%7C%5EGSPC"  # 2018-12-31|^GSPC, URL-encoded
 STARTUP_SECONDS = 180
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_ui(port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PM_PRICE_SOURCE": os.environ.get("PM_PRICE_SOURCE", "sample"),
            "PM_LLM_MODE": os.environ.get("PM_LLM_MODE", "fallback"), "DAGSTER_DISABLE_TELEMETRY": "1"}
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "pm_jobs.cli", "ui", "--port", str(port)], cwd=ROOT,
                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"pm ui exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    stop_ui(process)
-    raise SystemExit(f"the UI did not answer within {STARTUP_SECONDS} s: see {log}")
-
-
-def stop_ui(process: subprocess.Popen) -> None:
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
+        wait_until_answering(f"http://127.0.0.1:{port}/server_info", process, log, STARTUP_SECONDS, "pm ui", 1.0)
+    except RuntimeError as exc:
+        stop_process_group(process)
+        raise SystemExit(str(exc)) from None
+    return process
 
 
 def show_markdown(row: str) -> Callable:
@@ -142,7 +117,7 @@ def main(out_dir: Path = IMAGES) -> int:
                 print(f"{out_dir / name}  <- {path}", flush=True)
             browser.close()
     finally:
-        stop_ui(process)
+        stop_process_group(process)
     return 0
 
 

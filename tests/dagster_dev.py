@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.local_server import free_port, wait_until_answering
+from tests.local_server import free_port, stop_process_group, wait_until_answering
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 180
@@ -24,18 +23,6 @@ def wait_for_webserver(url: str, process: subprocess.Popen, log: Path) -> None:
         wait_until_answering(f"{url}/server_info", process, log, STARTUP_SECONDS, "dagster dev", 1.0)
     except RuntimeError as exc:
         pytest.fail(str(exc))
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    # dagster dev runs the webserver, the daemon, a code server and the runs as children: stop them all.
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
 
 
 @contextlib.contextmanager

@@ -1,8 +1,11 @@
-"""What the tests that start a server process share: a free loopback port, and waiting until the
-server answers (or its process has died), bounded."""
+"""What the tests (and scripts/ui_screenshots.py) that start a server process share: a free
+loopback port, waiting until the server answers (or its process has died), bounded, and stopping
+its whole process group."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -32,3 +35,16 @@ def wait_until_answering(url: str, process: subprocess.Popen, log: Path, seconds
             pass
         time.sleep(interval)
     raise RuntimeError(f"{name} not up after {seconds:g} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process's group (started with start_new_session=True), SIGKILL if it lingers:
+    `dagster dev` runs the webserver, the daemon, a code server and the runs as children."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
