@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 LLM_STAMP := $(VENV)/.llm-installed-stamp
 
-.PHONY: install install-llm test test-llm demo ui bench bench-forecasts bench-llm bench-backtests bench-attribution bench-sensors evaluate validate screenshots clean
+.PHONY: install install-llm test test-llm demo ui large-instance ui-large stop-large bench bench-scale bench-forecasts bench-llm bench-backtests bench-attribution bench-sensors evaluate validate screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -45,6 +45,18 @@ PM_PRICE_SOURCE ?= sample
 PORT ?= 3000
 ui: $(STAMP)
 	PM_PRICE_SOURCE=$(PM_PRICE_SOURCE) $(BIN)/pm ui --port $(PORT)
+
+# The large-backfill instance (docs/scale.md): Dagster's storage in a PostgreSQL on 127.0.0.1 with
+# event batching, in .dagster_large/ (needs Debian's postgresql package). Idempotent, a few seconds.
+LARGE_HOME := $(CURDIR)/.dagster_large
+large-instance: $(STAMP)
+	$(BIN)/pm postgres start --home $(LARGE_HOME)
+
+ui-large: large-instance
+	DAGSTER_HOME=$(LARGE_HOME) PM_PRICE_SOURCE=$(PM_PRICE_SOURCE) $(BIN)/pm ui --port $(PORT)
+
+stop-large: $(STAMP)
+	$(BIN)/pm postgres stop --home $(LARGE_HOME)
 
 # docs/images/*.png from the real UI on the demo's instance (run `make demo` first; needs Debian's chromium).
 screenshots: $(STAMP)

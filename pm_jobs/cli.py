@@ -9,6 +9,7 @@
     pm runs slots | release RUN_ID
     pm ui [--port PORT]
     pm summary
+    pm postgres start | stop | status [--home PATH]
 
 With DAGSTER_HOME unset, `pm` uses the project's own instance, `.dagster_home/` beside
 `workspace.yaml`, and says so.
@@ -47,9 +48,12 @@ class InstanceError(RuntimeError):
 def use_project_instance() -> str:
     """Point DAGSTER_HOME at the project's `.dagster_home` when it is unset; return the instance
     in use and why. Dagster's own advice (`export DAGSTER_HOME=~/dagster_home`) would be an empty one."""
+    from pm_jobs.large_instance import load_instance_env
+
     home = os.environ.get("DAGSTER_HOME")
     if home:
-        return f"{home} (DAGSTER_HOME)"
+        loaded = load_instance_env(Path(home))
+        return f"{home} (DAGSTER_HOME" + (f"; {len(loaded)} settings from instance.env)" if loaded else ")")
     project_home = PROJECT_ROOT / ".dagster_home"
     if not (project_home / "dagster.yaml").is_file():
         raise InstanceError(f"DAGSTER_HOME is unset and {project_home}/dagster.yaml is missing: "
@@ -517,6 +521,15 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="the Dagster UI and daemon on 127.0.0.1 (what make ui runs)")
     ui.add_argument("--port", type=int, default=3000, help="default 3000")
     commands.add_parser("summary", help="rows per table in the DuckDB store")
+    postgres = commands.add_parser(
+        "postgres", help="the large-backfill instance: a project-local PostgreSQL (what make large-instance runs)",
+        description="Build and start (or stop) the large-backfill instance: Dagster's storage in a PostgreSQL "
+                    "on 127.0.0.1 with event batching and ranged planned events (docs/scale.md).")
+    postgres_actions = postgres.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, why in [("start", "build the instance if needed and start its PostgreSQL (idempotent)"),
+                        ("stop", "stop its PostgreSQL (the data stays)"), ("status", "is its PostgreSQL running, and where")]:
+        postgres_actions.add_parser(action, help=why).add_argument(
+            "--home", default=None, help="the instance's folder (default .dagster_large)")
     return parser
 
 
@@ -536,13 +549,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pm_jobs.selection import SelectionError
 
+    from pm_jobs.large_instance import LargeInstanceError
+
     try:
+        if args.command == "postgres":
+            return run_postgres(args)
         home = use_project_instance()
         if args.command not in ("summary", "failures"):
             print(f"pm: Dagster instance {home}", file=sys.stderr)
         return dispatch(args)
     except (TickerError, settings.SettingsError, calendar.CalendarError, SelectionError, InstanceError,
-            FileNotFoundError, ValueError) as exc:
+            FileNotFoundError, ValueError, LargeInstanceError) as exc:
         print(f"pm: {exc}", file=sys.stderr)
         return 2
     except DagsterError as exc:  # an instance or definitions problem: its first line, not the traceback
@@ -551,6 +568,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except duckdb.Error as exc:  # the store is missing, locked by another writer, or unreadable
         print(f"pm: the store {settings.duckdb_path()}: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 1
+
+
+def run_postgres(args: argparse.Namespace) -> int:
+    from pm_jobs import large_instance
+    from pm_jobs.local_postgres import PostgresFailed, PostgresNotFound
+
+    home = Path(args.home) if args.home else large_instance.default_home()
+    try:
+        if args.action == "start":
+            print("\n".join(large_instance.start(home)))
+        else:
+            print(large_instance.stop(home) if args.action == "stop" else large_instance.status(home))
+    except (PostgresNotFound, PostgresFailed) as exc:
+        print(f"pm: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def dispatch(args: argparse.Namespace) -> int:
