@@ -136,17 +136,13 @@ def pool_slot_holders(instance) -> list[str]:
 
 def release_run(instance, run_id: str) -> str:
     """Free the pool slots of a run whose process died without ending it (SIGKILL, a power cut):
-    mark it failed, if it still says it is running, and release its slots. Its rows are untouched
-    (a killed write never commits)."""
-    run = instance.get_run_by_id(run_id)
-    if run is None:
+    mark it failed, if it still says it is running, and release its slots. The stranded_runs
+    sensor does this by itself within a minute when the daemon runs."""
+    from pm_sensors.stranded_runs import release
+
+    if instance.get_run_by_id(run_id) is None:
         raise ValueError(f"no run {run_id!r} on this instance (`dagster run list` shows them)")
-    status = run.status.value
-    if not run.is_finished:
-        instance.report_run_failed(run, "released by `pm runs release`: its process is gone")
-    instance.event_log_storage.free_concurrency_slots_for_run(run_id)
-    return f"run {run_id} ({status}) marked failed and its pool slots freed" if not run.is_finished \
-        else f"run {run_id} ({status}): its pool slots freed"
+    return release(instance, run_id, "released by `pm runs release`: its process is gone")
 
 
 def run_backfill(args) -> int:

@@ -14,7 +14,7 @@ def test_definitions_load_with_both_assets_their_checks_and_the_job():
     assert {j.name for j in defs.resolve_all_job_defs()} >= {"daily_research", "signal_evaluation", "portfolio_book"}
     assert [s.name for s in defs.schedules] == ["nightly_research"]
     assert sorted(s.name for s in defs.sensors) == ["llm_health", "marts_refresh", "run_failures", "signal_validation",
-                                                          "watchlist_sync"]
+                                                          "stranded_runs", "watchlist_sync"]
 
 
 def test_pm_cli_rejects_bad_tickers_with_exit_code_2(tmp_path):

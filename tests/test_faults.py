@@ -389,26 +389,23 @@ def test_sigkill_mid_write_leaves_each_table_as_before_or_fully_updated(instance
 # 1b. the same kill through the real CLI, and what it leaves in the Dagster instance
 
 
-class StrandedPoolSlot(AssertionError):
-    """A SIGKILLed CLI run keeps its `duckdb` pool slot: the next run on the instance waits."""
-
-
 CLI_TICKERS = ["^GSPC", "^IXIC"]
+STRANDED_DEFS = """from dagster import Definitions
+from pm_sensors.stranded_runs import stranded_runs_sensor
+
+defs = Definitions(sensors=[stranded_runs_sensor])
+"""
 
 
-@pytest.mark.xfail(strict=True, raises=StrandedPoolSlot, reason=(
-    "DEFECT: a `dagster asset materialize` run SIGKILLed while it writes keeps its slot in the "
-    "instance's `duckdb` pool (limit 1, .dagster_home/dagster.yaml): every later duckdb step on "
-    "that instance logs 'Step blocked by limit for pool duckdb' and waits until the slot is freed "
-    "by hand: `pm runs release <dead run>` (tested here), the UI's force-termination, or deleting the run"))
-@pytest.mark.timeout(200)
-def test_killed_cli_run_leaves_the_table_as_before_and_the_next_run_completes(scratch):
+@pytest.mark.timeout(300)
+def test_killed_cli_run_leaves_the_table_as_before_and_the_daemon_frees_its_slot(scratch):
     """`dagster asset materialize` (multiprocess executor: the write happens in a step child
     process) is SIGKILLed, with its whole process group, between DELETE and INSERT. The table is
-    exactly as before. The next run of the same range on the same DAGSTER_HOME should complete by
-    itself: today it waits on the dead run's pool slot (asserted last, as StrandedPoolSlot, after
-    checking that freeing the slot lets it finish with the full rows)."""
-    from dagster import DagsterInstance, DagsterRunStatus
+    exactly as before. The dead run still says STARTED and holds the `duckdb` pool's one slot; the
+    stranded_runs sensor, ticking in a real `dagster-daemon`, marks it failed and frees the slot
+    (the delay from the kill is printed), and the next run of the same range completes by itself
+    without ever being blocked by the pool."""
+    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
     home = make_home(scratch)
     db = scratch / "pm.duckdb"
@@ -425,40 +422,74 @@ def test_killed_cli_run_leaves_the_table_as_before_and_the_next_run_completes(sc
     days = trading_days(dt.date(2018, 12, 3), dt.date(2018, 12, 31))
     expected_new = expected_prices("sample", CLI_TICKERS, days)
 
-    marker = scratch / "marker"
-    env = subprocess_env(scratch, PM_FAULT_POINT="after_delete", PM_FAULT_MARKER=str(marker))
-    with started(cli(*full), env, scratch / "killed.log") as run:
-        wait_for(marker.exists, run, 90, "marker of after_delete")
-        writer_pid = int(marker.read_text().split()[0])
-        assert writer_pid != run.proc.pid  # the write happens in the step's child process
-        run.kill()
-        assert run.proc.returncode == -signal.SIGKILL
-    assert classify(read_table(db), before, expected_new, CLI_TICKERS, days[0], days[-1]) == "as-before"
+    # The daemon with only the stranded_runs sensor (the project's other sensors would launch runs
+    # of their own on this instance); it ticks at once, then every 30 s.
+    defs_file = scratch / "stranded_defs.py"
+    defs_file.write_text(STRANDED_DEFS)
+    daemon_args = [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-f", str(defs_file)]
+    with started(daemon_args, subprocess_env(scratch), scratch / "daemon.log") as daemon:
+        marker = scratch / "marker"
+        env = subprocess_env(scratch, PM_FAULT_POINT="after_delete", PM_FAULT_MARKER=str(marker))
+        with started(cli(*full), env, scratch / "killed.log") as run:
+            wait_for(marker.exists, run, 90, "marker of after_delete")
+            writer_pid = int(marker.read_text().split()[0])
+            assert writer_pid != run.proc.pid  # the write happens in the step's child process
+            run.kill()
+            killed_at = time.monotonic()
+            assert run.proc.returncode == -signal.SIGKILL
+        assert classify(read_table(db), before, expected_new, CLI_TICKERS, days[0], days[-1]) == "as-before"
 
-    with DagsterInstance.from_config(str(home)) as instance:
-        runs = instance.get_runs()
-        dead = [r.run_id for r in runs if r.status != DagsterRunStatus.SUCCESS]
-        assert len(runs) == 2 and len(dead) == 1, [(r.run_id, r.status) for r in runs]
-        dead_status = runs[0].status if runs[0].run_id == dead[0] else runs[1].status
+        with DagsterInstance.from_config(str(home)) as instance:
+            [dead] = [r for r in instance.get_runs() if r.status != DagsterRunStatus.SUCCESS]
+            assert dead.status == DagsterRunStatus.STARTED  # what it says after the kill
+            assert instance.event_log_storage.get_concurrency_info("duckdb").active_run_ids == {dead.run_id}
+            freed = wait_for(lambda: not instance.event_log_storage.get_concurrency_info("duckdb").active_run_ids,
+                             daemon, 120, "the stranded_runs sensor to free the slot", poll=0.25)
+            delay = time.monotonic() - killed_at
+            failed = instance.get_run_by_id(dead.run_id)
+            assert failed.status == DagsterRunStatus.FAILURE
+            [failure] = instance.all_logs(dead.run_id, of_type=DagsterEventType.RUN_FAILURE)
+            assert "released by the stranded_runs sensor" in failure.message
+            print(f"\n[faults] stranded slot freed by the daemon's stranded_runs sensor {delay:.1f} s after the kill "
+                  f"(the daemon had been up {freed - delay:.1f} s at the kill; the sensor ticks every 30 s)")
+
         with started(cli(*full), subprocess_env(scratch), scratch / "rerun.log") as rerun:
-            blocked = "Step blocked by limit for pool duckdb"
-            wait_for(lambda: rerun.proc.poll() is not None or blocked in rerun.output(), rerun, 90,
-                     "the re-run to finish or block")
-            was_blocked = blocked in rerun.output()
-            holders = instance.event_log_storage.get_concurrency_info("duckdb").active_run_ids
-            if was_blocked:
-                from pm_jobs.cli import pool_slot_holders, release_run
-
-                assert f"  {dead[0]}  STARTED" in pool_slot_holders(instance)  # what `pm runs slots` shows
-                assert release_run(instance, dead[0]).endswith("marked failed and its pool slots freed")
             assert rerun.wait(120) == 0, rerun.output()[-3000:]
+            assert "Step blocked by limit for pool duckdb" not in rerun.output()
     final = read_table(db)
     assert classify(final, before, expected_new, CLI_TICKERS, days[0], days[-1]) == "fully-updated"
     assert fingerprint(final)[:2] == (len(CLI_TICKERS) * len(days),) * 2
-    if was_blocked:
-        assert holders == {dead[0]}  # the slot's holder is the killed run, nothing else
-        raise StrandedPoolSlot(f"the re-run on the same instance blocked on pool duckdb, whose slot "
-                               f"was held by {holders}: the killed run {dead[0]}, still {dead_status}")
+
+
+def test_stranded_runs_frees_only_dead_runs_and_pm_runs_release_does_it_by_hand(scratch):
+    """Of two STARTED runs holding `duckdb` slots, the sensor's check frees only the one whose
+    process (a finished child) is gone; `pm runs release` frees the other by hand."""
+    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
+    from dagster._core.events import DagsterEvent
+    from dagster._core.test_utils import create_run_for_test
+
+    from pm_jobs.cli import pool_slot_holders, release_run
+    from pm_sensors.stranded_runs import release_stranded
+
+    home = make_home(scratch)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with DagsterInstance.from_config(str(home)) as instance:
+        run = create_run_for_test(instance, job_name="prices_job", status=DagsterRunStatus.STARTED)
+        instance.report_dagster_event(DagsterEvent(DagsterEventType.RUN_START.value, "prices_job", pid=gone.pid),
+                                      run.run_id)
+        alive = create_run_for_test(instance, job_name="prices_job", status=DagsterRunStatus.STARTED)
+        instance.report_dagster_event(DagsterEvent(DagsterEventType.RUN_START.value, "prices_job", pid=os.getpid()),
+                                      alive.run_id)
+        instance.event_log_storage.initialize_concurrency_limit_to_default("duckdb")
+        instance.event_log_storage.set_concurrency_slots("duckdb", 2)
+        for holder in (run, alive):
+            assert instance.event_log_storage.claim_concurrency_slot("duckdb", holder.run_id, "prices").is_claimed
+        assert f"  {run.run_id}  STARTED" in pool_slot_holders(instance)  # what `pm runs slots` shows
+        assert release_stranded(instance) == [f"run {run.run_id} (STARTED) marked failed and its pool slots freed"]
+        assert instance.event_log_storage.get_concurrency_info("duckdb").active_run_ids == {alive.run_id}
+        assert release_run(instance, alive.run_id).endswith("marked failed and its pool slots freed")
+        assert not instance.event_log_storage.get_concurrency_info("duckdb").active_run_ids
 
 
 # --------------------------------------------------------------------------------------------
