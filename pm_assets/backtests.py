@@ -156,12 +156,9 @@ def backtests(context: AssetExecutionContext, config: BacktestsConfig, duckdb: D
     context.log.info(f"wrote {rows.height} backtests over {selection.describe()}")
     return MaterializeResult(
         metadata=run_metadata(context, selection, rows, ["ticker", "date", "total_return", "sharpe", "max_drawdown",
-                                                "hit_rate", "verdict"])
+                                                "hit_rate", "verdict"], began=began)
         | backtest_metadata(context, rows, series, "ticker",
-                            last_date_keys(selection, [t for t in series if series[t].height][:plots.MAX_PANELS]))
-        # The asset's own work (read, compute, write, plot); Dagster then records one
-        # materialization event per partition on top of it.
-        | {"compute_seconds": round(time.perf_counter() - began, 3)},
+                            last_date_keys(selection, [t for t in series if series[t].height][:plots.MAX_PANELS])),
         check_results=[insufficient_check(rows, "backtests", "ticker")],
     )
 

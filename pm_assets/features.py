@@ -1,5 +1,7 @@
 """`features`: technical indicators per ticker and trading day, from stored prices."""
 
+import time
+
 import polars as pl
 from dagster import (
     AssetCheckSeverity,
@@ -46,6 +48,7 @@ PLOTTED_TICKERS = 2  # the plot draws the run's first tickers, one panel each
     "declared here carries all but 1e-8 of their weight).",
 )
 def features(context: AssetExecutionContext, duckdb: DuckDBResource) -> MaterializeResult:
+    began = time.perf_counter()
     selection = decode_partition_keys(context.partition_keys)
     with duckdb.get_connection() as conn:
         history = read_rows(conn, "prices", selection.tickers, selection.end)
@@ -57,7 +60,7 @@ def features(context: AssetExecutionContext, duckdb: DuckDBResource) -> Material
         replace_partitions(conn, "features", rows, selection.tickers, selection.dates)
 
     metadata = run_metadata(
-        context, selection, rows, ["ticker", "date", "close", "sma_20", "sma_50", "rsi_14", "macd", "atr_14"]
+        context, selection, rows, ["ticker", "date", "close", "sma_20", "sma_50", "rsi_14", "macd", "atr_14"], began=began
     )
     shown = list(selection.tickers[:PLOTTED_TICKERS])
     metadata |= add_plot(context, "plot", _plot_markdown(all_features, selection, shown), last_date_keys(selection, shown))

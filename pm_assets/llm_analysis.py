@@ -1,5 +1,7 @@
 """`llm_analysis`: the LLM's market analysis per ticker and trading day, from features and forecasts."""
 
+import time
+
 from dagster import AssetCheckSpec, AssetDep, AssetExecutionContext, MaterializeResult, asset
 from dagster_duckdb import DuckDBResource
 
@@ -31,6 +33,7 @@ from pm_resources.store import read_rows
     "with Ollama's latency and token counts.",
 )
 def llm_analysis(context: AssetExecutionContext, duckdb: DuckDBResource, ollama: OllamaResource) -> MaterializeResult:
+    began = time.perf_counter()
     selection = decode_partition_keys(context.partition_keys)
     with duckdb.get_connection() as conn:
         features = read_rows(conn, "features", selection.tickers, selection.end, selection.start)
@@ -46,7 +49,7 @@ def llm_analysis(context: AssetExecutionContext, duckdb: DuckDBResource, ollama:
     check = llm_stage.content_check("llm_trend_agrees", content, "agrees", "contradicts", "trend_agreement")
 
     metadata = run_metadata(context, selection, rows, ["ticker", "date", "trend", "strength", "regime", "content_check",
-                                              *llm_stage.TELEMETRY_PREVIEW])
+                                              *llm_stage.TELEMETRY_PREVIEW], began=began)
     return MaterializeResult(metadata=metadata | llm_stage.llm_metadata(calls)
                              | {"trend_agreement_rate": check.metadata["trend_agreement_rate"]},
                              check_results=[llm_stage.replies_check(calls), check])

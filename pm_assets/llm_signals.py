@@ -2,6 +2,7 @@
 or vetoing, checked by the five validation layers."""
 
 import json
+import time
 from typing import Literal
 
 import polars as pl
@@ -102,6 +103,7 @@ class LlmSignalsConfig(Config):
 )
 def llm_signals(context: AssetExecutionContext, config: LlmSignalsConfig, duckdb: DuckDBResource,
                 ollama: OllamaResource) -> MaterializeResult:
+    began = time.perf_counter()
     selection = decode_partition_keys(context.partition_keys)
     rules = config.rules()
     first_forecast = calendar.shift_trading_days(selection.start, -(FORECAST_LOOKBACK_SESSIONS - 1))
@@ -150,7 +152,7 @@ def llm_signals(context: AssetExecutionContext, config: LlmSignalsConfig, duckdb
     context.log.info(f"wrote {rows.height} signals: {counts}")
     outcomes = {o.name: o for o in layer_outcomes(rows)}
     metadata = run_metadata(context, selection, rows, ["ticker", "date", "action", "confidence", "position_size",
-                                              "decided_by", "validation_score", "llm_source", "latency_ms"])
+                                              "decided_by", "validation_score", "llm_source", "latency_ms"], began=began)
     metadata |= {f"signals_{action.lower()}": counts.get(action, 0) for action in ("BUY", "SELL", "HOLD")}
     return MaterializeResult(
         metadata=metadata | llm_stage.llm_metadata(calls),

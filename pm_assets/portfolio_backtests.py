@@ -2,6 +2,7 @@
 (each ticker's +1/-1/0 position at 1/N) and by the signals' position sizes."""
 
 import datetime as dt
+import time
 
 import polars as pl
 from dagster import AssetDep, AssetExecutionContext, AssetCheckSpec, MaterializeResult, MultiToSingleDimensionPartitionMapping, asset
@@ -46,6 +47,7 @@ SIZING_BY_WEIGHTING = {"equal": "unit", "position_size": "signal"}
 )
 def portfolio_backtests(context: AssetExecutionContext, config: BacktestsConfig,
                         duckdb: DuckDBResource) -> MaterializeResult:
+    began = time.perf_counter()
     dates = tuple(sorted(dt.date.fromisoformat(key) for key in context.partition_keys))
     tickers = tuple(sorted(context.instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME)))
     if not tickers:
@@ -75,7 +77,7 @@ def portfolio_backtests(context: AssetExecutionContext, config: BacktestsConfig,
     context.log.info(f"wrote {rows.height} portfolio backtests over {len(dates)} date(s) and {len(used)} ticker(s) "
                      f"with signals: {', '.join(used) or 'none'}")
     return MaterializeResult(
-        metadata=run_metadata(context, selection, rows, ["date", "weighting", "total_return", "sharpe", "max_drawdown", "verdict"])
+        metadata=run_metadata(context, selection, rows, ["date", "weighting", "total_return", "sharpe", "max_drawdown", "verdict"], began=began)
         | backtest_metadata(context, rows, series, "weighting", [str(selection.end)]),
         check_results=[insufficient_check(rows, "portfolio_backtests", "weighting")],
     )

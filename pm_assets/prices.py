@@ -1,6 +1,7 @@
 """`prices`: daily OHLCV plus adjusted close from the configured price source."""
 
 import datetime as dt
+import time
 
 import polars as pl
 from dagster import (
@@ -57,6 +58,7 @@ def prices_freshness_policy() -> FreshnessPolicy:
 def prices(
     context: AssetExecutionContext, duckdb: DuckDBResource, price_source: PriceSourceResource
 ) -> MaterializeResult:
+    began = time.perf_counter()
     selection = decode_partition_keys(context.partition_keys)
     last_closed = calendar.last_closed_session(dt.datetime.now(dt.UTC))
     if selection.end > last_closed:
@@ -73,7 +75,7 @@ def prices(
         stored = read_rows(conn, "prices", selection.tickers, selection.end, selection.start)
     context.log.info(f"wrote {rows.height} price rows")
     metadata = run_metadata(
-        context, selection, stored, ["ticker", "date", "open", "high", "low", "close", "adj_close", "volume"]
+        context, selection, stored, ["ticker", "date", "open", "high", "low", "close", "adj_close", "volume"], began=began
     )
     metadata["source"] = price_source.source
     return MaterializeResult(

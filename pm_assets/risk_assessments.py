@@ -1,6 +1,8 @@
 """`risk_assessments`: VaR/CVaR (historical and from the fitted volatility model), volatility,
 drawdown, beta and a risk score per ticker and trading day, with the LLM's narrative of concerns."""
 
+import time
+
 import polars as pl
 from dagster import AssetCheckSeverity, AssetCheckSpec, AssetDep, AssetExecutionContext, MaterializeResult, asset
 from dagster_duckdb import DuckDBResource
@@ -44,6 +46,7 @@ LOOKBACK_SESSIONS = 253  # 252 returns: drawdown and beta windows
     "level, and the risk model's narrative of concerns about the day's signal.",
 )
 def risk_assessments(context: AssetExecutionContext, duckdb: DuckDBResource, ollama: OllamaResource) -> MaterializeResult:
+    began = time.perf_counter()
     selection = decode_partition_keys(context.partition_keys)
     with duckdb.get_connection() as conn:
         prices, benchmark = llm_stage.read_prices_with_benchmark(conn, selection, LOOKBACK_SESSIONS)
@@ -70,7 +73,7 @@ def risk_assessments(context: AssetExecutionContext, duckdb: DuckDBResource, oll
     levels = dict(rows.group_by("risk_level").len().iter_rows())
     context.log.info(f"wrote {rows.height} risk assessments: {levels}")
     metadata = run_metadata(context, selection, rows, ["ticker", "date", "risk_score", "risk_level", "var_95_hist",
-                                              "var_95_model_log", "llm_source", "latency_ms"])
+                                              "var_95_model_log", "llm_source", "latency_ms"], began=began)
     return MaterializeResult(
         metadata=metadata | llm_stage.llm_metadata(calls) | {f"level_{k}": v for k, v in levels.items()}
         | {"metric_coverage_rate": coverage.metadata["metric_coverage_rate"]},

@@ -1,6 +1,8 @@
 """`signal_outcomes`: what became of each day's signal, 1, 5 and 30 sessions after its entry at
 the next close; pending until the 30-session window has closed, then validated or failed."""
 
+import time
+
 import polars as pl
 from dagster import (
     AssetCheckResult,
@@ -65,6 +67,7 @@ def calibration_metadata(signals: pl.DataFrame, rows: pl.DataFrame) -> dict:
     "failed (HOLD: not_traded). Re-materialize as prices arrive; the signal-validation sensor does.",
 )
 def signal_outcomes(context: AssetExecutionContext, duckdb: DuckDBResource) -> MaterializeResult:
+    began = time.perf_counter()
     selection = decode_partition_keys(context.partition_keys)
     first_entry = calendar.shift_trading_days(selection.start, ENTRY_LAG_SESSIONS)
     last_needed = calendar.shift_trading_days(selection.end, LAST_SESSION)
@@ -81,7 +84,7 @@ def signal_outcomes(context: AssetExecutionContext, duckdb: DuckDBResource) -> M
     context.log.info(f"wrote {rows.height} signal outcomes: {statuses}")
     gaps = rows.filter((pl.col("status") == "pending") & pl.col("status_reason").str.starts_with("a price is missing"))
     metadata = run_metadata(context, selection, rows, ["ticker", "date", "action", "realised_return_1d", "realised_return_5d",
-                                              "realised_return_30d", "hit", "status"])
+                                              "realised_return_30d", "hit", "status"], began=began)
     metadata |= {f"status_{status}": statuses.get(status, 0) for status in STATUSES}
     metadata["hit_rate_resolved"] = (float(resolved["hit"].cast(pl.Float64).mean()) if resolved.height
                                      else MetadataValue.text("no resolved call"))

@@ -1,6 +1,7 @@
 """`ts_forecasts`: the time-series ensemble per ticker, trading day and horizon (1, 5, 20)."""
 
 import datetime as dt
+import time
 
 import polars as pl
 from dagster import (
@@ -75,6 +76,7 @@ class TsForecastsConfig(Config):
 def ts_forecasts(
     context: AssetExecutionContext, config: TsForecastsConfig, duckdb: DuckDBResource
 ) -> MaterializeResult:
+    began = time.perf_counter()
     selection = decode_partition_keys(context.partition_keys)
     forecast_config = ForecastConfig(fit_window=FIT_WINDOW, refit_every=config.refit_every,
                                      sarimax_order=tuple(config.sarimax_order))
@@ -105,7 +107,7 @@ def ts_forecasts(
     context.log.info(f"wrote {rows.height} forecast rows")
 
     metadata = run_metadata(context, selection, rows, ["ticker", "date", "horizon", "expected_log_return",
-                                              "lower_90", "upper_90", "volatility_model"])
+                                              "lower_90", "upper_90", "volatility_model"], began=began)
     metadata["weights"] = MetadataValue.md(weights_markdown(rows))
     metadata["volatility_fallback_share"] = float(rows["volatility_model"].ne("garch_t").mean())
     shown = list(selection.tickers[:PLOTTED_TICKERS])
