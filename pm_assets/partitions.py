@@ -15,12 +15,12 @@ from dagster import (
     DynamicPartitionsDefinition,
     IdentityPartitionMapping,
     MultiPartitionKey,
-    MultiPartitionMapping,
     MultiPartitionsDefinition,
     TimeWindowPartitionMapping,
     TimeWindowPartitionsDefinition,
 )
 
+from pm_assets.lookback_mapping import MultiPartitionMapping
 from pm_domain import calendar, settings
 from pm_domain.tickers import validate_ticker
 
@@ -67,7 +67,8 @@ STAGE_ASSET_ARGS = {
 def date_window_mapping(start_offset: int, end_offset: int) -> MultiPartitionMapping:
     """Depend on the same ticker's trading days from `start_offset` to `end_offset` sessions
     around the date (both inclusive; negative is earlier). Sessions that do not exist yet are
-    allowed: the UI shows them as missing upstream data."""
+    allowed: the UI shows them as missing upstream data. The mapping is Dagster's, computed faster
+    at step start (pm_assets/lookback_mapping.py)."""
     return MultiPartitionMapping(
         {
             "date": DimensionPartitionMapping(
