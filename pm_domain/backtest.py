@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -36,7 +38,6 @@ from pm_domain.attribution import (
     ATTRIBUTION_SCHEMA,
     forecast_only_signals,
     llm_verdict,
-    paired_sharpe_difference_interval,
 )
 from pm_domain.outcomes import DIRECTION, ENTRY_LAG_SESSIONS, SessionGrid, direction, signal_outcomes
 
@@ -198,9 +199,38 @@ def scored_calls(outcomes: pl.DataFrame, grid: SessionGrid) -> pl.DataFrame:
     )
 
 
-@lru_cache(maxsize=16)
+# The stationary-bootstrap counts of every window length N met in this process, as the smallest
+# unsigned integers that hold them (a count is at most N): windows grow through N = 2..W in a
+# ledger's first year, and each ticker (and its forecast-only twin, and the paired interval) walks
+# them again, so a small LRU of N would hold none of them when next asked. 1000 x N bytes each:
+# 32 MB for every N up to the default 252; the least recently used go beyond the budget.
+COUNTS_CACHE_BYTES = 128 * 2**20
+_counts_cache: OrderedDict[tuple[int, int, float, int], np.ndarray] = OrderedDict()
+_counts_cache_bytes = 0
+_counts_lock = threading.Lock()
+
+
 def _bootstrap_counts(observations: int, replications: int, block: float, seed: int) -> np.ndarray:
-    return perf.stationary_bootstrap_counts(observations, replications, block, seed)
+    """perf.stationary_bootstrap_counts (float64, replications x N), cached for the process."""
+    global _counts_cache_bytes
+    key = (observations, replications, block, seed)
+    with _counts_lock:
+        compact = _counts_cache.get(key)
+        if compact is not None:
+            _counts_cache.move_to_end(key)
+    if compact is None:
+        counts = perf.stationary_bootstrap_counts(observations, replications, block, seed)
+        kind = np.uint8 if observations <= np.iinfo(np.uint8).max else (
+            np.uint16 if observations <= np.iinfo(np.uint16).max else np.uint32)
+        compact = counts.astype(kind)
+        with _counts_lock:
+            if key not in _counts_cache:
+                _counts_cache[key] = compact
+                _counts_cache_bytes += compact.nbytes
+            while _counts_cache_bytes > COUNTS_CACHE_BYTES and len(_counts_cache) > 1:
+                _counts_cache_bytes -= _counts_cache.popitem(last=False)[1].nbytes
+        return counts
+    return compact.astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -267,30 +297,112 @@ def _windows(ledger: pl.DataFrame, end_dates: Sequence[dt.date], rules: Backtest
     return _Windows(ends, firsts, reasons, net, window(column["asset_return"]), window(column["position"]), turnover)
 
 
+def _counts(n: int, rules: BacktestRules) -> np.ndarray:
+    return _bootstrap_counts(n, rules.bootstrap_replications, rules.bootstrap_block, rules.bootstrap_seed)
+
+
 def _interval(net: np.ndarray, rules: BacktestRules) -> tuple[np.ndarray, np.ndarray]:
     lower, upper = np.full(len(net), np.nan), np.full(len(net), np.nan)
     for n, index, compact in perf.rows_by_observations(net):
         if n < 2:
             continue
-        counts = _bootstrap_counts(n, rules.bootstrap_replications, rules.bootstrap_block, rules.bootstrap_seed)
-        lower[index], upper[index] = perf.bootstrap_sharpe_interval(compact, counts, rules.interval,
+        lower[index], upper[index] = perf.bootstrap_sharpe_interval(compact, _counts(n, rules), rules.interval,
                                                                     rules.daily_risk_free)
     return lower, upper
 
 
-def _call_matrices(calls: pl.DataFrame, windows: _Windows) -> tuple[np.ndarray, np.ndarray]:
-    """(hits, confidences) as (windows x calls) with NaN outside each window: a call counts in the
-    window ending at T when its position earns inside the window and its outcome is known by T."""
-    if calls.is_empty():
-        empty = np.full((len(windows.ends), 1), np.nan)
-        return empty, empty
-    position = calls["position_session"].to_numpy()[None, :]
-    known = calls["known_session"].to_numpy()[None, :]
-    inside = ((windows.firsts[:, None] >= 0) & (position >= windows.firsts[:, None])
-              & (position <= windows.ends[:, None]) & (known <= windows.ends[:, None]))
-    inside &= np.array([r is None for r in windows.reasons])[:, None]
-    hits = np.where(inside, calls["hit"].to_numpy()[None, :], np.nan)
-    return hits, np.where(inside, calls["confidence"].cast(pl.Float64).fill_null(np.nan).to_numpy()[None, :], np.nan)
+def _paired_interval(final: np.ndarray, twin: np.ndarray, counts: np.ndarray,
+                     rules: BacktestRules) -> tuple[np.ndarray, np.ndarray]:
+    """attribution.paired_sharpe_difference_interval (N >= 2), to the bit: the quantiles taken by
+    perf.percentile_interval, without np.nanquantile's Python loop over the windows."""
+    rf = rules.daily_risk_free
+    difference = (perf.resampled_sharpe(final - rf, counts, flat_is_zero=True)
+                  - perf.resampled_sharpe(twin - rf, counts, flat_is_zero=True))
+    return perf.percentile_interval(difference, rules.interval)
+
+
+def _intervals(fw: _Windows, tw: _Windows, rules: BacktestRules) -> tuple[np.ndarray, np.ndarray]:
+    """((lower, upper) of the final's Sharpe, as _interval gives them; (lower, upper) of the paired
+    Sharpe difference over the days both ledgers have, as _paired_interval), each a (2 x windows)
+    array, in one pass over the window lengths N: each N's counts are taken once, and where the
+    paired windows of an N are the final's own (the twin has a return wherever the final has),
+    the final's resampled Sharpes are the very numbers the pairing would compute again."""
+    rf = rules.daily_risk_free
+    present = ~np.isnan(fw.net)
+    both = present & ~np.isnan(tw.net)
+    final_net, twin_net = np.where(both, fw.net, np.nan), np.where(both, tw.net, np.nan)
+    sharpe_bounds, paired_bounds = np.full((2, len(fw.ends)), np.nan), np.full((2, len(fw.ends)), np.nan)
+    paired_groups = {n: (index, compact) for n, index, compact in perf.rows_by_observations(final_net) if n >= 2}
+    for n, index, compact in perf.rows_by_observations(fw.net):
+        if n < 2:
+            continue
+        counts = _counts(n, rules)
+        sharpe, flat = perf.resampled_sharpe_and_flat(compact - rf, counts)
+        sharpe_bounds[:, index] = perf.percentile_interval(sharpe, rules.interval)
+        paired_index = paired_groups.get(n, (None,))[0]
+        if (paired_index is not None and np.array_equal(paired_index, index)
+                and np.array_equal(both[index], present[index])):
+            del paired_groups[n]
+            twin_compact = twin_net[index][both[index]].reshape(len(index), n)
+            difference = (np.where(flat, 0.0, sharpe)
+                          - perf.resampled_sharpe(twin_compact - rf, counts, flat_is_zero=True))
+            paired_bounds[:, index] = perf.percentile_interval(difference, rules.interval)
+    for n, (index, compact) in paired_groups.items():
+        twin_compact = twin_net[index][both[index]].reshape(len(index), n)
+        paired_bounds[:, index] = _paired_interval(compact, twin_compact, _counts(n, rules), rules)
+    return sharpe_bounds, paired_bounds
+
+
+def _exact(values: np.ndarray) -> list[int]:
+    """Each (finite) float64 exactly, as an integer number of 2^-1074 (the smallest subnormal)."""
+    exact = []
+    for value in values.tolist():
+        numerator, denominator = value.as_integer_ratio()  # the denominator is a power of two
+        exact.append(numerator << (1075 - denominator.bit_length()))
+    return exact
+
+
+def _call_metrics(calls: pl.DataFrame, windows: _Windows, brier: bool = True) -> dict[str, np.ndarray]:
+    """Per window: calls, hit_rate = mean(hit) and brier_score = mean((confidence - hit)^2) (over
+    the calls with a confidence), NaN without a call. A call counts in the window ending at T when
+    its position earns inside the window and its outcome is known by T.
+
+    Without a (windows x calls) matrix, which grows with the square of the dates for the
+    portfolio's pooled calls: the calls grouped by known - position session (the horizon) are, in
+    each window, one run of positions; a run's sum is a difference of prefix sums kept exactly in
+    integers and rounded once (a hit count exactly as a row sum had it, a Brier sum to within its
+    last bit). Without `brier`, its sums are left out (brier_score NaN)."""
+    n = len(windows.ends)
+    count, scored = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    hit_sum, error_sum = np.zeros(n, dtype=object), np.zeros(n, dtype=object)
+    usable = (windows.firsts >= 0) & np.array([r is None for r in windows.reasons], dtype=bool)
+    if calls.height and usable.any():
+        position = calls["position_session"].to_numpy().astype(np.int64)
+        lag = calls["known_session"].to_numpy().astype(np.int64) - position
+        hit = calls["hit"].cast(pl.Float64).to_numpy()
+        confidence = calls["confidence"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        with_confidence = ~np.isnan(confidence)
+        error = np.where(with_confidence, (np.where(with_confidence, confidence, 0.0) - hit) ** 2, 0.0)
+        firsts, ends = windows.firsts[usable], windows.ends[usable]
+        sums = [(hit_sum, hit), (error_sum, error)] if brier else [(hit_sum, hit)]
+        for d in np.unique(lag):
+            group = np.flatnonzero(lag == d)
+            group = group[np.argsort(position[group], kind="stable")]
+            positions = position[group]
+            low = np.searchsorted(positions, firsts, side="left")
+            high = np.maximum(np.searchsorted(positions, ends - max(int(d), 0), side="right"), low)
+            count[usable] += high - low
+            scored_prefix = np.concatenate([[0], np.cumsum(with_confidence[group])])
+            scored[usable] += scored_prefix[high] - scored_prefix[low]
+            for total, values in sums:
+                prefix = np.array([0, *itertools.accumulate(_exact(values[group]))], dtype=object)
+                total[usable] += prefix[high] - prefix[low]
+    unit = 1 << 1074
+    hits = np.array([int(t) / unit for t in hit_sum])
+    errors = np.array([int(t) / unit for t in error_sum])
+    with np.errstate(invalid="ignore"):
+        return {"calls": count, "hit_rate": np.where(count > 0, hits / np.maximum(count, 1), np.nan),
+                "brier_score": np.where((scored > 0) & brier, errors / np.maximum(scored, 1), np.nan)}
 
 
 def window_metrics(ledger: pl.DataFrame, calls: pl.DataFrame, end_dates: Sequence[dt.date],
@@ -302,50 +414,78 @@ def window_metrics(ledger: pl.DataFrame, calls: pl.DataFrame, end_dates: Sequenc
     return _metrics(ledger, calls, _windows(ledger, end_dates, rules), rules)
 
 
-def _metrics(ledger: pl.DataFrame, calls: pl.DataFrame, w: _Windows, rules: BacktestRules) -> pl.DataFrame:
+def _metric_values(ledger: pl.DataFrame, calls: pl.DataFrame, w: _Windows, rules: BacktestRules,
+                   names: Sequence[str], interval: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The metrics `names` (of METRIC_COLUMNS) per window, before masking; only what is asked is
+    computed (the bootstrap interval only for sharpe_ci_*, unless given as `interval`, the
+    _interval of w.net as (2 x windows); the calls' only for theirs)."""
     rf = rules.daily_risk_free
     sessions_in_ledger = ledger["session"].to_numpy()
     if len(sessions_in_ledger) and not np.array_equal(sessions_in_ledger, np.arange(sessions_in_ledger[0],
                                                                               sessions_in_ledger[0] + len(sessions_in_ledger))):
         raise ValueError("a ledger must hold every session of its grid, in order")
-    first_session = int(sessions_in_ledger[0]) if len(sessions_in_ledger) else 0
-    call_sessions = calls.with_columns(pl.col("position_session", "known_session") - first_session)
-    hits, confidences = _call_matrices(call_sessions, w)
-    lower, upper = _interval(w.net, rules)
+    values: dict[str, np.ndarray] = {}
+    if {"hit_rate", "calls", "brier_score"} & set(names):
+        first_session = int(sessions_in_ledger[0]) if len(sessions_in_ledger) else 0
+        call_sessions = calls.with_columns(pl.col("position_session", "known_session") - first_session)
+        values |= {k: v for k, v in _call_metrics(call_sessions, w, "brier_score" in names).items() if k in names}
+    if {"sharpe_ci_lower", "sharpe_ci_upper"} & set(names):
+        values["sharpe_ci_lower"], values["sharpe_ci_upper"] = _interval(w.net, rules) if interval is None else interval
+    formulas: dict[str, Callable[[], np.ndarray]] = {
+        "total_return": lambda: perf.total_return(w.net),
+        "annual_return": lambda: perf.annual_return(w.net),
+        "volatility": lambda: perf.annual_volatility(w.net),
+        "sharpe": lambda: perf.sharpe_ratio(w.net, rf),
+        "sortino": lambda: perf.sortino_ratio(w.net, rf),
+        "max_drawdown": lambda: perf.max_drawdown(w.net),
+        "calmar": lambda: perf.calmar_ratio(w.net),
+        "alpha": lambda: perf.alpha(w.net, w.benchmark, rf),
+        "beta": lambda: perf.beta(w.net, w.benchmark, rf),
+        "buy_hold_total_return": lambda: perf.total_return(w.benchmark),
+        "buy_hold_annual_return": lambda: perf.annual_return(w.benchmark),
+        "buy_hold_sharpe": lambda: perf.sharpe_ratio(w.benchmark, rf),
+        "buy_hold_max_drawdown": lambda: perf.max_drawdown(w.benchmark),
+        "profit_factor": lambda: perf.profit_factor(w.net),
+        "trades": lambda: np.sum(np.nan_to_num(w.turnover) > 0, axis=-1),
+        "exposure": lambda: perf.exposure(w.positions),
+        "probabilistic_sharpe": lambda: perf.probabilistic_sharpe_ratio(w.net - rf),
+    }
     with np.errstate(all="ignore"):
-        metrics = {
-            "total_return": perf.total_return(w.net),
-            "annual_return": perf.annual_return(w.net),
-            "volatility": perf.annual_volatility(w.net),
-            "sharpe": perf.sharpe_ratio(w.net, rf),
-            "sortino": perf.sortino_ratio(w.net, rf),
-            "max_drawdown": perf.max_drawdown(w.net),
-            "calmar": perf.calmar_ratio(w.net),
-            "alpha": perf.alpha(w.net, w.benchmark, rf),
-            "beta": perf.beta(w.net, w.benchmark, rf),
-            "buy_hold_total_return": perf.total_return(w.benchmark),
-            "buy_hold_annual_return": perf.annual_return(w.benchmark),
-            "buy_hold_sharpe": perf.sharpe_ratio(w.benchmark, rf),
-            "buy_hold_max_drawdown": perf.max_drawdown(w.benchmark),
-            "hit_rate": perf.hit_rate(hits),
-            "calls": np.sum(~np.isnan(hits), axis=-1),
-            "profit_factor": perf.profit_factor(w.net),
-            "trades": np.sum(np.nan_to_num(w.turnover) > 0, axis=-1),
-            "exposure": perf.exposure(w.positions),
-            "brier_score": perf.brier_score(confidences, hits),
-            "sharpe_ci_lower": lower,
-            "sharpe_ci_upper": upper,
-            "probabilistic_sharpe": perf.probabilistic_sharpe_ratio(w.net - rf),
-        }
-    metrics["excess_return"] = metrics["total_return"] - metrics["buy_hold_total_return"]
+        for name in names:
+            if name not in values and name in formulas:
+                values[name] = formulas[name]()
+    if "excess_return" in names:
+        total = values.get("total_return", None)
+        total = perf.total_return(w.net) if total is None else total
+        buy_hold = values.get("buy_hold_total_return", None)
+        buy_hold = perf.total_return(w.benchmark) if buy_hold is None else buy_hold
+        values["excess_return"] = total - buy_hold
+    return values
+
+
+def _usable(w: _Windows) -> tuple[np.ndarray, np.ndarray]:
+    """(sessions, usable): the observations per window, and which windows have metrics."""
     sessions = perf.observations(w.net)
-    usable = np.array([r is None for r in w.reasons]) & (sessions > 0)
+    return sessions, np.array([r is None for r in w.reasons]) & (sessions > 0)
+
+
+def _metric_columns(values: dict[str, np.ndarray], usable: np.ndarray, names: Sequence[str]) -> pl.DataFrame:
+    """The metrics as stored: null outside the usable windows and where undefined."""
+    masked = pl.DataFrame({c: np.where(usable, np.asarray(values[c], dtype=float), np.nan) for c in names})
+    return masked.with_columns(pl.col(pl.Float64).fill_nan(None)).with_columns(
+        pl.col(c).cast(pl.Int64) for c in names if c in ("calls", "trades"))
+
+
+def _metrics(ledger: pl.DataFrame, calls: pl.DataFrame, w: _Windows, rules: BacktestRules,
+             interval: np.ndarray | None = None) -> pl.DataFrame:
+    values = _metric_values(ledger, calls, w, rules, METRIC_COLUMNS, interval)
+    sessions, usable = _usable(w)
     dates = ledger["date"].to_list()
     rows = pl.DataFrame({
         "date": [dates[e] for e in w.ends],
         "window_start": [dates[f] if ok else None for f, ok in zip(w.firsts, usable, strict=True)],
         "sessions": sessions,
-        **{c: np.where(usable, np.asarray(metrics[c], dtype=float), np.nan) for c in METRIC_COLUMNS},
+        **{c: np.where(usable, np.asarray(values[c], dtype=float), np.nan) for c in METRIC_COLUMNS},
         "position": ledger["position"].cast(pl.Float64).fill_null(np.nan).to_numpy()[w.ends],
         "asset_return": ledger["asset_return"].cast(pl.Float64).fill_null(np.nan).to_numpy()[w.ends],
         "net_return": np.where(usable, w.net[:, -1], np.nan),
@@ -427,17 +567,12 @@ def backtest_with_attribution(final: pl.DataFrame, twin: pl.DataFrame, calls: pl
     signals whose positions fall in the window, and the paired bootstrap interval and verdict of
     the Sharpe difference (pm_domain.attribution). Each ledger's windows are cut once."""
     fw, tw = _windows(final, end_dates, rules), _windows(twin, end_dates, rules)
-    final_rows, twin_rows = _metrics(final, calls, fw, rules), _metrics(twin, twin_calls, tw, rules)
+    sharpe_bounds, (lower, upper) = _intervals(fw, tw, rules)
+    final_rows = _metrics(final, calls, fw, rules, interval=sharpe_bounds)
+    # Of the twin, only the metrics set beside the final's (no interval, no verdict).
+    twin_rows = _metric_columns(_metric_values(twin, twin_calls, tw, rules, ATTRIBUTION_METRICS), _usable(tw)[1],
+                                ATTRIBUTION_METRICS)
     both = ~np.isnan(fw.net) & ~np.isnan(tw.net)
-    final_net, twin_net = np.where(both, fw.net, np.nan), np.where(both, tw.net, np.nan)
-    lower, upper = np.full(len(end_dates), np.nan), np.full(len(end_dates), np.nan)
-    for n, index, compact in perf.rows_by_observations(final_net):
-        if n < 2:
-            continue
-        counts = _bootstrap_counts(n, rules.bootstrap_replications, rules.bootstrap_block, rules.bootstrap_seed)
-        twin_compact = twin_net[index][both[index]].reshape(len(index), n)
-        lower[index], upper[index] = paired_sharpe_difference_interval(
-            compact, twin_compact, counts, rules.interval, rules.daily_risk_free)
     held = np.sum(both & (np.nan_to_num(fw.positions) != np.nan_to_num(tw.positions)), axis=-1)
     usable = [v != "insufficient_data" for v in final_rows["verdict"].to_list()]
     columns = {}

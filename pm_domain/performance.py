@@ -276,11 +276,16 @@ def stationary_bootstrap_counts(observations_count: int, replications: int, mean
     rows sum to N. A statistic that is a function of sums of r^k is then one matrix product."""
     from arch.bootstrap import StationaryBootstrap
 
-    bootstrap = StationaryBootstrap(mean_block, np.arange(observations_count), seed=seed)
-    counts = np.zeros((replications, observations_count))
-    for row, (data, _) in zip(counts, bootstrap.bootstrap(replications), strict=False):
-        np.add.at(row, data[0], 1.0)
-    return counts
+    n = observations_count
+    bootstrap = StationaryBootstrap(mean_block, np.arange(n), seed=seed)
+    # The draws of bootstrap.bootstrap(replications) without resampling the data each time:
+    # that generator sets its index to update_indices() once per replication, in this order.
+    index = np.empty((replications, n), dtype=np.int64)
+    for row in index:
+        row[:] = bootstrap.update_indices()
+    # Row r's days as r * N + day: one bincount counts every row.
+    index += n * np.arange(replications, dtype=np.int64)[:, np.newaxis]
+    return np.bincount(index.ravel(), minlength=replications * n).reshape(replications, n).astype(np.float64)
 
 
 def resampled_sharpe(rows: np.ndarray, counts: np.ndarray, flat_is_zero: bool = False) -> np.ndarray:
@@ -288,12 +293,43 @@ def resampled_sharpe(rows: np.ndarray, counts: np.ndarray, flat_is_zero: bool = 
     N, no NaN): mean / std(ddof=1) * sqrt(252) from sum(c * r) and sum(c * r^2), as
     (replications x windows). NaN where undefined; with `flat_is_zero`, a resample with no return
     and no dispersion (a strategy with no position) has Sharpe 0."""
+    sharpe, flat = resampled_sharpe_and_flat(rows, counts)
+    return np.where(flat, 0.0, sharpe) if flat_is_zero else sharpe
+
+
+def resampled_sharpe_and_flat(rows: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """resampled_sharpe(rows, counts), and which resamples are flat (no return, no dispersion):
+    both Sharpes of resampled_sharpe from one pair of matrix products."""
     n = rows.shape[1]
     sums, squares = counts @ rows.T, counts @ (rows**2).T
     mean = sums / n
     variance = np.maximum(squares - n * mean**2, 0.0) / (n - 1) if n > 1 else np.full_like(mean, np.nan)
     sharpe = _divide(mean, np.sqrt(variance)) * math.sqrt(TRADING_DAYS_PER_YEAR)
-    return np.where((variance == 0) & (mean == 0), 0.0, sharpe) if flat_is_zero else sharpe
+    return sharpe, (variance == 0) & (mean == 0)
+
+
+def percentile_interval(resampled: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """The (lower, upper) percentile interval at `confidence` of each column of `resampled`
+    (replications x windows, a statistic per resample) over the resamples where it is finite
+    (np.nanquantile, linear), NaN where fewer than half are."""
+    tail = (1.0 - confidence) / 2.0
+    defined = np.isfinite(resampled)
+    complete = defined.all(axis=0)
+    lower, upper = np.full((2, resampled.shape[1]), np.nan)
+    # The same numbers as np.nanquantile, whose per-column Python loop is kept for the columns
+    # where a resample has no value (a column without one is np.quantile's, as one 1-D call).
+    if complete.all():
+        lower, upper = np.quantile(resampled, [tail, 1.0 - tail], axis=0)
+    elif complete.any():
+        lower[complete], upper[complete] = np.quantile(resampled[:, complete], [tail, 1.0 - tail], axis=0)
+    partly = ~complete & defined.any(axis=0)
+    if partly.any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lower[partly], upper[partly] = np.nanquantile(np.where(defined[:, partly], resampled[:, partly], np.nan),
+                                                          [tail, 1.0 - tail], axis=0)
+    enough = defined.mean(axis=0) >= 0.5
+    return np.where(enough, lower, np.nan), np.where(enough, upper, np.nan)
 
 
 def bootstrap_sharpe_interval(returns: np.ndarray, counts: np.ndarray, confidence: float = 0.90,
@@ -309,20 +345,9 @@ def bootstrap_sharpe_interval(returns: np.ndarray, counts: np.ndarray, confidenc
         raise ValueError("bootstrap_sharpe_interval takes complete windows: drop NaN days first")
     if rows.shape[1] != counts.shape[1]:
         raise ValueError(f"counts are for {counts.shape[1]} days, returns have {rows.shape[1]}")
-    resampled = resampled_sharpe(rows, counts)
-    tail = (1.0 - confidence) / 2.0
     # A resample of only flat days has no Sharpe; the interval is over the resamples that have
     # one, and undefined when fewer than half do.
-    defined = np.isfinite(resampled)
-    lower, upper = np.quantile(np.where(defined, resampled, 0.0), [tail, 1.0 - tail], axis=0)
-    partly = ~defined.all(axis=0)
-    if partly.any():  # the slow NaN-aware quantile only where a resample had no Sharpe
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            lower[partly], upper[partly] = np.nanquantile(np.where(defined[:, partly], resampled[:, partly], np.nan),
-                                                          [tail, 1.0 - tail], axis=0)
-    enough = defined.mean(axis=0) >= 0.5
-    lower, upper = np.where(enough, lower, np.nan), np.where(enough, upper, np.nan)
+    lower, upper = percentile_interval(resampled_sharpe(rows, counts), confidence)
     if r.ndim == 1:
         return float(lower[0]), float(upper[0])
     return lower, upper

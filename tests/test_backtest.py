@@ -3,14 +3,16 @@ index data: timing (entry at the next close, no look-ahead), costs, gaps, empty 
 windows, the verdict, and the portfolio book."""
 
 import datetime as dt
+import warnings
 
 import numpy as np
 import polars as pl
 import pytest
 from arch.data import sp500
 
-from pm_domain import calendar
+from pm_domain import backtest, calendar
 from pm_domain import performance as perf
+from pm_domain.attribution import paired_sharpe_difference_interval
 from pm_domain.backtest import (
     BACKTEST_SCHEMA,
     BacktestRules,
@@ -291,3 +293,97 @@ def test_equal_weight_book_is_the_mean_of_the_sleeves_and_position_size_book_cap
     assert book["gross_return"] == pytest.approx((0.8 * aaa - 0.7 * bbb) / 1.5)
     with pytest.raises(ValueError, match="weighting"):
         portfolio_ledger(unit, "market_cap")
+
+
+# --- the fast paths give the straightforward computation's numbers -------------------------------
+
+def test_bootstrap_counts_are_the_resamples_archs_bootstrap_draws():
+    from arch.bootstrap import StationaryBootstrap
+
+    for n, block, seed in [(1, 10.0, 42), (2, 10.0, 42), (17, 2.5, 3), (252, 10.0, 42), (300, 10.0, 7)]:
+        expected = np.zeros((200, n))
+        resamples = StationaryBootstrap(block, np.arange(n), seed=seed).bootstrap(200)
+        for row, (data, _) in zip(expected, resamples, strict=True):
+            np.add.at(row, data[0], 1.0)
+        np.testing.assert_array_equal(perf.stationary_bootstrap_counts(n, 200, block, seed), expected)
+
+
+def test_cached_counts_are_the_counts_whatever_integer_type_holds_them():
+    for n in (30, 300):  # uint8 and uint16 in the cache
+        for _ in range(2):  # computed, then from the cache
+            counts = backtest._bootstrap_counts(n, 50, 10.0, 5)
+            assert counts.dtype == np.float64
+            np.testing.assert_array_equal(counts, perf.stationary_bootstrap_counts(n, 50, 10.0, 5))
+
+
+def test_percentile_interval_is_nanquantile_over_the_defined_resamples():
+    rng = np.random.default_rng(0)
+    resampled = rng.normal(size=(400, 6))
+    resampled[:50, 1] = np.nan      # partly defined: the interval over the rest
+    resampled[:300, 2] = np.inf     # fewer than half defined: none
+    resampled[:, 3] = np.nan        # never defined
+    resampled[::2, 4] = -np.inf
+    lower, upper = perf.percentile_interval(resampled, 0.9)
+    defined = np.isfinite(resampled)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tail = (1.0 - 0.9) / 2.0
+        expected = np.nanquantile(np.where(defined, resampled, np.nan), [tail, 1.0 - tail], axis=0)
+    expected[:, defined.mean(axis=0) < 0.5] = np.nan
+    np.testing.assert_array_equal(np.vstack([lower, upper]), expected)
+
+
+def _call_reference(calls: pl.DataFrame, w) -> dict[str, np.ndarray]:
+    """What the window metrics of the calls were as (windows x calls) matrices."""
+    position, known = calls["position_session"].to_numpy()[None, :], calls["known_session"].to_numpy()[None, :]
+    inside = ((w.firsts[:, None] >= 0) & (position >= w.firsts[:, None]) & (position <= w.ends[:, None])
+              & (known <= w.ends[:, None])) & np.array([r is None for r in w.reasons])[:, None]
+    hits = np.where(inside, calls["hit"].to_numpy()[None, :], np.nan)
+    confidence = np.where(inside, calls["confidence"].cast(pl.Float64).fill_null(np.nan).to_numpy()[None, :], np.nan)
+    with np.errstate(all="ignore"):
+        return {"calls": np.sum(~np.isnan(hits), axis=-1), "hit_rate": perf.hit_rate(hits),
+                "brier_score": perf.brier_score(confidence, hits)}
+
+
+def test_call_metrics_are_those_of_the_window_by_call_matrix(sample_prices):
+    days = [d for d in sample_prices["date"].to_list() if d >= dt.date(2017, 1, 3)]
+    rng = np.random.default_rng(4)
+    signals = random_signals(days, seed=9).with_columns(
+        pl.Series("horizon", rng.choice([1, 5, 20], len(days)), pl.Int64),
+        pl.when(pl.Series(rng.random(len(days)) < 0.1)).then(None).otherwise(pl.col("confidence")).alias("confidence"))
+    signals = signals.filter(pl.col("date") != days[400])  # a gap: windows without metrics
+    ends = days[5::7]
+    rules = BacktestRules(**NO_BOOTSTRAP)
+    grid = SessionGrid(calendar.shift_trading_days(min(ends), -(rules.window_sessions + 2)), max(ends))
+    ledger, calls = ledger_and_calls(signals, sample_prices, grid, rules.sizing)
+    w = backtest._windows(ledger, ends, rules)
+    got = backtest._call_metrics(calls.with_columns(pl.col("position_session", "known_session") - ledger["session"][0]), w)
+    expected = _call_reference(calls.with_columns(pl.col("position_session", "known_session") - ledger["session"][0]), w)
+    assert (expected["calls"] > 0).sum() > 50 and np.isnan(expected["hit_rate"]).sum() > 5
+    np.testing.assert_array_equal(got["calls"], expected["calls"])
+    np.testing.assert_array_equal(got["hit_rate"], expected["hit_rate"])  # counts of hits: exact
+    np.testing.assert_allclose(got["brier_score"], expected["brier_score"], rtol=0, atol=1e-15)
+
+
+def test_the_shared_intervals_are_the_final_and_paired_intervals_computed_apart(sample_prices):
+    days = [d for d in sample_prices["date"].to_list() if d >= dt.date(2017, 1, 3)]
+    final_signals = random_signals(days, seed=21)
+    twin_signals = random_signals(days, seed=22).filter(pl.col("date") != days[300])  # twin windows without data
+    ends = days[::3]
+    rules = BacktestRules(**NO_BOOTSTRAP)
+    grid = SessionGrid(calendar.shift_trading_days(min(ends), -(rules.window_sessions + 2)), max(ends))
+    final, _ = ledger_and_calls(final_signals, sample_prices, grid, rules.sizing)
+    twin, _ = ledger_and_calls(twin_signals, sample_prices, grid, rules.sizing)
+    fw, tw = backtest._windows(final, ends, rules), backtest._windows(twin, ends, rules)
+    sharpe_bounds, paired_bounds = backtest._intervals(fw, tw, rules)
+    np.testing.assert_array_equal(sharpe_bounds, np.vstack(backtest._interval(fw.net, rules)))
+    both = ~np.isnan(fw.net) & ~np.isnan(tw.net)
+    final_net, twin_net = np.where(both, fw.net, np.nan), np.where(both, tw.net, np.nan)
+    expected = np.full((2, len(ends)), np.nan)
+    for n, index, compact in perf.rows_by_observations(final_net):
+        if n >= 2:
+            expected[:, index] = paired_sharpe_difference_interval(
+                compact, twin_net[index][both[index]].reshape(len(index), n),
+                perf.stationary_bootstrap_counts(n, 200, rules.bootstrap_block, rules.bootstrap_seed), rules.interval)
+    assert np.isfinite(expected).sum() > 100 and (both.sum(axis=1) == 0).sum() > 10
+    np.testing.assert_array_equal(paired_bounds, expected)
