@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 LLM_STAMP := $(VENV)/.llm-installed-stamp
 
-.PHONY: install install-llm test test-llm demo ui large-instance ui-large stop-large bench bench-scale bench-forecasts bench-llm bench-backtests bench-attribution bench-sensors evaluate validate screenshots clean
+.PHONY: install install-llm test test-llm demo ui large-instance ui-large stop-large bench bench-scale bench-ceiling bench-forecasts bench-llm bench-backtests bench-attribution bench-sensors evaluate validate screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -84,6 +84,15 @@ bench-attribution: $(STAMP)
 
 bench-sensors: $(STAMP)
 	$(BIN)/python benchmarks/bench_sensors.py
+
+# The whole graph at 20 tickers x 10 years, the nightly shape at 100 tickers and SQLite against the
+# large-backfill instance (docs/scale.md); needs Debian's postgresql package. About 25 minutes.
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/bench_scale.py
+
+# What the UI, the daemon and the sensor cost at 100k / 250k / 500k partitions per asset (docs/scale.md).
+bench-ceiling: $(STAMP)
+	$(BIN)/python benchmarks/bench_ceiling.py
 
 # Walk-forward accuracy of ts_forecasts on the sample data, 2010-2018 (about a minute).
 evaluate: $(STAMP)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, define_asset_job
+from dagster import AssetSelection, define_asset_job, in_process_executor
 
 from pm_assets.partitions import daily_ticker_partitions, trading_day_partitions
+
+# The automated jobs run their steps in the run's own process: their stages form a chain that the
+# `duckdb` pool serialises anyway, and a process per step cost 3-5 s of imports each (measured by
+# benchmarks/bench_scale.py's nightly part), more than a night's own work for a small universe.
+AUTOMATED_JOB_EXECUTOR = in_process_executor
 
 EVALUATION_GROUP = "evaluation"
 MARTS_GROUP = "marts"
 
 research_job = define_asset_job(
     "daily_research",
+    executor_def=AUTOMATED_JOB_EXECUTOR,
     selection=AssetSelection.all() - AssetSelection.groups(EVALUATION_GROUP, MARTS_GROUP),
     partitions_def=daily_ticker_partitions,
     description="prices -> features -> ts_forecasts -> llm_analysis -> llm_signals -> risk_assessments "
@@ -21,6 +27,7 @@ research_job = define_asset_job(
 
 signal_evaluation_job = define_asset_job(
     "signal_evaluation",
+    executor_def=AUTOMATED_JOB_EXECUTOR,
     selection=AssetSelection.assets("signal_outcomes", "backtests"),
     partitions_def=daily_ticker_partitions,
     description="signal_outcomes and backtests for a tickers x dates range (the signal_validation sensor "
@@ -29,6 +36,7 @@ signal_evaluation_job = define_asset_job(
 
 portfolio_job = define_asset_job(
     "portfolio_book",
+    executor_def=AUTOMATED_JOB_EXECUTOR,
     selection=AssetSelection.assets("portfolio_backtests"),
     partitions_def=trading_day_partitions,
     description="portfolio_backtests for a range of dates (the signal_validation sensor launches it once "

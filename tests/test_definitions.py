@@ -43,3 +43,13 @@ def test_every_asset_check_says_what_it_asks():
     undescribed = [f"{key.asset_key.to_user_string()}:{key.name}" for key in graph.asset_check_keys
                    if not graph.get_check_spec(key).description]
     assert undescribed == []
+
+
+def test_the_automated_jobs_run_their_steps_in_the_run_process():
+    """A process per step cost more than a small night's own work (benchmarks/bench_scale.py)."""
+    from dagster import in_process_executor
+
+    from pm_jobs.definitions import defs
+
+    for name in ("daily_research", "signal_evaluation", "portfolio_book"):
+        assert defs.resolve_job_def(name).executor_def is in_process_executor, name

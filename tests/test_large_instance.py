@@ -166,3 +166,14 @@ def test_pm_postgres_start_refuses_a_folder_holding_another_instance(tmp_path):
     assert refused.returncode == 2
     assert refused.stderr.strip() == (f"pm: {tmp_path}/dagster.yaml exists and is not a large-backfill instance "
                                       "(no instance.env): choose another --home")
+
+
+def test_the_ui_queries_the_ceiling_benchmark_times_are_valid_for_the_pinned_dagster():
+    from dagster_graphql.schema import create_schema
+    from graphql import parse, validate
+
+    from benchmarks import ui_queries
+
+    schema = create_schema()
+    for name in ("PARTITION_HEALTH_QUERY", "ASSET_GRAPH_QUERY", "ASSET_GRAPH_LIVE_QUERY", "LAUNCH_BACKFILL_MUTATION"):
+        assert validate(schema, parse(getattr(ui_queries, name))) == [], name
