@@ -111,6 +111,20 @@ def backfill_everything(url: str, params: dict, timeout: float) -> tuple[float, 
     return launch, to_run
 
 
+def measure_backfills(url: str, env: dict[str, str], workdir: Path, ranged: dict, listed: dict | None) -> tuple[float, float]:
+    """The range backfill (and the listed one, if given) with a daemon running; prints and returns the range's."""
+    daemon = [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", "workspace.yaml"]
+    with served(daemon, env, workdir / "daemon.log"):
+        launch, to_run = backfill_everything(url, ranged, 900)
+        print(f"    backfill of features over every partition, as a range (pm backfill): launch {launch:6.2f} s, "
+              f"the daemon's run after {to_run:6.1f} s", flush=True)
+        if listed is not None:
+            listed_launch, listed_run = backfill_everything(url, listed, 900)
+            print(f"    the same, keys listed as the UI's dialog sends them: launch {listed_launch:6.2f} s, "
+                  f"the daemon's run after {listed_run:6.1f} s", flush=True)
+    return launch, to_run
+
+
 def sensor_tick(instance, tickers: list[str], night: dt.date) -> tuple[float, int]:
     """One signal_validation tick whose cursor stops just before the last night's prices."""
     from dagster import AssetKey, AssetRecordsFilter, build_sensor_context
@@ -126,7 +140,7 @@ def sensor_tick(instance, tickers: list[str], night: dt.date) -> tuple[float, in
     return time.perf_counter() - began, len(result.run_requests or [])
 
 
-def measure(sizes: list[int], listed_up_to: int) -> None:
+def measure(sizes: list[int], listed_up_to: int, backfill_up_to: int) -> None:
     from dagster import DagsterInstance
 
     from pm_assets.partitions import trading_day_partitions
@@ -161,6 +175,7 @@ def measure(sizes: list[int], listed_up_to: int) -> None:
             tickers = wanted
             partitions = len(tickers) * len(sessions)
             with_listed = partitions <= listed_up_to
+            with_backfill = partitions <= backfill_up_to
             print(f"\n{partitions:,} partitions per asset ({len(tickers)} tickers): prices materialized for "
                   f"{len(new)} new tickers in {time.perf_counter() - began:.0f} s", flush=True)
             page_first, page = partition_page(url)
@@ -172,15 +187,9 @@ def measure(sizes: list[int], listed_up_to: int) -> None:
                 "tags": [{"key": "dagster/from_ui", "value": "true"}]}
             listed = {"tags": [{"key": "dagster/from_ui", "value": "true"}], "assetSelection": [{"path": ["features"]}],
                       "partitionNames": [f"{d}|{t}" for d in sessions for t in tickers], "fromFailure": False}
-            with served([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", "workspace.yaml"], env,
-                        workdir / "daemon.log"):
-                launch, to_run = backfill_everything(url, ranged, 900)
-                print(f"    backfill of features over every partition, as a range (pm backfill): launch {launch:6.2f} s, "
-                      f"the daemon's run after {to_run:6.1f} s", flush=True)
-                if with_listed:
-                    listed_launch, listed_run = backfill_everything(url, listed, 900)
-                    print(f"    the same, keys listed as the UI's dialog sends them: launch {listed_launch:6.2f} s, "
-                          f"the daemon's run after {listed_run:6.1f} s", flush=True)
+            launch = to_run = float("nan")
+            if with_backfill:
+                launch, to_run = measure_backfills(url, env, workdir, ranged, listed if with_listed else None)
             tick, requested = sensor_tick(instance, tickers, night)
             print(f"    signal_validation tick over a night's prices    {tick:6.2f} s ({requested} run(s) requested)",
                   flush=True)
@@ -196,13 +205,15 @@ def measure(sizes: list[int], listed_up_to: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,250000,500000", help="partitions per asset, ascending")
+    parser.add_argument("--backfill-up-to", type=int, default=110_000,
+                        help="launch the backfills up to this many partitions (at 100,000 each takes minutes)")
     parser.add_argument("--listed-up-to", type=int, default=110_000,
                         help="also launch the UI dialog's backfill (every key listed) up to this many partitions")
     parser.add_argument("--in-instance", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.in_instance:
-        measure(sizes, args.listed_up_to)
+        measure(sizes, args.listed_up_to, args.backfill_up_to)
         return
     with tempfile.TemporaryDirectory() as tmp, large_instance(Path(tmp)) as (home, settings):
         watchlist = Path(tmp) / "watchlist.txt"
@@ -210,7 +221,7 @@ def main() -> None:
         env = base_env(Path(tmp)) | {k: v for k, v in settings.items() if k != "PM_DUCKDB_PATH"} | {
             "DAGSTER_HOME": str(home), "PM_WATCHLIST": str(watchlist)}
         done = subprocess.run([sys.executable, __file__, "--in-instance", "--sizes", args.sizes,
-                               "--listed-up-to", str(args.listed_up_to)], env=env, timeout=7200)
+                               "--listed-up-to", str(args.listed_up_to), "--backfill-up-to", str(args.backfill_up_to)], env=env, timeout=7200)
         if done.returncode != 0:
             raise SystemExit("bench-ceiling failed")
 
