@@ -176,4 +176,4 @@ def test_the_ui_queries_the_ceiling_benchmark_times_are_valid_for_the_pinned_dag
 
     schema = create_schema()
     for name in ("PARTITION_HEALTH_QUERY", "ASSET_GRAPH_QUERY", "ASSET_GRAPH_LIVE_QUERY", "LAUNCH_BACKFILL_MUTATION"):
-        assert validate(schema, parse(getattr(ui_queries, name))) == [], name
+        assert validate(schema.graphql_schema, parse(getattr(ui_queries, name))) == [], name
