@@ -86,7 +86,7 @@ bench-sensors: $(STAMP)
 	$(BIN)/python benchmarks/bench_sensors.py
 
 # The whole graph at 20 tickers x 10 years, the nightly shape at 100 tickers and SQLite against the
-# large-backfill instance (docs/scale.md); needs Debian's postgresql package. About 25 minutes.
+# large-backfill instance (docs/scale.md); needs Debian's postgresql package. About 19 minutes.
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/bench_scale.py
 

@@ -26,7 +26,6 @@ Needs PostgreSQL's binaries (Debian's postgresql package), as `pm postgres start
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -36,7 +35,6 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,20 +67,11 @@ def base_env(workdir: Path) -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def large_instance(workdir: Path) -> Iterator[tuple[Path, dict[str, str]]]:
-    """`pm postgres start` on a throwaway folder; yields it and the instance's settings."""
-    from pm_jobs import large_instance as large
+def large_instance(workdir: Path):
+    """A started large-backfill instance in a throwaway folder; yields it and its settings."""
+    from pm_jobs.large_instance import temporary_instance
 
-    parent = Path(tempfile.mkdtemp(prefix="pm-bench-large-"))
-    parent.chmod(0o755)  # under root the server runs as `postgres`, which must enter it
-    home = parent / "large"
-    try:
-        large.start(home)
-        yield home, large.read_env_file(home / large.ENV_FILE)
-    finally:
-        large.stop(home)
-        shutil.rmtree(parent, ignore_errors=True)
+    return temporary_instance(prefix="pm-bench-large-")
 
 
 # ------------------------------------------------------------------------------------------------

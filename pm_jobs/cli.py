@@ -543,9 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import duckdb
     from dagster import DagsterError
 
-    from pm_jobs.selection import SelectionError
-
     from pm_jobs.large_instance import LargeInstanceError
+    from pm_jobs.selection import SelectionError
 
     try:
         if args.command == "postgres":

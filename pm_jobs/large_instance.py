@@ -20,8 +20,11 @@ Why the two settings (Dagster 1.13, checked in its source and by tests/test_larg
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from pm_domain import settings
@@ -144,3 +147,29 @@ def _write_env(path: Path, values: dict[str, str]) -> None:
             + "".join(f"{key}={value}\n" for key, value in values.items()))
     path.write_text(text)
     path.chmod(0o600)  # it holds the database password
+
+
+@contextlib.contextmanager
+def throwaway_home(prefix: str = "pm-large-") -> Iterator[Path]:
+    """A folder for an instance that must not outlive the block (tests, benchmarks): a fresh
+    temporary directory the `postgres` user can enter (not pytest's private ones); on exit any
+    PostgreSQL started in it is stopped and the folder deleted."""
+    parent = Path(tempfile.mkdtemp(prefix=prefix))
+    parent.chmod(0o755)
+    home = parent / "large"
+    try:
+        yield home
+    finally:
+        try:
+            stop(home)
+        finally:
+            shutil.rmtree(parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def temporary_instance(prefix: str = "pm-large-") -> Iterator[tuple[Path, dict[str, str]]]:
+    """A started large-backfill instance in a throwaway folder; yields it and its instance.env."""
+    with throwaway_home(prefix) as home:
+        start(home)
+        yield home, read_env_file(home / ENV_FILE)
+

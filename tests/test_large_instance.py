@@ -7,16 +7,14 @@ rest build a real instance with `pm postgres start` on a throwaway folder and us
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from pm_assets import prices
-from pm_jobs.large_instance import DAGSTER_SETTINGS, ENV_FILE, read_env_file
+from pm_jobs.large_instance import DAGSTER_SETTINGS, ENV_FILE, read_env_file, throwaway_home
 from pm_jobs.local_postgres import PostgresNotFound, find_bin_dir
 from tests.conftest import run_assets
 
@@ -84,18 +82,10 @@ def large_home():
         find_bin_dir()
     except PostgresNotFound as exc:
         pytest.skip(f"PostgreSQL binaries not found: install postgresql (the CI script does) ({exc})")
-    # Not pytest's tmp_path: its folders are private to root, and under root the server runs as
-    # `postgres`, which must enter the folder (pm says so; tested below).
-    parent = Path(tempfile.mkdtemp(prefix="pm-large-"))
-    parent.chmod(0o755)
-    home = parent / "large"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "PM_"))}
     env.update(PYTHONPATH=str(ROOT), DAGSTER_DISABLE_TELEMETRY="1")
-    try:
+    with throwaway_home() as home:
         yield home, env
-    finally:
-        pm("postgres", "stop", "--home", str(home), env=env, timeout=90)
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.mark.timeout(300)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -38,20 +36,13 @@ BACKFILL_SECONDS = 300
 
 @pytest.fixture()
 def large_home():
-    """`pm postgres start` on a throwaway folder (one that the `postgres` user can enter)."""
+    """`pm postgres start` on a throwaway folder."""
     try:
         find_bin_dir()
     except PostgresNotFound as exc:
         pytest.skip(f"PostgreSQL binaries not found: install postgresql (the CI script does) ({exc})")
-    parent = Path(tempfile.mkdtemp(prefix="pm-large-"))
-    parent.chmod(0o755)
-    home = parent / "large"
-    try:
-        large_instance.start(home)
-        yield home, large_instance.read_env_file(home / large_instance.ENV_FILE)
-    finally:
-        large_instance.stop(home)
-        shutil.rmtree(parent, ignore_errors=True)
+    with large_instance.temporary_instance() as (home, settings):
+        yield home, settings
 
 
 @pytest.fixture()
