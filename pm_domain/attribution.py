@@ -61,12 +61,7 @@ def paired_sharpe_difference_interval(final: np.ndarray, twin: np.ndarray, count
         return nan, nan
     difference = (perf.resampled_sharpe(final - risk_free, counts, flat_is_zero=True)
                   - perf.resampled_sharpe(twin - risk_free, counts, flat_is_zero=True))
-    tail = (1.0 - confidence) / 2.0
-    defined = np.isfinite(difference)
-    with np.errstate(all="ignore"):
-        lower, upper = np.nanquantile(np.where(defined, difference, np.nan), [tail, 1.0 - tail], axis=0)
-    enough = defined.mean(axis=0) >= 0.5
-    return np.where(enough, lower, np.nan), np.where(enough, upper, np.nan)
+    return perf.percentile_interval(difference, confidence)
 
 
 def llm_verdict(lower: float | None, upper: float | None, usable: bool) -> str:

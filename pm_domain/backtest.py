@@ -38,6 +38,7 @@ from pm_domain.attribution import (
     ATTRIBUTION_SCHEMA,
     forecast_only_signals,
     llm_verdict,
+    paired_sharpe_difference_interval,
 )
 from pm_domain.outcomes import DIRECTION, ENTRY_LAG_SESSIONS, SessionGrid, direction, signal_outcomes
 
@@ -311,19 +312,9 @@ def _interval(net: np.ndarray, rules: BacktestRules) -> tuple[np.ndarray, np.nda
     return lower, upper
 
 
-def _paired_interval(final: np.ndarray, twin: np.ndarray, counts: np.ndarray,
-                     rules: BacktestRules) -> tuple[np.ndarray, np.ndarray]:
-    """attribution.paired_sharpe_difference_interval (N >= 2), to the bit: the quantiles taken by
-    perf.percentile_interval, without np.nanquantile's Python loop over the windows."""
-    rf = rules.daily_risk_free
-    difference = (perf.resampled_sharpe(final - rf, counts, flat_is_zero=True)
-                  - perf.resampled_sharpe(twin - rf, counts, flat_is_zero=True))
-    return perf.percentile_interval(difference, rules.interval)
-
-
 def _intervals(fw: _Windows, tw: _Windows, rules: BacktestRules) -> tuple[np.ndarray, np.ndarray]:
     """((lower, upper) of the final's Sharpe, as _interval gives them; (lower, upper) of the paired
-    Sharpe difference over the days both ledgers have, as _paired_interval), each a (2 x windows)
+    Sharpe difference over the days both ledgers have, as attribution.paired_sharpe_difference_interval), each a (2 x windows)
     array, in one pass over the window lengths N: each N's counts are taken once, and where the
     paired windows of an N are the final's own (the twin has a return wherever the final has),
     the final's resampled Sharpes are the very numbers the pairing would compute again."""
@@ -349,7 +340,8 @@ def _intervals(fw: _Windows, tw: _Windows, rules: BacktestRules) -> tuple[np.nda
             paired_bounds[:, index] = perf.percentile_interval(difference, rules.interval)
     for n, (index, compact) in paired_groups.items():
         twin_compact = twin_net[index][both[index]].reshape(len(index), n)
-        paired_bounds[:, index] = _paired_interval(compact, twin_compact, _counts(n, rules), rules)
+        paired_bounds[:, index] = paired_sharpe_difference_interval(compact, twin_compact, _counts(n, rules),
+                                                                     rules.interval, rules.daily_risk_free)
     return sharpe_bounds, paired_bounds
 
 

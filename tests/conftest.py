@@ -76,3 +76,14 @@ def run_assets(instance, db_path, assets, start, end, tickers, source="sample", 
     return materialize(assets, instance=instance, raise_on_error=False, tags=range_tags(list(tickers), start, end),
                        resources={"duckdb": ClosingDuckDBResource(database=str(db_path)),
                                   "price_source": PriceSourceResource(source=source, csv_dir=csv_dir)})
+
+
+def require_postgres_binaries() -> None:
+    """Skip the test, saying why, on a machine without PostgreSQL's binaries."""
+    from pm_jobs.local_postgres import PostgresNotFound, find_bin_dir
+
+    try:
+        find_bin_dir()
+    except PostgresNotFound as exc:
+        pytest.skip(f"PostgreSQL binaries not found: install postgresql (the CI script does) ({exc})")
+

@@ -15,8 +15,7 @@ import pytest
 
 from pm_assets import prices
 from pm_jobs.large_instance import DAGSTER_SETTINGS, ENV_FILE, read_env_file, throwaway_home
-from pm_jobs.local_postgres import PostgresNotFound, find_bin_dir
-from tests.conftest import run_assets
+from tests.conftest import require_postgres_binaries, run_assets
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKERS = ["^GSPC", "^IXIC"]
@@ -78,10 +77,7 @@ def pm(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.Comp
 
 @pytest.fixture()
 def large_home():
-    try:
-        find_bin_dir()
-    except PostgresNotFound as exc:
-        pytest.skip(f"PostgreSQL binaries not found: install postgresql (the CI script does) ({exc})")
+    require_postgres_binaries()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "PM_"))}
     env.update(PYTHONPATH=str(ROOT), DAGSTER_DISABLE_TELEMETRY="1")
     with throwaway_home() as home:
@@ -137,10 +133,7 @@ def test_pm_postgres_start_builds_an_instance_that_pm_uses(large_home):
 def test_pm_postgres_start_names_a_folder_postgres_cannot_enter(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("only root hands the cluster to the `postgres` user")
-    try:
-        find_bin_dir()
-    except PostgresNotFound as exc:
-        pytest.skip(f"PostgreSQL binaries not found ({exc})")
+    require_postgres_binaries()
     tmp_path.chmod(0o700)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     refused = pm("postgres", "start", "--home", str(tmp_path / "large"), env=env)

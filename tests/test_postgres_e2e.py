@@ -21,7 +21,7 @@ import pytest
 from pm_jobs.backfill import launch_backfill, ticker_date_ranges, wait_for_backfill
 from pm_resources.store import query
 from pm_jobs import large_instance
-from pm_jobs.local_postgres import PostgresNotFound, find_bin_dir
+from tests.conftest import require_postgres_binaries
 from tests.dagster_dev import STARTUP_SECONDS, dagster_dev
 
 psycopg2 = pytest.importorskip("psycopg2", reason="dagster-postgres (and psycopg2) not installed")
@@ -37,10 +37,7 @@ BACKFILL_SECONDS = 300
 @pytest.fixture()
 def large_home():
     """`pm postgres start` on a throwaway folder."""
-    try:
-        find_bin_dir()
-    except PostgresNotFound as exc:
-        pytest.skip(f"PostgreSQL binaries not found: install postgresql (the CI script does) ({exc})")
+    require_postgres_binaries()
     with large_instance.temporary_instance() as (home, settings):
         yield home, settings
 
