@@ -92,6 +92,11 @@ def shift_trading_days(day: dt.date, offset: int) -> dt.date:
         raise CalendarError(f"{day} shifted by {offset} sessions is outside the calendar") from exc
 
 
+def session_open(day: dt.date) -> dt.datetime:
+    """The UTC time the session of `day` opens."""
+    return _calendar().session_open(pd.Timestamp(day)).to_pydatetime()
+
+
 def session_close(day: dt.date) -> dt.datetime:
     """The UTC time the session of `day` closes (early closes included)."""
     return _calendar().session_close(pd.Timestamp(day)).to_pydatetime()

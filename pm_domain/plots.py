@@ -129,3 +129,21 @@ def reliability_png(points: dict[str, dict], title: str) -> bytes:
     fig.savefig(buffer, format="png", dpi=DPI)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def paper_nav_png(dates: list, paper: list[float], reference: list[float], benchmark: list[float]) -> bytes:
+    """The paper book's NAV against the backtest of the same weights and the equal-weight
+    buy-and-hold of its tickers, all from the same initial cash."""
+    fig, ax = plt.subplots(1, 1, figsize=(WIDTH_INCHES, 4.6))
+    ax.plot(dates, paper, color="tab:blue", lw=1.3, label="paper NAV (next-open fills, costs, whole shares)")
+    ax.plot(dates, reference, color="tab:orange", lw=1.0, ls="--", label="backtest of the same weights")
+    ax.plot(dates, benchmark, color="gray", lw=1.0, label="equal-weight buy and hold")
+    ax.set_title("paper book: NAV", fontsize=TITLE, loc="left")
+    ax.tick_params(labelsize=LABEL)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=LEGEND, loc="upper left")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -96,3 +96,28 @@ def llm_health_interval_seconds() -> int:
     if not raw.isdigit() or int(raw) < 30:
         raise SettingsError(f"PM_LLM_HEALTH_INTERVAL={raw!r} must be a whole number of seconds, at least 30")
     return int(raw)
+
+
+def paper_alert_bps() -> float:
+    """How far (bps of the initial cash) the paper NAV may drift from the backtest of the same
+    weights before the paper_reconciliation sensor writes an alert (`PM_PAPER_ALERT_BPS`, default 100)."""
+    raw = os.environ.get("PM_PAPER_ALERT_BPS", "100")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SettingsError(f"PM_PAPER_ALERT_BPS={raw!r} must be a positive number of basis points")
+    return value
+
+
+PAPER_WEIGHT_METHODS = ("signal_kelly", "equal", "inverse_volatility", "hierarchical_risk_parity", "minimum_variance")
+
+
+def paper_weight_method() -> str:
+    """How target_weights sizes the day's signals unless a run's config says otherwise
+    (`PM_PAPER_WEIGHTS`, default signal_kelly; read when the definitions load)."""
+    raw = os.environ.get("PM_PAPER_WEIGHTS", "signal_kelly")
+    if raw not in PAPER_WEIGHT_METHODS:
+        raise SettingsError(f"PM_PAPER_WEIGHTS={raw!r}: use one of {', '.join(PAPER_WEIGHT_METHODS)}")
+    return raw

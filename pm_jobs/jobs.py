@@ -13,16 +13,18 @@ AUTOMATED_JOB_EXECUTOR = in_process_executor
 
 EVALUATION_GROUP = "evaluation"
 MARTS_GROUP = "marts"
+PAPER_GROUP = "paper"
 
 research_job = define_asset_job(
     "daily_research",
     executor_def=AUTOMATED_JOB_EXECUTOR,
-    selection=AssetSelection.all() - AssetSelection.groups(EVALUATION_GROUP, MARTS_GROUP),
+    selection=AssetSelection.all() - AssetSelection.groups(EVALUATION_GROUP, MARTS_GROUP, PAPER_GROUP),
     partitions_def=daily_ticker_partitions,
     description="prices -> features -> ts_forecasts -> llm_analysis -> llm_signals -> risk_assessments "
     "for a tickers x dates range in one run (what the nightly schedule launches). signal_outcomes, "
     "backtests and portfolio_backtests follow from the signal_validation sensor as their windows complete; "
-    "the SQL marts refresh after them (marts_refresh).",
+    "the SQL marts refresh after them (marts_refresh); the paper book follows once every ticker's "
+    "risk_assessments of the date is in (paper_trading sensor).",
 )
 
 signal_evaluation_job = define_asset_job(
@@ -41,4 +43,14 @@ portfolio_job = define_asset_job(
     partitions_def=trading_day_partitions,
     description="portfolio_backtests for a range of dates (the signal_validation sensor launches it once "
     "every ticker's backtest of a date is in).",
+)
+
+paper_job = define_asset_job(
+    "paper_trading",
+    executor_def=AUTOMATED_JOB_EXECUTOR,
+    selection=AssetSelection.groups(PAPER_GROUP),
+    partitions_def=trading_day_partitions,
+    description="target_weights, then the paper book's step (paper_fills -> paper_book -> paper_orders) for a range "
+    "of dates: the fills at each date's open of the orders placed the session before, the book at its close, and "
+    "the orders for the next open (the paper_trading sensor launches it each night after the research run).",
 )

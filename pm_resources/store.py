@@ -96,6 +96,22 @@ class KeyedRows:
     key_columns: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class LedgerRows:
+    """Rows written once and never replaced (the paper book's placed orders and amendments): a
+    key already stored keeps its row, whatever the new row says."""
+
+    table: str
+    frame: pl.DataFrame
+    key_columns: tuple[str, ...]
+
+
+def _by_ticker(key_columns: Sequence[str]) -> bool:
+    """A table keyed (ticker, date, ...) holds per-ticker partitions; one keyed by date first
+    holds whole dates, whatever other columns its key has."""
+    return tuple(key_columns[:2]) == KEY_COLUMNS
+
+
 def _check_partition_rows(rows: PartitionRows, tickers: Sequence[str], dates: Sequence[dt.date]) -> None:
     table, frame, key_columns = identifier(rows.table), rows.frame, rows.key_columns
     if tuple(key_columns[:2]) != KEY_COLUMNS and key_columns[:1] != ("date",):
@@ -105,7 +121,7 @@ def _check_partition_rows(rows: PartitionRows, tickers: Sequence[str], dates: Se
         raise StoreError(f"{table}: rows lack key column(s) {missing}")
     if not frame.height:
         return
-    by_ticker = "ticker" in key_columns
+    by_ticker = _by_ticker(key_columns)
     outside = frame.filter(
         (~pl.col("ticker").is_in(list(tickers)) if by_ticker else pl.lit(False)) | ~pl.col("date").is_in(list(dates))
     )
@@ -128,6 +144,7 @@ def write_partitions(
     dates: Sequence[dt.date],
     partition_rows: Sequence[PartitionRows],
     keyed_rows: Sequence[KeyedRows] = (),
+    ledger_rows: Sequence[LedgerRows] = (),
 ) -> None:
     """Replace the run's partitions in every table of `partition_rows` and upsert `keyed_rows`,
     all in one transaction: a stage's rows and its side tables land together or not at all.
@@ -137,7 +154,7 @@ def write_partitions(
     """
     for rows in partition_rows:
         _check_partition_rows(rows, tickers, dates)
-    for rows in keyed_rows:
+    for rows in [*keyed_rows, *ledger_rows]:
         identifier(rows.table)
         if rows.frame.height and rows.frame.select(pl.struct(*rows.key_columns).is_duplicated().any()).item():
             raise StoreError(f"{rows.table}: rows repeat a ({', '.join(rows.key_columns)}) key")
@@ -150,6 +167,8 @@ def write_partitions(
                 _replace(conn, rows)
             for rows in keyed_rows:
                 _upsert(conn, rows)
+            for rows in ledger_rows:
+                _append_new(conn, rows)
             conn.execute("COMMIT")
         except BaseException:
             try:
@@ -168,7 +187,7 @@ def write_partitions(
 def _replace(conn: duckdb.DuckDBPyConnection, rows: PartitionRows) -> None:
     _ensure_table(conn, rows.table, rows.frame, [identifier(c) for c in rows.key_columns])
     scope_sql = "".join(f" AND {identifier(column)} = ?" for column in rows.scope)
-    ticker_sql = "ticker IN (SELECT ticker FROM _pm_ticker_keys) AND " if "ticker" in rows.key_columns else ""
+    ticker_sql = "ticker IN (SELECT ticker FROM _pm_ticker_keys) AND " if _by_ticker(rows.key_columns) else ""
     conn.execute(
         f"DELETE FROM {rows.table} WHERE {ticker_sql}date IN (SELECT date FROM _pm_date_keys){scope_sql}",
         list(rows.scope.values()),
@@ -185,6 +204,15 @@ def _upsert(conn: duckdb.DuckDBPyConnection, rows: KeyedRows) -> None:
     if rows.frame.height:
         conn.register("_pm_incoming", rows.frame.to_arrow())
         conn.execute(f"INSERT OR REPLACE INTO {rows.table} BY NAME SELECT * FROM _pm_incoming")
+        conn.unregister("_pm_incoming")
+
+
+def _append_new(conn: duckdb.DuckDBPyConnection, rows: LedgerRows) -> None:
+    keys = [identifier(c) for c in rows.key_columns]
+    _ensure_table(conn, rows.table, rows.frame, keys)
+    if rows.frame.height:
+        conn.register("_pm_incoming", rows.frame.to_arrow())
+        conn.execute(f"INSERT OR IGNORE INTO {rows.table} BY NAME SELECT * FROM _pm_incoming")
         conn.unregister("_pm_incoming")
 
 
