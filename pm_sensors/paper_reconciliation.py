@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 import polars as pl
-from dagster import AssetKey, DagsterRunStatus, DefaultSensorStatus, RunStatusSensorContext, run_status_sensor
+from dagster import DagsterEventType, DagsterRunStatus, DefaultSensorStatus, RunStatusSensorContext, run_status_sensor
 from dagster_duckdb import DuckDBResource
 
 from pm_domain import settings
@@ -17,7 +17,7 @@ from pm_domain.paper.reconcile import alert_rows
 from pm_resources.store import KeyedRows, query, table_exists, upsert_rows
 from pm_sensors.run_failures import FAILURE_KEY, FAILURE_SCHEMA, ensure_failures_table, run_partitions
 
-BOOK = AssetKey("paper_book")
+STEP = "paper_trading"  # the multi-asset's op
 
 
 def failure_rows_for(alerts: pl.DataFrame, job_name: str, tags: dict[str, str], at: dt.datetime) -> pl.DataFrame:
@@ -46,6 +46,13 @@ def record_alerts(conn, dates: tuple[dt.date, dt.date], job_name: str, tags: dic
     return new
 
 
+def wrote_the_book(instance, run_id: str) -> bool:
+    """Whether the run's paper_trading step (the book's) succeeded: a run's step successes are
+    few, whatever its partitions."""
+    steps = instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_SUCCESS).records
+    return any(record.event_log_entry.step_key == STEP for record in steps)
+
+
 def run_dates(tags: dict[str, str]) -> tuple[dt.date, dt.date] | None:
     partitions = run_partitions(tags)
     if partitions is None or "|" in partitions:
@@ -65,8 +72,7 @@ def run_dates(tags: dict[str, str]) -> tuple[dt.date, dt.date] | None:
 def paper_reconciliation_sensor(context: RunStatusSensorContext, duckdb: DuckDBResource):
     run = context.dagster_run
     dates = run_dates(dict(run.tags))
-    wrote_book = run.job_name == "paper_trading" or BOOK in (run.asset_selection or set())
-    if not wrote_book or dates is None:
+    if dates is None or not wrote_the_book(context.instance, run.run_id):
         return
     with duckdb.get_connection() as conn:
         new = record_alerts(conn, dates, run.job_name, dict(run.tags))
