@@ -111,30 +111,21 @@ def paper_trading(context: AssetExecutionContext, duckdb: DuckDBResource, broker
     frozen = {d: (int(n), at) for d, n, at in stored_book.iter_rows() if at is not None} if stored_book.height else {}
     placed_matrix = _placed_matrix(placed, frozen, sessions, tickers)
     path = simulate(sessions, tickers, opens, closes, weights, rules, BookStart.new(broker.initial_cash, len(tickers)), placed_matrix)
-    reconciliation = reconcile(path.nav, sessions, tickers, opens, closes, weights, rules, broker.initial_cash)
+    replayed = any(day in frozen for day in sessions)
+    reconciliation = reconcile(path.nav, sessions, tickers, opens, closes, weights, rules, broker.initial_cash,
+                               fresh_nav=None if replayed else path.nav)
     run = [sessions.index(d) for d in dates]
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    new_orders, amendments, placements, amendment_counts = [], [], {}, {}
-    targets_by_date = {d[0]: frame for d, frame in targets.group_by("date")}
-    for k in run:
-        day = sessions[k]
-        day_targets = targets_by_date.get(day, targets.clear())
-        if day in frozen:
-            proposed = ledger.order_rows(path, k, path.fresh_orders[k], day_targets, broker.book, now)
-            changed = ledger.amendments(placed.filter(pl.col("date") == day) if placed.height else proposed.clear(), proposed, now)
-            amendments.append(changed)
-            amendment_counts[k], placements[k] = changed.height, frozen[day]
-        else:
-            orders = ledger.order_rows(path, k, path.orders[k], day_targets, broker.book, now)
-            new_orders.append(orders)
-            placements[k] = (orders.height, now)
-    fills = pl.concat([ledger.fill_rows(path, k, broker.book, rules.fill_at) for k in run])
-    positions = pl.concat([ledger.position_rows(path, k) for k in run])
+    placing = [k for k in run if sessions[k] not in frozen]
+    orders = ledger.order_rows(path, placing, path.orders, targets, broker.book, now)
+    changes, amendment_counts = _amendments(path, [k for k in run if sessions[k] in frozen], targets, placed, broker.book, now)
+    counts = dict(orders.group_by("date").len().iter_rows()) if orders.height else {}
+    placements = {k: frozen[sessions[k]] if sessions[k] in frozen else (counts.get(sessions[k], 0), now) for k in run}
+    fills = ledger.fill_rows(path, run, broker.book, rules.fill_at)
+    positions = ledger.position_rows(path, run)
     benchmark = benchmark_equity(closes)
     book = ledger.book_rows(path, run, broker.book, inception, broker.initial_cash, reconciliation, benchmark,
                             placements, amendment_counts)
-    orders = pl.concat(new_orders) if new_orders else pl.DataFrame(schema=ledger.ORDER_SCHEMA)
-    changes = pl.concat(amendments) if amendments else pl.DataFrame(schema=ledger.AMENDMENT_SCHEMA)
     with duckdb.get_connection() as conn:
         write_partitions(
             conn, list(tickers), dates,
@@ -151,6 +142,21 @@ def paper_trading(context: AssetExecutionContext, duckdb: DuckDBResource, broker
     yield _fills_result(fills, compute_seconds)
     yield _book_result(book, positions, rules, compute_seconds)
     yield _orders_result(orders, changes, compute_seconds)
+
+
+def _amendments(path: BookPath, ks: list[int], targets: pl.DataFrame, placed: pl.DataFrame, book: str,
+                now: dt.datetime) -> tuple[pl.DataFrame, dict[int, int]]:
+    """What a re-run of already placed dates would place differently, per date."""
+    if not ks:
+        return pl.DataFrame(schema=ledger.AMENDMENT_SCHEMA), {}
+    proposed = ledger.order_rows(path, ks, path.fresh_orders, targets, book, now)
+    frames, counts = [], {}
+    for k in ks:
+        day = path.sessions[k]
+        placed_day = placed.filter(pl.col("date") == day) if placed.height else pl.DataFrame(schema=ledger.ORDER_SCHEMA)
+        frames.append(ledger.amendments(placed_day, proposed.filter(pl.col("date") == day), now))
+        counts[k] = frames[-1].height
+    return pl.concat(frames), counts
 
 
 def _read(conn, table: str, sql: str, params: list | None = None) -> pl.DataFrame:

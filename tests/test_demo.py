@@ -36,6 +36,8 @@ def test_the_demo_exits_0_when_only_warning_checks_fail_and_prints_what_failed(t
     assert "valid replies 0/120" in out  # the valid share per stage: none of the analysis replies
     assert "What the LLM adds" in out and "no_difference" in out
     assert "The LLM's own calls vs the forecast's" in out
+    assert "paper book 'paper' as of 2018-12-31 (inception 2018-10-04" in out and "costs paid" in out
+    assert "backtest of the same weights" in out and "timing" in out
 
     # The UI on what the demo left, in a real browser: every page of the tour (docs/ui.md) shows
     # what it should, from the lineage to the equity-curve plot and the automation list.

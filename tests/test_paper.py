@@ -127,9 +127,9 @@ def test_an_order_before_a_holiday_fills_at_the_next_session():
     opens = closes - 0.5
     weights = np.array([[0.0], [0.5], [0.5], [0.5]])
     path = simulate(days, ("AAA",), opens, closes, weights, ExchangeRules(costs=FREE), BookStart.new(10_000, 1))
-    orders = ledger.order_rows(path, 1, path.orders[1], pl.DataFrame(), "paper", dt.datetime(2026, 1, 1))
+    orders = ledger.order_rows(path, [1], path.orders, pl.DataFrame(), "paper", dt.datetime(2026, 1, 1))
     assert orders["date"].to_list() == [dt.date(2018, 7, 3)] and orders["fill_session"].to_list() == [dt.date(2018, 7, 5)]
-    fills = ledger.fill_rows(path, 2, "paper", "next_open")
+    fills = ledger.fill_rows(path, [2], "paper", "next_open")
     assert fills.select("order_date", "date", "status", "filled_shares", "fill_price").row(0) == (
         dt.date(2018, 7, 3), dt.date(2018, 7, 5), "filled", 49.0, 101.5)  # 0.5 x 10,000 / 101 -> 49 whole shares
     assert ledger.fills_not_after_order(fills).height == 0
@@ -142,7 +142,7 @@ def test_a_fill_with_no_open_price_stays_pending_and_the_next_orders_size_from_w
     opens = np.array([[100.0], [np.nan], [100.0], [100.0]])
     weights = np.full((4, 1), 0.5)
     path = simulate(days, ("AAA",), opens, closes, weights, ExchangeRules(costs=FREE), BookStart.new(10_000, 1))
-    fills = ledger.fill_rows(path, 1, "paper", "next_open")
+    fills = ledger.fill_rows(path, [1], "paper", "next_open")
     assert fills.select("status", "reason", "filled_shares").row(0) == (
         "pending", "no open price for AAA on 2018-12-26 yet", 0.0)
     assert path.cash[1] == 10_000 and path.shares[1, 0] == 0
@@ -161,7 +161,7 @@ def test_a_placed_date_keeps_its_orders_and_a_re_run_with_other_inputs_records_a
     targets = pl.DataFrame({"date": [days[5]] * 2, "ticker": list(tickers), "weight": weights[5].tolist(),
                             "signal_id": ["a", "b"], "prompt_hash": ["p1", "p2"], "model_digest": ["d", "d"],
                             "method": ["equal", "equal"], "action": ["BUY", "BUY"], "llm_model": ["m", "m"]})
-    placed_rows = ledger.order_rows(first, 5, first.orders[5], targets, "paper", dt.datetime(2026, 1, 1))
+    placed_rows = ledger.order_rows(first, [5], first.orders, targets, "paper", dt.datetime(2026, 1, 1))
     placed = np.full(weights.shape, np.nan)
     placed[: 6] = first.orders[: 6]
     changed = weights.copy()
@@ -170,7 +170,7 @@ def test_a_placed_date_keeps_its_orders_and_a_re_run_with_other_inputs_records_a
     assert np.array_equal(again.orders[: 6], first.orders[: 6])  # the past stands
     assert np.allclose(again.nav[: 6], first.nav[: 6])
     new_targets = targets.with_columns(pl.Series("weight", changed[5].tolist()), pl.Series("prompt_hash", ["p9", "p2"]))
-    proposed = ledger.order_rows(again, 5, again.fresh_orders[5], new_targets, "paper", dt.datetime(2026, 1, 2))
+    proposed = ledger.order_rows(again, [5], again.fresh_orders, new_targets, "paper", dt.datetime(2026, 1, 2))
     amendments = ledger.amendments(placed_rows, proposed, dt.datetime(2026, 1, 2))
     assert set(amendments["ticker"]) == {tickers[0], tickers[1]} & set(amendments["ticker"])
     first_ticker = amendments.filter(pl.col("ticker") == tickers[0]).row(0, named=True)
@@ -191,8 +191,8 @@ def test_book_invariants_hold_over_a_random_1000_session_path(seed):
     rec = reconcile(path.nav, days, tickers, opens, closes, weights * 1.6, rules, 50_000)
     book = ledger.book_rows(path, ks, "paper", days[0], 50_000, rec, benchmark_equity(closes),
                             {k: (0, None) for k in ks}, {})
-    positions = pl.concat([ledger.position_rows(path, k) for k in ks])
-    fills = pl.concat([ledger.fill_rows(path, k, "paper", "next_open") for k in ks])
+    positions = ledger.position_rows(path, ks)
+    fills = ledger.fill_rows(path, ks, "paper", "next_open")
     assert ledger.nav_identity_breaks(book, positions).height == 0
     assert ledger.pnl_identity_breaks(book).height == 0
     assert book["cash"].min() >= -ledger.CENT

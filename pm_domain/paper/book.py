@@ -123,15 +123,15 @@ def simulate(sessions: list[dt.date], tickers: tuple[str, ...], opens: np.ndarra
     daily = {name: np.zeros(n) for name in ("cash", "market_value", "nav", "realized_day", "commission_day",
                                              "slippage_day", "traded_notional_day")}
     last_close = start.last_close.copy()
-    weights = np.nan_to_num(weights)
+    weights = np.where(np.isnan(weights), 0.0, weights)
     for k in range(n):
         _record_fills(exchange.fills(k, opens[k]) if rules.fill_at == "next_open" else None, k, matrix, daily, pending)
         has_close = np.isfinite(closes[k])
         stale[k] = ~has_close & (exchange.shares != 0)
         last_close = np.where(has_close, closes[k], last_close)
-        nav = exchange.cash + float(np.nansum(exchange.shares * last_close))
+        nav = exchange.cash + _held_value(exchange.shares, last_close)
         target, fresh = order_shares(weights[k], nav, np.where(has_close, closes[k], np.nan), exchange.shares, rules)
-        chosen = fresh if placed is None or np.all(np.isnan(placed[k])) else np.nan_to_num(placed[k])
+        chosen = fresh if placed is None or np.isnan(placed[k, 0]) else placed[k]
         matrix["target_shares"][k], matrix["fresh_orders"][k], matrix["orders"][k] = target, fresh, chosen
         exchange.submit(k, chosen, closes[k])
         if rules.fill_at == "signal_close":
@@ -139,10 +139,15 @@ def simulate(sessions: list[dt.date], tickers: tuple[str, ...], opens: np.ndarra
         matrix["shares"][k], matrix["average_cost"][k] = exchange.positions()
         matrix["marked_close"][k] = last_close
         daily["cash"][k] = exchange.cash
-        daily["market_value"][k] = float(np.nansum(exchange.shares * last_close))
+        daily["market_value"][k] = _held_value(exchange.shares, last_close)
         daily["nav"][k] = daily["cash"][k] + daily["market_value"][k]
     return BookPath(list(sessions), tuple(tickers), **daily, stale_close=stale, pending=pending,
                     start_cumulative=dict(start.cumulative), start_nav=start.nav, **matrix)
+
+
+def _held_value(shares: np.ndarray, closes: np.ndarray) -> float:
+    held = shares != 0
+    return float(shares[held] @ closes[held]) if held.any() else 0.0
 
 
 def _record_fills(fills, k: int, matrix: dict, daily: dict, pending: np.ndarray) -> None:
@@ -159,4 +164,4 @@ def _record_fills(fills, k: int, matrix: dict, daily: dict, pending: np.ndarray)
     daily["realized_day"][k] += float(fills.realized.sum())
     daily["commission_day"][k] += float(fills.commission.sum())
     daily["slippage_day"][k] += float(fills.slippage.sum())
-    daily["traded_notional_day"][k] += float(np.sum(np.abs(fills.shares) * np.nan_to_num(fills.prices)))
+    daily["traded_notional_day"][k] += float(np.abs(fills.shares) @ np.where(fills.shares != 0, fills.prices, 0.0))

@@ -94,37 +94,40 @@ class SimulatedExchange:
     def fills(self, session: int, opens: np.ndarray) -> SessionFills:
         orders, decided_at = self._due.pop(session, (np.zeros_like(self.shares), np.full_like(self.shares, np.nan)))
         reference = opens if self.rules.fill_at == "next_open" else decided_at
-        pending = (orders != 0) & ~np.isfinite(reference)
+        known = np.isfinite(reference)
+        pending = (orders != 0) & ~known
         wanted = np.where(pending, 0.0, orders)
-        filled = self._affordable(wanted, reference)
-        prices = np.where(filled != 0, fill_prices(np.nan_to_num(reference), filled, self.rules.costs.slippage_bps), np.nan)
-        commission = commissions(filled, prices, self.rules.costs)
-        traded = np.nan_to_num(prices)
+        base = np.where(known, reference, 0.0)
+        filled = self._affordable(wanted, base)
+        traded = fill_prices(base, filled, self.rules.costs.slippage_bps) * (filled != 0)
+        commission = commissions(filled, traded, self.rules.costs)
         realized = self._apply(filled, traded)
-        self.cash -= float(np.sum(filled * traded) + commission.sum())
-        return SessionFills(filled, prices, np.where(orders != 0, reference, np.nan), commission,
-                            np.abs(filled) * np.abs(traded - np.nan_to_num(reference)), realized, pending,
+        self.cash -= float(filled @ traded + commission.sum())
+        return SessionFills(filled, np.where(filled != 0, traded, np.nan), np.where(orders != 0, reference, np.nan),
+                            commission, np.abs(filled) * np.abs(traded - base) * (filled != 0), realized, pending,
                             wanted - filled, orders)
 
     def _cost(self, signed_shares: np.ndarray, reference: np.ndarray) -> float:
-        prices = fill_prices(np.nan_to_num(reference), signed_shares, self.rules.costs.slippage_bps)
-        return float(np.sum(signed_shares * prices) + commissions(signed_shares, prices, self.rules.costs).sum())
+        """Cash the trades take (negative: bring), commission included; `reference` has no NaN."""
+        prices = fill_prices(reference, signed_shares, self.rules.costs.slippage_bps)
+        return float(signed_shares @ prices + commissions(signed_shares, prices, self.rules.costs).sum())
 
     def _affordable(self, wanted: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """Sells in full; buys scaled down together until cash pays for them (no margin)."""
-        if self.rules.allow_margin:
+        if self.rules.allow_margin or not np.any(wanted > 0):
             return wanted
         sells, buys = np.minimum(wanted, 0.0), np.maximum(wanted, 0.0)
         cash_after_sells = self.cash - self._cost(sells, reference)
-        scale = 1.0
-        scaled = buys
+        total = self._cost(buys, reference)
+        if total <= cash_after_sells + 1e-9:
+            return wanted
+        scale = max(cash_after_sells, 0.0) / total
         for _ in range(60):
+            scaled = self.rules.shares(buys * scale)
             if self._cost(scaled, reference) <= cash_after_sells + 1e-9:
                 return sells + scaled
-            total = self._cost(buys, reference)
-            scale = min(scale * 0.999, max(cash_after_sells, 0.0) / total) if total > 0 else 0.0
-            scaled = self.rules.shares(buys * scale)
-        return sells + np.zeros_like(buys)
+            scale *= 0.999
+        return sells
 
     def _apply(self, signed_shares: np.ndarray, prices: np.ndarray) -> np.ndarray:
         """Move shares and average cost; returns the P&L realised by closing shares."""

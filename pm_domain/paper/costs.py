@@ -42,6 +42,6 @@ def fill_prices(reference: np.ndarray, signed_shares: np.ndarray, slippage_bps: 
 def commissions(signed_shares: np.ndarray, prices: np.ndarray, model: CostModel) -> np.ndarray:
     """max(minimum, per_share x |shares| + bps x notional) per order that fills; 0 where none does."""
     quantity = np.abs(signed_shares)
-    charged = np.maximum(model.commission_minimum,
-                         model.commission_per_share * quantity + model.commission_bps * BPS * quantity * np.nan_to_num(prices))
+    notional = quantity * np.where(np.isnan(prices), 0.0, prices)
+    charged = np.maximum(model.commission_minimum, model.commission_per_share * quantity + model.commission_bps * BPS * notional)
     return np.where(quantity > 0, charged, 0.0)

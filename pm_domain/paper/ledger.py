@@ -72,29 +72,46 @@ def decision_hash(row: dict) -> str:
     return hashlib.sha256(json.dumps(fields, default=str).encode()).hexdigest()[:16]
 
 
-def order_rows(path: BookPath, k: int, orders: np.ndarray, targets: pl.DataFrame, book: str,
+def order_rows(path: BookPath, ks: Sequence[int], orders: np.ndarray, targets: pl.DataFrame, book: str,
                placed_at: dt.datetime) -> pl.DataFrame:
-    """The orders of session k (signed shares per ticker) with what they were decided from;
-    `targets` are that date's target_weights rows."""
-    day = path.sessions[k]
-    fill_session = calendar.shift_trading_days(day, 1)
-    by_ticker = {r["ticker"]: r for r in targets.iter_rows(named=True)}
-    before_open = placed_at.replace(tzinfo=dt.UTC) < calendar.session_open(fill_session)
-    rows = []
-    for i in np.flatnonzero(orders != 0):
-        ticker, target = path.tickers[i], by_ticker.get(path.tickers[i], {})
-        row = {
-            "date": day, "client_order_id": client_order_id(book, day, ticker, orders[i]), "book": book,
-            "ticker": ticker, "side": side(orders[i]), "shares": float(abs(orders[i])), "order_type": ORDER_TYPE,
-            "fill_session": fill_session, "target_weight": target.get("weight", 0.0),
-            "target_shares": float(path.target_shares[k, i]), "held_shares": float(path.target_shares[k, i] - orders[i]),
-            "nav_at_placement": float(path.nav[k]), "close_at_placement": float(path.marked_close[k, i]),
-            "placed_at": placed_at, "placed_before_fill_open": before_open, "signal_id": target.get("signal_id"),
-            "action": target.get("action"), "prompt_hash": target.get("prompt_hash"), "llm_model": target.get("llm_model"),
-            "model_digest": target.get("model_digest"), "weights_method": target.get("method"),
-        }
-        rows.append(row | {"decision_hash": decision_hash(row)})
-    return pl.DataFrame(rows, schema=ORDER_SCHEMA)
+    """The orders placed at the close of sessions `ks` (`orders`: signed shares, sessions x
+    tickers) with what they were decided from; `targets` are those dates' target_weights rows."""
+    chosen = np.zeros(len(path.sessions), bool)
+    chosen[list(ks)] = True
+    k, i = np.nonzero((orders != 0) & chosen[:, None])
+    if not len(k):
+        return pl.DataFrame(schema=ORDER_SCHEMA)
+    signed = orders[k, i]
+    fill_sessions = [*path.sessions[1:], calendar.shift_trading_days(path.sessions[-1], 1)]
+    opens = {day: calendar.session_open(day) for day in {fill_sessions[j] for j in set(k.tolist())}}
+    before_open = placed_at.replace(tzinfo=dt.UTC)
+    frame = pl.DataFrame({
+        "date": [path.sessions[j] for j in k], "ticker": [path.tickers[j] for j in i],
+        "side": np.where(signed > 0, "BUY", "SELL"), "shares": np.abs(signed),
+        "fill_session": [fill_sessions[j] for j in k], "target_shares": path.target_shares[k, i],
+        "held_shares": path.target_shares[k, i] - signed, "nav_at_placement": path.nav[k],
+        "close_at_placement": path.marked_close[k, i],
+    }).with_columns(
+        pl.format("{}-{}-{}-{}", pl.lit(book), pl.col("date").dt.strftime("%Y%m%d"), pl.col("ticker"), pl.col("side"))
+        .alias("client_order_id"), pl.lit(book).alias("book"), pl.lit(ORDER_TYPE).alias("order_type"),
+        pl.lit(placed_at).cast(pl.Datetime("us")).alias("placed_at"),
+        pl.col("fill_session").replace_strict({d: before_open < at for d, at in opens.items()}, return_dtype=pl.Boolean)
+        .alias("placed_before_fill_open"),
+    )
+    decided = (targets.select("date", "ticker", pl.col("weight").alias("target_weight"), "signal_id", "action", "prompt_hash",
+                              "llm_model", "model_digest", pl.col("method").alias("weights_method"))
+               if targets.height else pl.DataFrame(schema={c: ORDER_SCHEMA[c] for c in (
+                   "date", "ticker", "target_weight", "signal_id", "action", "prompt_hash", "llm_model", "model_digest",
+                   "weights_method")}))
+    frame = frame.join(decided, on=["date", "ticker"], how="left").with_columns(pl.col("target_weight").fill_null(0.0))
+    return frame.with_columns(decision_hashes(frame).alias("decision_hash")).select(
+        [pl.col(c).cast(t) for c, t in ORDER_SCHEMA.items()])
+
+
+def decision_hashes(orders: pl.DataFrame) -> pl.Series:
+    """What each order was decided from: a different signal, model, prompt, weight, price or size
+    gives a different hash."""
+    return pl.Series([decision_hash(row) for row in orders.iter_rows(named=True)], dtype=pl.String)
 
 
 def amendments(placed: pl.DataFrame, proposed: pl.DataFrame, recorded_at: dt.datetime) -> pl.DataFrame:
@@ -128,22 +145,34 @@ def _differences(old: dict | None, new: dict | None) -> str:
     return "inputs changed: " + "; ".join(changed) + "; the placed order stands"
 
 
-def fill_rows(path: BookPath, k: int, book: str, fill_model: str) -> pl.DataFrame:
-    """What session k's fills did to the orders placed the session before."""
-    day, order_day = path.sessions[k], calendar.shift_trading_days(path.sessions[k], -1)
-    rows = []
-    for i in np.flatnonzero(path.due_orders[k] != 0):
-        ordered, filled, cut = (float(m[k, i]) for m in (path.due_orders, path.fill_shares, path.cut_shares))
-        status, reason = _fill_status(bool(path.pending[k, i]), ordered, filled, cut, path.tickers[i], day)
-        rows.append({
-            "date": day, "client_order_id": client_order_id(book, order_day, path.tickers[i], ordered),
-            "order_date": order_day, "ticker": path.tickers[i], "side": side(ordered), "ordered_shares": abs(ordered),
-            "filled_shares": abs(filled), "cut_shares": abs(cut), "status": status, "reason": reason,
-            "reference_price": _number(path.fill_reference[k, i]), "fill_price": _number(path.fill_price[k, i]),
-            "fill_model": fill_model, "slippage_cost": float(path.fill_slippage[k, i]),
-            "commission": float(path.fill_commission[k, i]), "notional": abs(filled) * (_number(path.fill_price[k, i]) or 0.0),
-        })
-    return pl.DataFrame(rows, schema=FILL_SCHEMA)
+def fill_rows(path: BookPath, ks: Sequence[int], book: str, fill_model: str) -> pl.DataFrame:
+    """What the fills of sessions `ks` did to the orders placed the session before each."""
+    chosen = np.zeros(len(path.sessions), bool)
+    chosen[list(ks)] = True
+    k, i = np.nonzero((path.due_orders != 0) & chosen[:, None])
+    if not len(k):
+        return pl.DataFrame(schema=FILL_SCHEMA)
+    order_sessions = [calendar.shift_trading_days(path.sessions[0], -1), *path.sessions[:-1]]
+    ordered, filled, cut = path.due_orders[k, i], path.fill_shares[k, i], path.cut_shares[k, i]
+    price = path.fill_price[k, i]
+    statuses = [_fill_status(bool(p), o, f, c, path.tickers[j], path.sessions[d])
+                for p, o, f, c, j, d in zip(path.pending[k, i], ordered, filled, cut, i, k, strict=True)]
+    frame = pl.DataFrame({
+        "date": [path.sessions[j] for j in k], "order_date": [order_sessions[j] for j in k],
+        "ticker": [path.tickers[j] for j in i], "side": np.where(ordered > 0, "BUY", "SELL"),
+        "ordered_shares": np.abs(ordered), "filled_shares": np.abs(filled), "cut_shares": np.abs(cut),
+        "status": [s for s, _ in statuses], "reason": pl.Series([r for _, r in statuses], dtype=pl.String),
+        "reference_price": _nullable(path.fill_reference[k, i]), "fill_price": _nullable(price),
+        "slippage_cost": path.fill_slippage[k, i], "commission": path.fill_commission[k, i],
+        "notional": np.abs(filled) * np.where(np.isfinite(price), price, 0.0),
+    }).with_columns(
+        pl.format("{}-{}-{}-{}", pl.lit(book), pl.col("order_date").dt.strftime("%Y%m%d"), pl.col("ticker"), pl.col("side"))
+        .alias("client_order_id"), pl.lit(fill_model).alias("fill_model"))
+    return frame.select([pl.col(c).cast(t) for c, t in FILL_SCHEMA.items()])
+
+
+def _nullable(values: np.ndarray) -> pl.Series:
+    return pl.Series(values).fill_nan(None)
 
 
 def _fill_status(pending: bool, ordered: float, filled: float, cut: float, ticker: str, day: dt.date) -> tuple[str, str | None]:
@@ -156,16 +185,15 @@ def _fill_status(pending: bool, ordered: float, filled: float, cut: float, ticke
     return "filled", None
 
 
-def _number(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
-def position_rows(path: BookPath, k: int) -> pl.DataFrame:
-    held = np.flatnonzero(path.shares[k] != 0)
-    shares, close, cost = path.shares[k, held], path.marked_close[k, held], path.average_cost[k, held]
+def position_rows(path: BookPath, ks: Sequence[int]) -> pl.DataFrame:
+    """The holdings at the close of sessions `ks`."""
+    chosen = np.zeros(len(path.sessions), bool)
+    chosen[list(ks)] = True
+    k, i = np.nonzero((path.shares != 0) & chosen[:, None])
+    shares, close, cost = path.shares[k, i], path.marked_close[k, i], path.average_cost[k, i]
     return pl.DataFrame({
-        "date": [path.sessions[k]] * len(held), "ticker": [path.tickers[i] for i in held], "shares": shares,
-        "average_cost": cost, "close": close, "stale_close": path.stale_close[k, held],
+        "date": [path.sessions[j] for j in k], "ticker": [path.tickers[j] for j in i], "shares": shares,
+        "average_cost": cost, "close": close, "stale_close": path.stale_close[k, i],
         "market_value": shares * close, "unrealized_pnl": shares * (close - cost), "weight": shares * close / path.nav[k],
     }, schema=POSITION_SCHEMA)
 

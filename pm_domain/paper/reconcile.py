@@ -76,15 +76,18 @@ class Reconciliation:
 
 
 def reconcile(book_nav: np.ndarray, sessions, tickers, opens: np.ndarray, closes: np.ndarray,
-              weights: np.ndarray, rules: ExchangeRules, initial_cash: float) -> Reconciliation:
-    """Split book_nav's gap to the reference over the same sessions, from the book's start."""
+              weights: np.ndarray, rules: ExchangeRules, initial_cash: float,
+              fresh_nav: np.ndarray | None = None) -> Reconciliation:
+    """Split book_nav's gap to the reference over the same sessions, from the book's start.
+    `fresh_nav` is the book played with the orders today's inputs place, when the caller has it
+    (a book with no date placed before this run: book_nav itself)."""
     new = BookStart.new(initial_cash, len(tickers))
 
     def nav(step_rules: ExchangeRules) -> np.ndarray:
         return simulate(sessions, tickers, opens, closes, weights, step_rules, new).nav / initial_cash
 
     costs = rules.costs
-    fresh = nav(rules)
+    fresh = nav(rules) if fresh_nav is None else fresh_nav / initial_cash
     free = nav(dataclasses.replace(rules, costs=costs.without_costs()))
     fractional = dataclasses.replace(rules, costs=costs.without_costs(), fractional_shares=True)
     fractional_nav = nav(fractional)

@@ -10,6 +10,7 @@
     pm ui [--port PORT]
     pm summary
     pm postgres start | stop | status [--home PATH]
+    pm book [--date DATE] [--amendments N]
 
 With DAGSTER_HOME unset, `pm` uses the project's own instance, `.dagster_home/` beside
 `workspace.yaml`, and says so.
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from pm_domain import calendar, settings
 from pm_domain.tickers import TickerError, read_watchlist, validate_tickers
+from pm_jobs.cli import book
 
 DEMO_TICKERS = ["^GSPC", "^IXIC"]
 DEMO_END = "2018-12-31"
@@ -36,6 +38,8 @@ DEMO_SESSIONS = 120
 # real model the replies are bounded (pm_domain/llm/schemas.py): about 2-4 s a call on two cores.
 DEMO_LLM_SESSIONS = 60
 LLM_TABLES = ("llm_analysis", "llm_signals", "risk_assessments")
+PAPER_ASSETS = ["target_weights", "paper_fills", "paper_book", "paper_orders"]
+DATE_ONLY_ASSETS = ("portfolio_backtests", *PAPER_ASSETS)
 
 
 PROJECT_ROOT = settings.PROJECT_ROOT
@@ -285,8 +289,8 @@ def store_summary() -> list[str]:
                 continue
             stats = query(conn, f'SELECT count(*) AS n, count(DISTINCT ticker) AS tickers, '
                                 f'min(date) AS first, max(date) AS last FROM {identifier(table)}').row(0, named=True)
-            lines.append(f"  {table:<18} {stats['n']:>7} rows  {stats['tickers']} tickers  "
-                         f"{stats['first']} .. {stats['last']}")
+            lines.append(f"  {table:<18} {stats['n']:>7} rows" + (f"  {stats['tickers']} tickers  {stats['first']} .. "
+                                                                    f"{stats['last']}" if stats["n"] else ""))
     return [f"DuckDB store {path}:", *lines]
 
 
@@ -437,16 +441,19 @@ def run_demo() -> int:
         (["signal_outcomes"], first_llm_day, "each signal's realised outcome"),
         (["backtests"], first_backtest_day, "the walk-forward backtest of the stored signals"),
         (["portfolio_backtests"], first_backtest_day, "both tickers as one book"),
+        (PAPER_ASSETS, first_llm_day, "the paper book: each close's orders filled at the next open, weighted "
+         "equally (60 sessions are too few calls for a measured Kelly size)"),
         (mart_names(), None, "the SQL marts of dbt_like_sql/models"),
     ]
+    run_configs = {PAPER_ASSETS[0]: {"ops": {"target_weights": {"config": {"method": "equal"}}}}}
     blocking_failed = 0
     progress = Progress()
     ensure_store_tables()
     for assets, start, why in steps:
-        tickers = [] if start is None or assets == ["portfolio_backtests"] else DEMO_TICKERS
+        tickers = [] if start is None or assets[0] in DATE_ONLY_ASSETS else DEMO_TICKERS
         selection = plan_selection(instance, assets, tickers, start, DEMO_END if start else None)
         progress.line(f"materializing {selection.describe()}: {why} ...")
-        outcomes = run_selection(instance, selection, progress)
+        outcomes = run_selection(instance, selection, progress, run_configs.get(assets[0]))
         outcome = outcomes[-1]
         evaluations = [e for o in outcomes for e in o.result.get_asset_check_evaluations()]
         errors = [e.check_name for e in evaluations if not e.passed and e.severity == AssetCheckSeverity.ERROR]
@@ -464,6 +471,7 @@ def run_demo() -> int:
     print("\n".join(llm_summary()))
     print("\n".join(backtest_summary()))
     print("\n".join(llm_scorecard_summary()))
+    print("\n".join(book.book_report(settings.duckdb_path())[:5]))
     print("\n".join(portfolio_overview_summary()))
     print(f"\nDagster instance: {instance.root_directory}")
     print("Open it with `make ui`, then http://127.0.0.1:3000: Lineage shows the graph, Catalog -> backtests -> "
@@ -517,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="the Dagster UI and daemon on 127.0.0.1 (what make ui runs)")
     ui.add_argument("--port", type=int, default=3000, help="default 3000")
     commands.add_parser("summary", help="rows per table in the DuckDB store")
+    book.add_parser(commands)
     postgres = commands.add_parser(
         "postgres", help="the large-backfill instance: a project-local PostgreSQL (what make large-instance runs)",
         description="Build and start (or stop) the large-backfill instance: Dagster's storage in a PostgreSQL "
@@ -550,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "postgres":
             return run_postgres(args)
         home = use_project_instance()
-        if args.command not in ("summary", "failures"):
+        if args.command not in ("summary", "failures", "book"):
             print(f"pm: Dagster instance {home}", file=sys.stderr)
         return dispatch(args)
     except (TickerError, settings.SettingsError, calendar.CalendarError, SelectionError, InstanceError,
@@ -582,6 +591,8 @@ def run_postgres(args: argparse.Namespace) -> int:
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    if hasattr(args, "func"):  # the commands that moved into modules of this package (pm_jobs/cli/)
+        return args.func(args)
     if args.command == "demo":
         return run_demo()
     if args.command == "materialize":
