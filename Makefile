@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 LLM_STAMP := $(VENV)/.llm-installed-stamp
 
-.PHONY: install install-llm test test-llm demo ui large-instance ui-large stop-large bench bench-scale bench-ceiling bench-forecasts bench-llm bench-backtests bench-attribution bench-sensors evaluate validate screenshots clean
+.PHONY: install install-llm test test-llm demo ui large-instance ui-large stop-large bench bench-scale bench-ceiling bench-forecasts bench-llm bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -81,6 +81,11 @@ bench-backtests: $(STAMP)
 # The false-positive rate of the LLM attribution verdict over 200 coin-flip LLMs (about 10 s).
 bench-attribution: $(STAMP)
 	$(BIN)/python benchmarks/bench_attribution.py
+
+# target_weights and the paper book over 20 synthetic tickers x 2,520 sessions, and skfolio's fit per
+# date at 100 tickers (docs/paper.md#numbers). About 2 minutes.
+bench-paper: $(STAMP)
+	$(BIN)/python benchmarks/bench_paper.py
 
 bench-sensors: $(STAMP)
 	$(BIN)/python benchmarks/bench_sensors.py

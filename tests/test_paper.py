@@ -247,8 +247,10 @@ def test_the_gross_cap_scales_every_weight_together_and_shorts_are_a_setting():
     rows = target_weights(signals(["BUY", "SELL", "BUY"], [0.1, 0.1, 0.1]), NO_PRICES, rules)
     assert rows["weight"].to_list() == pytest.approx([0.2, -0.2, 0.2])
     assert rows["gross_exposure"][0] == pytest.approx(0.6) and "scaled to 60% gross" in rows["caps_applied"][0]
-    weights, notes = apply_caps(np.array([0.9, -0.1]), WeightRules(allow_shorts=True))
-    assert weights.tolist() == pytest.approx([0.25, -0.1]) and notes[1] is None
+    capped = apply_caps(pl.DataFrame({"date": [dt.date(2018, 1, 2)] * 2, "raw_weight": [0.9, -0.1]}),
+                        WeightRules(allow_shorts=True))
+    assert capped["weight"].to_list() == pytest.approx([0.25, -0.1]) and capped["caps_applied"][1] is None
+    assert capped["cash_weight"][0] == pytest.approx(0.85)
 
 
 @pytest.mark.parametrize("method", ["inverse_volatility", "hierarchical_risk_parity", "minimum_variance"])

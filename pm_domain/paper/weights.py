@@ -107,72 +107,72 @@ def trailing_returns(closes: pl.DataFrame, tickers: list[str], day: dt.date, ses
     return returns[np.all(np.isfinite(returns), axis=1)]
 
 
-def raw_weights(day_rows: pl.DataFrame, closes: pl.DataFrame, rules: WeightRules) -> tuple[np.ndarray, int | None, str | None]:
-    """Signed weights before the caps for one date's rows (0 where not traded), the sessions a
-    skfolio method was fitted on, and why it could not be (then every row is flat)."""
-    direction = day_rows["action"].replace_strict(DIRECTION, default=0, return_dtype=pl.Float64).to_numpy()
-    traded = day_rows["reason"].is_null().to_numpy()
-    sign = np.where(traded, direction, 0.0)
+def raw_weights(rows: pl.DataFrame, closes: pl.DataFrame, rules: WeightRules) -> pl.DataFrame:
+    """`raw_weight` (signed, 0 where not traded) and `fit_sessions` for every row; a skfolio method
+    that cannot be fitted on a date leaves it flat and puts why in `reason`."""
+    sign = (pl.col("action").replace_strict(DIRECTION, default=0, return_dtype=pl.Float64)
+            * pl.col("reason").is_null().cast(pl.Float64))
     if rules.method == "signal_kelly":
-        return sign * day_rows["position_size"].fill_null(0.0).to_numpy(), None, None
+        return rows.with_columns((sign * pl.col("position_size").fill_null(0.0)).alias("raw_weight"),
+                                 pl.lit(None, pl.Int64).alias("fit_sessions"))
     if rules.method == "equal":
-        return sign / max(day_rows.height, 1), None, None
-    tickers = [t for t, keep in zip(day_rows["ticker"].to_list(), traded & (sign != 0), strict=True) if keep]
+        return rows.with_columns((sign / pl.len().over("date")).alias("raw_weight"), pl.lit(None, pl.Int64).alias("fit_sessions"))
+    return pl.concat([_fitted(day_rows.with_columns(sign.alias("sign")), closes, rules).drop("sign")
+                      for day_rows in rows.partition_by("date", maintain_order=True)])
+
+
+def _fitted(day_rows: pl.DataFrame, closes: pl.DataFrame, rules: WeightRules) -> pl.DataFrame:
+    """One date's rows weighted by a skfolio method over the tickers it trades."""
+    tickers = day_rows.filter(pl.col("sign") != 0)["ticker"].to_list()
     if not tickers:
-        return np.zeros(day_rows.height), None, None
+        return day_rows.with_columns(pl.lit(0.0).alias("raw_weight"), pl.lit(None, pl.Int64).alias("fit_sessions"))
     returns = trailing_returns(closes, tickers, day_rows["date"][0], rules.window_sessions)
     if len(returns) < MIN_FIT_SESSIONS:
-        return np.zeros(day_rows.height), len(returns), (
-            f"{rules.method} needs {MIN_FIT_SESSIONS}+ sessions of returns for {', '.join(tickers)}; has {len(returns)}")
-    fitted = dict(zip(tickers, fit_weights(returns, rules.method), strict=True))
-    magnitude = np.array([fitted.get(t, 0.0) for t in day_rows["ticker"].to_list()])
-    return sign * magnitude, len(returns), None
+        why = f"{rules.method} needs {MIN_FIT_SESSIONS}+ sessions of returns for {', '.join(tickers)}; has {len(returns)}"
+        return day_rows.with_columns(pl.lit(0.0).alias("raw_weight"), pl.lit(len(returns), pl.Int64).alias("fit_sessions"),
+                                     pl.col("reason").fill_null(why))
+    fitted = dict(zip(tickers, fit_weights(returns, rules.method).tolist(), strict=True))
+    return day_rows.with_columns(
+        (pl.col("sign") * pl.col("ticker").replace_strict(fitted, default=0.0, return_dtype=pl.Float64)).alias("raw_weight"),
+        pl.lit(len(returns), pl.Int64).alias("fit_sessions"))
 
 
-def apply_caps(raw: np.ndarray, rules: WeightRules) -> tuple[np.ndarray, list[str | None]]:
-    """Per-ticker cap, then the gross cap (all weights scaled together); what each row had applied."""
-    notes: list[list[str]] = [[] for _ in raw]
-    capped = np.clip(raw, -rules.max_weight, rules.max_weight)
-    for i in np.flatnonzero(np.abs(raw) > rules.max_weight + 1e-12):
-        notes[i].append(f"capped at {rules.max_weight:.0%} per ticker")
-    gross = float(np.abs(capped).sum())
-    if gross > rules.max_gross + 1e-12:
-        capped = capped * rules.max_gross / gross
-        for i in np.flatnonzero(capped != 0):
-            notes[i].append(f"scaled to {rules.max_gross:.0%} gross from {gross:.1%}")
-    return capped, ["; ".join(n) or None for n in notes]
+def apply_caps(rows: pl.DataFrame, rules: WeightRules) -> pl.DataFrame:
+    """`weight`: the per-ticker cap, then the gross cap per date (all of a date's weights scaled
+    together), with what each row had applied (`caps_applied`), `cash_weight` and `gross_exposure`."""
+    raw = pl.col("raw_weight")
+    capped = rows.with_columns(raw.clip(-rules.max_weight, rules.max_weight).alias("capped"))
+    gross = pl.col("capped").abs().sum().over("date")
+    scale = pl.when(gross > rules.max_gross + 1e-12).then(rules.max_gross / gross).otherwise(1.0)
+    weighted = capped.with_columns(
+        (pl.col("capped") * scale).alias("weight"),
+        pl.concat_str([
+            pl.when(raw.abs() > rules.max_weight + 1e-12).then(pl.lit(f"capped at {rules.max_weight:.0%} per ticker")),
+            pl.when((scale < 1.0) & (pl.col("capped") != 0)).then(pl.format(
+                "scaled to {}% gross from {}%", pl.lit(round(rules.max_gross * 100)), (gross * 100).round(1))),
+        ], separator="; ", ignore_nulls=True).replace("", None).alias("caps_applied"),
+    )
+    return weighted.with_columns((1.0 - pl.col("weight").sum().over("date")).alias("cash_weight"),
+                                 pl.col("weight").abs().sum().over("date").alias("gross_exposure")).drop("capped")
 
 
 def target_weights(signals: pl.DataFrame, closes: pl.DataFrame, rules: WeightRules) -> pl.DataFrame:
     """One row per signal (ticker, date): the weight the book targets and why (TARGET_SCHEMA).
 
     `signals` are llm_signals rows (with model_digest when known); `closes` (ticker, date, close)
-    must not reach past the signals' dates for the fit to stay free of look-ahead: rows after
-    each date are ignored anyway."""
+    feed the skfolio methods, which read only closes up to each date."""
     if not signals.height:
         return pl.DataFrame(schema=TARGET_SCHEMA)
-    rows = signals.with_columns(not_traded_reasons(signals, rules).alias("reason"))
-    frames = []
-    for day_rows in rows.sort("date", "ticker").partition_by("date", maintain_order=True):
-        raw, fit_sessions, failure = raw_weights(day_rows, closes, rules)
-        weights, caps = apply_caps(raw, rules)
-        reason = day_rows["reason"]
-        if failure is not None:
-            reason = reason.fill_null(failure)
-        frames.append(day_rows.with_columns(
-            pl.lit(rules.method).alias("method"), reason.alias("reason"),
-            pl.Series("raw_weight", raw), pl.Series("weight", weights), pl.Series("caps_applied", caps, pl.String),
-            pl.lit(1.0 - float(weights.sum())).alias("cash_weight"), pl.lit(float(np.abs(weights).sum())).alias("gross_exposure"),
-            pl.lit(fit_sessions, pl.Int64).alias("fit_sessions"),
-        ))
-    out = pl.concat(frames).with_columns(
+    rows = signals.sort("date", "ticker").with_columns(not_traded_reasons(signals, rules).alias("reason"))
+    weighted = apply_caps(raw_weights(rows, closes, rules), rules).with_columns(
+        pl.lit(rules.method).alias("method"),
         pl.col("reason").is_null().alias("traded"),
         pl.concat_str(pl.col("ticker"), pl.col("date").cast(pl.String), separator="|").alias("signal_id"),
     )
     for column, dtype in TARGET_SCHEMA.items():
-        if column not in out.columns:
-            out = out.with_columns(pl.lit(None, dtype).alias(column))
-    return out.select([pl.col(c).cast(t) for c, t in TARGET_SCHEMA.items()])
+        if column not in weighted.columns:
+            weighted = weighted.with_columns(pl.lit(None, dtype).alias(column))
+    return weighted.select([pl.col(c).cast(t) for c, t in TARGET_SCHEMA.items()])
 
 
 def caps_violations(targets: pl.DataFrame, rules: WeightRules) -> pl.DataFrame:
