@@ -46,7 +46,7 @@ portfolio_job = define_asset_job(
 )
 
 paper_job = define_asset_job(
-    "paper_trading",
+    "nightly_paper",
     executor_def=AUTOMATED_JOB_EXECUTOR,
     selection=AssetSelection.groups(PAPER_GROUP),
     partitions_def=trading_day_partitions,

@@ -14,6 +14,7 @@ from dagster import AssetKey, DagsterInstance, build_run_status_sensor_context, 
 
 from pm_assets import paper_trading, prices, target_weights
 from pm_domain import calendar
+from pm_jobs.cli.book import book_report
 from pm_domain.signal_validation import LAYERS
 from pm_resources.broker import SimulatedBrokerResource
 from pm_resources.database import ClosingDuckDBResource
@@ -152,6 +153,10 @@ def test_a_re_run_with_other_signals_keeps_the_placed_orders_and_records_amendme
     assert amendments.height > 0 and amendments["date"].max() <= DAYS[9]
     assert amendments["reason"].str.contains("the placed order stands|already placed").all()
     assert (table(store, "SELECT gap_placed_orders_bps FROM paper_book WHERE date = ?", [DAYS[20]]).item() != 0)
+    report = "\n".join(book_report(store, amendments=3))
+    assert f"paper book 'paper' as of {DAYS[20]} (inception {DAYS[0]}" in report
+    assert "amendments (latest 3; the placed orders stand):" in report and "placed_orders" in report
+    assert book_report(store, DAYS[0] - dt.timedelta(days=3)) == [f"the paper book starts at {DAYS[0]}: nothing on or before {DAYS[0] - dt.timedelta(days=3)}"]
     # The same re-run twice records nothing new.
     assert run_book(instance, store, DAYS[0], DAYS[20]).success
     assert table(store, "SELECT count(*) AS n FROM paper_order_amendments").item() == amendments.height
@@ -168,6 +173,16 @@ def test_a_date_before_the_inception_and_a_gap_in_target_weights_are_refused_in_
                          resources={"duckdb": ClosingDuckDBResource(database=store), "broker": SimulatedBrokerResource()})
     assert not result.success
     assert f"target_weights has no rows for {DAYS[12]}" in failure_message(result)
+
+
+def test_pm_book_refuses_a_malformed_date_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "pm_jobs.cli", "book", "--date", "2018-13-01"], capture_output=True, text=True,
+                         env={"DAGSTER_HOME": str(tmp_path), "PM_DUCKDB_PATH": str(tmp_path / "x.duckdb"), "PATH": "/usr/bin:/bin"},
+                         timeout=120)
+    assert out.returncode == 2 and out.stderr.strip() == "pm: --date '2018-13-01' is not a date: use YYYY-MM-DD"
 
 
 def test_fractional_costless_book_has_no_rounding_or_cost_gap(instance, store):
@@ -208,7 +223,7 @@ def test_the_paper_trading_sensor_runs_each_complete_night_and_catches_up():
         instance.report_runless_asset_event(AssetMaterialization("risk_assessments", partition=f"{DAYS[0]}|{TICKERS[1]}"))
         data = paper_trading_sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=waiting.cursor))
         [request] = data.run_requests
-        assert request.job_name == "paper_trading"
+        assert request.job_name == "nightly_paper"
         assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == (
             str(DAYS[0]), str(DAYS[0]))
     assert paper_range({DAYS[5]}, {DAYS[0], DAYS[1]}) == (DAYS[2], DAYS[5])  # the nights missed come along
