@@ -126,6 +126,14 @@ class PartitionSelection:
         return f"{len(self.tickers)} ticker(s) {', '.join(self.tickers[:5])}{'...' if len(self.tickers) > 5 else ''} x {len(self.dates)} date(s) {self.start}..{self.end}"
 
 
+def universe_selection(partition_keys: Sequence[str], universe: Iterable[str]) -> PartitionSelection:
+    """An asset partitioned by date alone works on every ticker of the universe over its dates."""
+    tickers = tuple(sorted(universe))
+    if not tickers:
+        raise ValueError("no tickers: add some with `pm tickers add` or the watchlist first")
+    return PartitionSelection(tickers, tuple(sorted(dt.date.fromisoformat(key) for key in partition_keys)))
+
+
 def decode_partition_keys(partition_keys: list[str]) -> PartitionSelection:
     """Split multi-partition keys into validated tickers and dates.
 

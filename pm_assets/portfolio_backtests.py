@@ -16,7 +16,7 @@ from pm_assets.backtests import (
     read_backtest_inputs,
 )
 from pm_assets.metadata import run_metadata
-from pm_assets.partitions import TICKERS_PARTITIONS_NAME, UNIVERSE_ASSET_ARGS, PartitionSelection
+from pm_assets.partitions import TICKERS_PARTITIONS_NAME, UNIVERSE_ASSET_ARGS, PartitionSelection, universe_selection
 from pm_domain.attribution import forecast_only_signals
 from pm_domain.backtest import (
     PORTFOLIO_WEIGHTINGS,
@@ -48,11 +48,8 @@ SIZING_BY_WEIGHTING = {"equal": "unit", "position_size": "signal"}
 def portfolio_backtests(context: AssetExecutionContext, config: BacktestsConfig,
                         duckdb: DuckDBResource) -> MaterializeResult:
     began = time.perf_counter()
-    dates = tuple(sorted(dt.date.fromisoformat(key) for key in context.partition_keys))
-    tickers = tuple(sorted(context.instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME)))
-    if not tickers:
-        raise ValueError("no tickers: add some with `pm tickers add` or the watchlist first")
-    selection = PartitionSelection(tickers, dates)
+    selection = universe_selection(context.partition_keys, context.instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME))
+    tickers, dates = selection.tickers, selection.dates
     rules = config.rules()
     grid, signals, prices = read_backtest_inputs(duckdb, list(tickers), selection, rules)
     frames, series = [], {}

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from pm_assets.inputs import require_partitions
 from pm_assets.metadata import run_metadata
-from pm_assets.partitions import TICKERS_PARTITIONS_NAME, UNIVERSE_ASSET_ARGS, PartitionSelection
+from pm_assets.partitions import TICKERS_PARTITIONS_NAME, UNIVERSE_ASSET_ARGS, PartitionSelection, universe_selection
 from pm_domain import calendar, settings
 from pm_domain.paper.weights import WEIGHT_METHODS, WeightRules, caps_violations, target_weights as weigh
 from pm_domain.signal_validation import LAYERS
@@ -64,11 +64,8 @@ CAPS_HELP = ("blocks: a weight above the per-ticker cap, weights summing above t
 def target_weights(context: AssetExecutionContext, config: TargetWeightsConfig, duckdb: DuckDBResource) -> MaterializeResult:
     began = time.perf_counter()
     rules = config.rules()
-    dates = tuple(sorted(dt.date.fromisoformat(key) for key in context.partition_keys))
-    tickers = tuple(sorted(context.instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME)))
-    if not tickers:
-        raise ValueError("no tickers: add some with `pm tickers add` or the watchlist first")
-    selection = PartitionSelection(tickers, dates)
+    selection = universe_selection(context.partition_keys, context.instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME))
+    tickers, dates = selection.tickers, selection.dates
     signals, closes = read_weight_inputs(duckdb, selection, rules.window_sessions)
     require_partitions(signals, "llm_signals", selection)
     rows = weigh(signals, closes, rules)

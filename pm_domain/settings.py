@@ -98,17 +98,24 @@ def llm_health_interval_seconds() -> int:
     return int(raw)
 
 
-def paper_alert_bps() -> float:
-    """How far (bps of the initial cash) the paper NAV may drift from the backtest of the same
-    weights before the paper_reconciliation sensor writes an alert (`PM_PAPER_ALERT_BPS`, default 100)."""
-    raw = os.environ.get("PM_PAPER_ALERT_BPS", "100")
+def number_from_env(name: str, default: float, positive: bool = True) -> float:
+    """A number from the environment (`default` when unset): > 0 when `positive`, else >= 0."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
     try:
         value = float(raw)
     except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise SettingsError(f"PM_PAPER_ALERT_BPS={raw!r} must be a positive number of basis points")
+        value = float("nan")
+    if not (value > 0 if positive else value >= 0):
+        raise SettingsError(f"{name}={raw!r} must be a {'positive number' if positive else 'number >= 0'}")
     return value
+
+
+def paper_alert_bps() -> float:
+    """How far (bps of the initial cash) the paper NAV may drift from the backtest of the same
+    weights before the paper_reconciliation sensor writes an alert (`PM_PAPER_ALERT_BPS`, default 100)."""
+    return number_from_env("PM_PAPER_ALERT_BPS", 100.0)
 
 
 PAPER_WEIGHT_METHODS = ("signal_kelly", "equal", "inverse_volatility", "hierarchical_risk_parity", "minimum_variance")

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from pm_domain.paper.broker import ExchangeRules
 from pm_domain.paper.costs import CostModel
-from pm_domain.settings import SettingsError
+from pm_domain.settings import SettingsError, number_from_env
 
 
 class SimulatedBrokerResource(ConfigurableResource):
@@ -37,24 +37,11 @@ def broker_from_env() -> SimulatedBrokerResource:
     """PM_PAPER_BOOK, PM_PAPER_INITIAL_CASH, PM_PAPER_SLIPPAGE_BPS, PM_PAPER_COMMISSION_PER_SHARE,
     PM_PAPER_COMMISSION_MINIMUM, PM_PAPER_COMMISSION_BPS, PM_PAPER_FRACTIONAL, PM_PAPER_MARGIN."""
     defaults = SimulatedBrokerResource()
-    numbers = {field: _number(f"PM_PAPER_{field.upper()}", getattr(defaults, field), positive=field == "initial_cash")
+    numbers = {field: number_from_env(f"PM_PAPER_{field.upper()}", getattr(defaults, field), positive=field == "initial_cash")
                for field in ("initial_cash", "slippage_bps", "commission_per_share", "commission_minimum", "commission_bps")}
     return SimulatedBrokerResource(
         book=os.environ.get("PM_PAPER_BOOK", defaults.book),
         fractional_shares=_flag("PM_PAPER_FRACTIONAL"), allow_margin=_flag("PM_PAPER_MARGIN"), **numbers)
-
-
-def _number(name: str, default: float, positive: bool) -> float:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not (value > 0 if positive else value >= 0):
-        raise SettingsError(f"{name}={raw!r} must be a number {'> 0' if positive else '>= 0'}")
-    return value
 
 
 def _flag(name: str) -> bool:

@@ -10,7 +10,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from pm_domain.llm.client import MODES, LLMClient, OllamaSettings
-from pm_domain.settings import SettingsError
+from pm_domain.settings import SettingsError, number_from_env
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 # The models the previous system ran, one per task; any model `ollama list` shows works.
@@ -97,13 +97,4 @@ def ollama_from_env() -> OllamaResource:
 
 
 def _positive_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise SettingsError(f"{name}={raw!r} must be a positive number")
-    return value
+    return number_from_env(name, default, positive=True)

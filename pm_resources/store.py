@@ -199,20 +199,20 @@ def _replace(conn: duckdb.DuckDBPyConnection, rows: PartitionRows) -> None:
 
 
 def _upsert(conn: duckdb.DuckDBPyConnection, rows: KeyedRows) -> None:
-    keys = [identifier(c) for c in rows.key_columns]
-    _ensure_table(conn, rows.table, rows.frame, keys)
-    if rows.frame.height:
-        conn.register("_pm_incoming", rows.frame.to_arrow())
-        conn.execute(f"INSERT OR REPLACE INTO {rows.table} BY NAME SELECT * FROM _pm_incoming")
-        conn.unregister("_pm_incoming")
+    _insert_keyed(conn, rows, "INSERT OR REPLACE")
 
 
 def _append_new(conn: duckdb.DuckDBPyConnection, rows: LedgerRows) -> None:
+    _insert_keyed(conn, rows, "INSERT OR IGNORE")
+
+
+def _insert_keyed(conn: duckdb.DuckDBPyConnection, rows: KeyedRows | LedgerRows, insert: str) -> None:
+    """`insert` (OR REPLACE: the new row wins a key; OR IGNORE: the stored one does)."""
     keys = [identifier(c) for c in rows.key_columns]
     _ensure_table(conn, rows.table, rows.frame, keys)
     if rows.frame.height:
         conn.register("_pm_incoming", rows.frame.to_arrow())
-        conn.execute(f"INSERT OR IGNORE INTO {rows.table} BY NAME SELECT * FROM _pm_incoming")
+        conn.execute(f"{insert} INTO {rows.table} BY NAME SELECT * FROM _pm_incoming")
         conn.unregister("_pm_incoming")
 
 

@@ -18,6 +18,7 @@ from pm_domain import settings
 from pm_domain.calendar import trading_days
 from pm_domain.tickers import TickerError, validate_ticker
 from pm_resources.database import ClosingDuckDBResource
+from pm_resources.broker import broker_from_env
 from pm_resources.ollama import ollama_from_env
 from pm_resources.price_source import PriceSourceResource
 from tests.conftest import range_tags, run_assets, table_names, yfinance_like_frame
@@ -180,6 +181,11 @@ def test_run_config_out_of_range_is_refused_naming_the_field(instance, db_path, 
     ("PM_LLM_MODE", "yolo", ollama_from_env, "use one of auto, ollama, fallback"),
     ("PM_LLM_MAX_LATENCY_SECONDS", "-1", ollama_from_env, "must be a positive number"),
     ("PM_NIGHTLY_TIME", "25:00", settings.nightly_time, "is not a time of day"),
+    ("PM_PAPER_SLIPPAGE_BPS", "-5", broker_from_env, "must be a number >= 0"),
+    ("PM_PAPER_INITIAL_CASH", "0", broker_from_env, "must be a positive number"),
+    ("PM_PAPER_FRACTIONAL", "yes", broker_from_env, "use 1 (on) or 0 (off)"),
+    ("PM_PAPER_WEIGHTS", "kelly", settings.paper_weight_method, "use one of signal_kelly, equal"),
+    ("PM_PAPER_ALERT_BPS", "many", settings.paper_alert_bps, "must be a positive number"),
 ])
 def test_bad_settings_are_refused_naming_the_variable(monkeypatch, name, value, reader, message):
     monkeypatch.setenv(name, value)
