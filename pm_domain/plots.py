@@ -7,6 +7,7 @@ import io
 from collections.abc import Callable
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -139,9 +140,10 @@ def paper_nav_png(dates: list, paper: list[float], reference: list[float], bench
     ax.plot(dates, reference, color="tab:orange", lw=1.0, ls="--", label="backtest of the same weights")
     ax.plot(dates, benchmark, color="gray", lw=1.0, label="equal-weight buy and hold")
     ax.set_title("paper book: NAV", fontsize=TITLE, loc="left")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
     ax.tick_params(labelsize=LABEL)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=LEGEND, loc="upper left")
+    ax.legend(fontsize=LEGEND, loc="best")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
