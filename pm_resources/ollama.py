@@ -10,6 +10,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from pm_domain.llm.client import MODES, LLMClient, OllamaSettings
+from pm_domain.llm.cutoffs import parse_cutoffs
 from pm_domain.settings import SettingsError, number_from_env
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
@@ -49,6 +50,10 @@ class OllamaResource(ConfigurableResource):
         "so by default an unchanged re-run reuses them and makes no call)"))
     health_min_tokens_per_second: float = Field(default=5.0, ge=0, description=(
         "llm_health alerts when the probe generates fewer tokens per second than this"))
+    knowledge_cutoffs: str = Field(default="", description=(
+        "model=YYYY-MM-DD pairs, comma-separated (env PM_LLM_KNOWLEDGE_CUTOFFS): each model's training "
+        "cutoff, by full name or name without the tag; documented defaults cover gemma3 and llama3.x, "
+        "and a model with none is treated as having seen every session"))
 
     def settings(self) -> OllamaSettings:
         return OllamaSettings(
@@ -58,6 +63,7 @@ class OllamaResource(ConfigurableResource):
             timeout_seconds=self.timeout_seconds, retries=self.retries,
             backoff_seconds=self.backoff_seconds, keep_alive=self.keep_alive, seed=self.seed,
             max_latency_seconds=self.max_latency_seconds, retry_invalid=self.retry_invalid,
+            knowledge_cutoffs=parse_cutoffs(self.knowledge_cutoffs),
         )
 
     def client(self, slow_models: Iterable[str] = ()) -> LLMClient:
@@ -93,7 +99,17 @@ def ollama_from_env() -> OllamaResource:
         max_latency_seconds=_positive_float("PM_LLM_MAX_LATENCY_SECONDS", 5.0),
         retry_invalid=os.environ.get("PM_LLM_RETRY_INVALID", "0") == "1",
         health_min_tokens_per_second=_positive_float("PM_LLM_MIN_TOKENS_PER_SECOND", 5.0),
+        knowledge_cutoffs=_cutoffs_from_env(),
     )
+
+
+def _cutoffs_from_env() -> str:
+    raw = os.environ.get("PM_LLM_KNOWLEDGE_CUTOFFS", "")
+    try:
+        parse_cutoffs(raw)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    return raw
 
 
 def _positive_float(name: str, default: float) -> float:

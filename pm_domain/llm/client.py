@@ -40,6 +40,7 @@ import httpx
 import ollama
 from pydantic import BaseModel
 
+from pm_domain.llm.cutoffs import KnowledgeCutoff, knowledge_cutoff
 from pm_domain.llm.parsing import parse_reply
 from pm_domain.llm.prompts import Prompt
 from pm_domain.llm.schemas import max_reply_tokens
@@ -71,6 +72,8 @@ class OllamaSettings:
     # A server that times out this many times in a row is treated as down for the rest of the
     # run: otherwise a hung server costs the full timeout on every remaining row.
     max_consecutive_timeouts: int = 2
+    # model name (or name without its tag) -> training cutoff; the rest from cutoffs.DOCUMENTED_CUTOFFS
+    knowledge_cutoffs: Mapping[str, dt.date] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -81,6 +84,9 @@ class OllamaSettings:
         if missing:
             raise ValueError(f"no Ollama model configured for task(s) {', '.join(missing)}")
         object.__setattr__(self, "models", routes)
+
+    def cutoff(self, model: str) -> KnowledgeCutoff:
+        return knowledge_cutoff(model, self.knowledge_cutoffs)
 
     def route(self, task: str) -> tuple[str, ...]:
         return self.models[task]  # type: ignore[return-value]  # normalised to tuples above
@@ -138,6 +144,12 @@ class LLMCall:
     routed_from: str | None = None  # why the first model of the route did not answer
     wall_ms: float | None = None
     new_cache_entry: CachedReply | None = None
+    knowledge_cutoff: dt.date | None = None  # of `model`, the one that answered; None: unknown
+
+    @property
+    def after_cutoff(self) -> bool:
+        """The session the reply is about falls after the answering model's training cutoff."""
+        return self.knowledge_cutoff is not None and self.date > self.knowledge_cutoff
 
     @property
     def latency_ms(self) -> float | None:
@@ -236,11 +248,19 @@ class LLMClient:
 
     def skip(self, stage: str, ticker: str, date: dt.date, prompt: Prompt, reason: str) -> LLMCall:
         """A row the LLM is not asked for, because its answer could not change anything."""
-        return LLMCall(stage, ticker, date, self.settings.route(stage)[0], prompt, source="skipped",
-                       outcome="not_asked", error=reason)
+        model = self.settings.route(stage)[0]
+        return LLMCall(stage, ticker, date, model, prompt, source="skipped", outcome="not_asked", error=reason,
+                       knowledge_cutoff=self.settings.cutoff(model).cutoff)
 
     def ask(self, stage: str, ticker: str, date: dt.date, prompt: Prompt,
             schema: type[BaseModel], cache: Mapping[str, CachedReply]) -> LLMCall:
+        """The reply (cached, fresh or none), stamped with the answering model's cutoff."""
+        call = self._ask(stage, ticker, date, prompt, schema, cache)
+        call.knowledge_cutoff = self.settings.cutoff(call.model).cutoff
+        return call
+
+    def _ask(self, stage: str, ticker: str, date: dt.date, prompt: Prompt,
+             schema: type[BaseModel], cache: Mapping[str, CachedReply]) -> LLMCall:
         call = LLMCall(stage, ticker, date, self.settings.route(stage)[0], prompt)
         if self.settings.mode == "fallback":
             call.error = "mode=fallback: Ollama is not called"

@@ -17,6 +17,7 @@ TELEMETRY_SCHEMA = {
     "llm_model": pl.String, "prompt_version": pl.String, "prompt_template_hash": pl.String,
     "prompt_hash": pl.String, "prompt_chars": pl.Int64, "latency_ms": pl.Float64,
     "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "tokens_per_second": pl.Float64,
+    "knowledge_cutoff": pl.Date, "after_cutoff": pl.Boolean,
 }
 # Every reply the server gave, valid or not (`valid`), with the counters of the call behind it.
 CACHE_SCHEMA = {
@@ -77,6 +78,7 @@ def telemetry_columns(calls: Sequence[LLMCall]) -> pl.DataFrame:
         "prompt_chars": len(c.prompt.system) + len(c.prompt.user), "latency_ms": c.latency_ms,
         "prompt_tokens": c.prompt_eval_count, "completion_tokens": c.eval_count,
         "tokens_per_second": c.tokens_per_second,
+        "knowledge_cutoff": c.knowledge_cutoff, "after_cutoff": c.after_cutoff,
     } for c in calls], schema={"ticker": pl.String, "date": pl.Date, **TELEMETRY_SCHEMA})
 
 
