@@ -41,7 +41,8 @@ def llm_analysis(context: AssetExecutionContext, duckdb: DuckDBResource, ollama:
     require_partitions(features, "features", selection)
     require_partitions(forecasts, "ts_forecasts", selection)
     inputs = features.join(forecasts_wide(forecasts), on=["ticker", "date"]).sort("ticker", "date")
-    calls = llm_stage.ask(context, duckdb, ollama, "analysis", analysis_requests(inputs), MarketAnalysis)
+    calls = llm_stage.ask(context, duckdb, ollama, "analysis",
+                          analysis_requests(inputs, llm_stage.anonymize_sessions(ollama, "analysis")), MarketAnalysis)
     rows = analysis_rows(inputs, calls)
     content = analysis_content(inputs, rows)
     rows = rows.join(content, on=["ticker", "date"])

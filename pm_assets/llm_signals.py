@@ -123,7 +123,9 @@ def llm_signals(context: AssetExecutionContext, config: LlmSignalsConfig, duckdb
                                       pl.concat([h for t, h in histories.items() if t in selection.tickers]),
                                       selection.dates, rules.horizon, rules.hit_window)
     inputs = (
-        features.select("ticker", "date", "close", "atr_14", "rsi_14", "sma_20", "sma_50", "realised_vol_20d")
+        # return_20d (the session's own, no later price) indexes an anonymized prompt's prices
+        features.select("ticker", "date", "close", "atr_14", "rsi_14", "sma_20", "sma_50", "realised_vol_20d",
+                        "return_20d")
         .join(forecasts.select("ticker", "date", "expected_log_return", "sigma"), on=["ticker", "date"])
         .join(risk_frame.select("ticker", "date", "risk_score"), on=["ticker", "date"], how="left")
         .join(hit_rates, on=["ticker", "date"], how="left")
@@ -136,7 +138,7 @@ def llm_signals(context: AssetExecutionContext, config: LlmSignalsConfig, duckdb
         .sort("ticker", "date")
     )
     proposals = forecast_signals(inputs, rules).with_columns(pl.lit(rules.horizon, pl.Int64).alias("horizon"))
-    requests = signal_requests(proposals, config.ask_llm_on_hold)
+    requests = signal_requests(proposals, config.ask_llm_on_hold, llm_stage.anonymize_sessions(ollama, "signal"))
     calls = llm_stage.ask(context, duckdb, ollama, "signal", requests, SignalOpinion)
 
     decided = decide(proposals.join(opinion_columns(calls), on=["ticker", "date"])

@@ -2,8 +2,9 @@
 reporting sources, latency and invalid replies in the UI, and the risk metrics of the run."""
 
 import datetime as dt
+import functools
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, MetadataValue
@@ -38,6 +39,12 @@ CACHE_TABLE = "llm_cache"
 CALLS_TABLE = "llm_calls"
 
 
+def anonymize_sessions(ollama: OllamaResource, stage: str) -> Callable[[dt.date], bool]:
+    """Per session, whether the stage's prompt is anonymized (PM_LLM_ANONYMIZE, decided by the
+    cutoff of the stage's first model)."""
+    return functools.partial(ollama.settings().anonymizes, stage)
+
+
 def ask(context: AssetExecutionContext, duckdb: DuckDBResource, ollama: OllamaResource, stage: str,
         requests: Sequence[Request], schema: type[BaseModel]) -> list[LLMCall]:
     """Answer every request (mode=ollama fails here, before anything is written)."""
@@ -51,7 +58,9 @@ def ask(context: AssetExecutionContext, duckdb: DuckDBResource, ollama: OllamaRe
     if availability.reachable:
         missing = client.missing_models()
         context.log.info(f"{stage}: asking {', '.join(settings.route(stage))} at {settings.host} for "
-                         f"{asked} of {len(requests)} row(s), cached replies first"
+                         f"{asked} of {len(requests)} row(s), cached replies first; "
+                         f"{sum(r.prompt.anonymized for r in requests)} anonymized prompt(s) "
+                         f"(PM_LLM_ANONYMIZE={settings.anonymize})"
                          + (f"; not on the server: {', '.join(missing)}" if missing else "")
                          + (f"; slow at the last health probe: {', '.join(slow)}" if slow else ""))
     elif asked:
@@ -113,6 +122,7 @@ def llm_metadata(calls: Sequence[LLMCall]) -> dict:
         "invalid_replies": len(invalid_replies(calls)),
         "median_latency_ms": statistics.median(latencies) if latencies else MetadataValue.text("no fresh Ollama call"),
         "median_tokens_per_second": statistics.median(speeds) if speeds else MetadataValue.text("no fresh Ollama call"),
+        "prompts_anonymized": sum(c.prompt.anonymized for c in calls),
         "prompt_chars_max": max(len(c.prompt.system) + len(c.prompt.user) for c in calls) if calls else 0,
     }
 

@@ -98,6 +98,19 @@ def llm_health_interval_seconds() -> int:
     return int(raw)
 
 
+LLM_ANONYMIZE_POLICIES = ("auto", "always", "never")
+
+
+def llm_anonymize() -> str:
+    """Which LLM prompts hide the ticker, the date and the price level (`PM_LLM_ANONYMIZE`,
+    default auto): auto, those about sessions the asking model may remember (not after its
+    training cutoff); always; never."""
+    raw = os.environ.get("PM_LLM_ANONYMIZE", "auto")
+    if raw not in LLM_ANONYMIZE_POLICIES:
+        raise SettingsError(f"PM_LLM_ANONYMIZE={raw!r}: use one of {', '.join(LLM_ANONYMIZE_POLICIES)}")
+    return raw
+
+
 def number_from_env(name: str, default: float, positive: bool = True) -> float:
     """A number from the environment (`default` when unset): > 0 when `positive`, else >= 0."""
     raw = os.environ.get(name)

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from pm_domain.llm.client import MODES, LLMClient, OllamaSettings
 from pm_domain.llm.cutoffs import parse_cutoffs
-from pm_domain.settings import SettingsError, number_from_env
+from pm_domain.settings import SettingsError, llm_anonymize, number_from_env
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 # The models the previous system ran, one per task; any model `ollama list` shows works.
@@ -54,6 +54,10 @@ class OllamaResource(ConfigurableResource):
         "model=YYYY-MM-DD pairs, comma-separated (env PM_LLM_KNOWLEDGE_CUTOFFS): each model's training "
         "cutoff, by full name or name without the tag; documented defaults cover gemma3 and llama3.x, "
         "and a model with none is treated as having seen every session"))
+    anonymize: Literal["auto", "always", "never"] = Field(default="auto", description=(
+        "env PM_LLM_ANONYMIZE. auto: prompts about sessions not after the knowledge cutoff of the "
+        "task's first model (history it may remember) say 'asset A', 'session 0' and prices indexed "
+        "to 100, later sessions stay named; always; never"))
 
     def settings(self) -> OllamaSettings:
         return OllamaSettings(
@@ -63,7 +67,7 @@ class OllamaResource(ConfigurableResource):
             timeout_seconds=self.timeout_seconds, retries=self.retries,
             backoff_seconds=self.backoff_seconds, keep_alive=self.keep_alive, seed=self.seed,
             max_latency_seconds=self.max_latency_seconds, retry_invalid=self.retry_invalid,
-            knowledge_cutoffs=parse_cutoffs(self.knowledge_cutoffs),
+            knowledge_cutoffs=parse_cutoffs(self.knowledge_cutoffs), anonymize=self.anonymize,
         )
 
     def client(self, slow_models: Iterable[str] = ()) -> LLMClient:
@@ -100,6 +104,7 @@ def ollama_from_env() -> OllamaResource:
         retry_invalid=os.environ.get("PM_LLM_RETRY_INVALID", "0") == "1",
         health_min_tokens_per_second=_positive_float("PM_LLM_MIN_TOKENS_PER_SECOND", 5.0),
         knowledge_cutoffs=_cutoffs_from_env(),
+        anonymize=llm_anonymize(),
     )
 
 

@@ -117,6 +117,28 @@ def test_auto_mode_with_ollama_writes_every_stage_with_source_latency_and_checks
     assert signals.filter(pl.col("forecast_action") != "HOLD")["decided_by"].eq("llm_veto").all()
     assert signals["action"].eq("HOLD").all() and signals["position_size"].eq(0.0).all()
 
+    # December 2018, asked of models with no known cutoff: PM_LLM_ANONYMIZE=auto anonymizes
+    # every prompt, and nothing that names the index or the date reached the server
+    for name in LLM_TABLES:
+        assert set(table(store, name)["prompt_anonymized"]) == {True}
+    assert set(calls["prompt_anonymized"]) == {True}
+    sent = _sent_prompts(fake)
+    assert len(sent) == 3 * PARTITIONS and all("asset A" in text and "session 0" in text for text in sent)
+    assert not [text for text in sent if any(leak in text for leak in ("^GSPC", "^IXIC", "GSPC", "2018"))]
+
+
+def _sent_prompts(fake) -> list[str]:
+    return [m["content"] for r in fake.requests if r["path"] == "/api/chat"
+            for m in r["body"]["messages"] if m["role"] == "user"]
+
+
+def test_named_prompts_when_anonymizing_is_off(instance, store, fake):
+    result = _materialize(instance, store, [llm_analysis], _ollama(fake.host, anonymize="never"))
+    assert result.success, failure_message(result)
+    assert set(table(store, "llm_analysis")["prompt_anonymized"]) == {False}
+    sent = _sent_prompts(fake)
+    assert sum("Market analysis for ^GSPC at the close of 2018-12-" in text for text in sent) == PARTITIONS // 2
+
 
 def test_by_default_the_signal_model_is_not_asked_about_a_hold_it_cannot_change(instance, store, fake):
     result = _materialize(instance, store, LLM_ASSETS, _ollama(fake.host), run_config={})

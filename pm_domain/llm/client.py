@@ -42,8 +42,9 @@ from pydantic import BaseModel
 
 from pm_domain.llm.cutoffs import KnowledgeCutoff, knowledge_cutoff
 from pm_domain.llm.parsing import parse_reply
-from pm_domain.llm.prompts import Prompt
+from pm_domain.llm.prompts import Prompt, should_anonymize
 from pm_domain.llm.schemas import max_reply_tokens
+from pm_domain.settings import LLM_ANONYMIZE_POLICIES
 
 Mode = Literal["auto", "ollama", "fallback"]
 MODES = ("auto", "ollama", "fallback")
@@ -74,10 +75,14 @@ class OllamaSettings:
     max_consecutive_timeouts: int = 2
     # model name (or name without its tag) -> training cutoff; the rest from cutoffs.DOCUMENTED_CUTOFFS
     knowledge_cutoffs: Mapping[str, dt.date] = field(default_factory=dict)
+    # Which prompts hide ticker, date and price level: auto | always | never (PM_LLM_ANONYMIZE)
+    anonymize: str = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"LLM mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.anonymize not in LLM_ANONYMIZE_POLICIES:
+            raise ValueError(f"anonymize {self.anonymize!r}: use one of {', '.join(LLM_ANONYMIZE_POLICIES)}")
         routes = {task: (names,) if isinstance(names, str) else tuple(names)
                   for task, names in self.models.items()}
         missing = [task for task in TASKS if not routes.get(task) or not all(routes[task])]
@@ -90,6 +95,12 @@ class OllamaSettings:
 
     def route(self, task: str) -> tuple[str, ...]:
         return self.models[task]  # type: ignore[return-value]  # normalised to tuples above
+
+    def anonymizes(self, task: str, session: dt.date) -> bool:
+        """Whether the task's prompt about `session` is anonymized. Under auto it is decided by
+        the cutoff of the model the task asks first: routing may hand the prompt to a later
+        model, but the text is fixed before any model answers (and is the cache key)."""
+        return should_anonymize(self.anonymize, self.cutoff(self.route(task)[0]), session)
 
     def options(self, schema: type[BaseModel]) -> dict[str, object]:
         # temperature 0 and a fixed seed: the same prompt gives the same reply, which is what

@@ -8,6 +8,12 @@ reply, a news headline) never reaches a prompt, so nothing can inject instructio
 
 Latency on local models is dominated by tokens, so each stage has a token budget, measured with a
 real tokenizer on worst-case values, and a character budget that render() enforces.
+
+An anonymized prompt (PM_LLM_ANONYMIZE) hides what would let a model recall the row's outcome
+from its training text: the ticker, the benchmark's name, the date and the price level. It is the
+same template with other substitutions, so a named and an anonymized prompt differ only in what
+anonymization hides (a change of wording reaches both, and the template hash stays the stage's);
+the prompt hash covers the text, and `Prompt.anonymized` says which variant a row was asked.
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from string import Template
 
+from pm_domain.llm.cutoffs import KnowledgeCutoff
+from pm_domain.settings import LLM_ANONYMIZE_POLICIES
 from pm_domain.tickers import validate_ticker
 
 SYSTEM_TEMPLATE = "system_v1"
@@ -38,6 +47,18 @@ ENUM_WORDS = frozenset({
 
 TICKER_VALUES = frozenset({"benchmark"})  # values that are tickers, validated as such
 
+# What an anonymized prompt says instead of the ticker, a ticker value and the date. The templates
+# name one date, the prompt's own session, so it is session 0 (earlier ones would be negative).
+ANONYMOUS_TICKER = "asset A"
+ANONYMOUS_TICKER_VALUE = "the market index"
+ANONYMOUS_SESSION = "session 0"
+# Values in the asset's price units, which an anonymized prompt rescales so that the close at the
+# start of the 20-session window is PRICE_INDEX_BASE: a price level (AAPL near 171 in March 2018)
+# names the asset and the year as surely as the ticker. MACD and its signal line are differences
+# of price averages, so price units too. Returns, ratios, RSI, %B and volatilities are scale-free.
+PRICE_VALUES = frozenset({"close", "sma_20", "sma_50", "macd", "macd_signal"})
+PRICE_INDEX_BASE = 100.0
+
 
 class PromptError(ValueError):
     """A value that may not be interpolated, a missing value, or a prompt over its budget."""
@@ -50,6 +71,7 @@ class Prompt:
     template_hash: str
     system: str
     user: str
+    anonymized: bool = False  # no ticker, date or price level in the text (PM_LLM_ANONYMIZE)
 
     @property
     def prompt_hash(self) -> str:
@@ -87,16 +109,63 @@ def format_value(name: str, value: object) -> str:
     raise PromptError(f"{name}: {value!r} is not a number, date or known enum word")
 
 
-def render(stage: str, ticker: str, date: dt.date, values: dict[str, object]) -> Prompt:
-    """Render the stage's template; raises PromptError on a bad value, a gap or an overlong prompt."""
+def should_anonymize(policy: str, cutoff: KnowledgeCutoff, session: dt.date) -> bool:
+    """Whether the prompt about `session` for a model with `cutoff` is anonymized under `policy`
+    (PM_LLM_ANONYMIZE): always; never; auto when the session is not after the cutoff, history the
+    model may remember. An unknown cutoff is after nothing, so auto anonymizes every session."""
+    if policy not in LLM_ANONYMIZE_POLICIES:
+        raise ValueError(f"anonymize policy {policy!r}: use one of {', '.join(LLM_ANONYMIZE_POLICIES)}")
+    return policy == "always" or (policy == "auto" and not cutoff.after(session))
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def window_start_close(close: float, return_20d: object) -> float:
+    """The level an anonymized prompt indexes to 100: the close at the start of the 20-session
+    window, close / (1 + return_20d); the session's own close where that return is unknown (a
+    ticker's first 20 sessions), so the level is hidden all the same."""
+    growth = _number(return_20d)
+    return close / (1 + growth) if growth is not None and 1 + growth > 0 else close
+
+
+def price_indexed(values: Mapping[str, object]) -> dict[str, object]:
+    """`values` with every price-level value (PRICE_VALUES) rescaled so the close at the start of
+    the 20-session window is 100. Needs `close` (positive) and `return_20d` (None where unknown)
+    among the values when any price value is there; PromptError otherwise."""
+    if not PRICE_VALUES & values.keys():
+        return dict(values)
+    close = _number(values.get("close"))
+    if close is None or close <= 0:
+        raise PromptError(f"close: {values.get('close')!r}; an anonymized prompt indexes prices to a positive close")
+    if "return_20d" not in values:
+        raise PromptError("return_20d: an anonymized prompt needs it to index prices (None where unknown)")
+    scale = PRICE_INDEX_BASE / window_start_close(close, values["return_20d"])
+    return {name: value * scale if name in PRICE_VALUES and _number(value) is not None else value
+            for name, value in values.items()}
+
+
+def render(stage: str, ticker: str, date: dt.date, values: dict[str, object], anonymized: bool = False) -> Prompt:
+    """Render the stage's template; raises PromptError on a bad value, a gap or an overlong prompt.
+
+    `anonymized`: the ticker becomes "asset A", a ticker value "the market index", the date
+    "session 0", and price values are indexed (price_indexed); the inputs are validated alike."""
     version = TEMPLATES[stage]
+    if anonymized:
+        values = price_indexed(values)
     fields = {name: format_value(name, value) for name, value in values.items()}
     fields["ticker"] = validate_ticker(ticker)
     fields["date"] = format_value("date", date)
+    if anonymized:
+        fields |= {name: ANONYMOUS_TICKER_VALUE for name in TICKER_VALUES & fields.keys()}
+        fields |= {"ticker": ANONYMOUS_TICKER, "date": ANONYMOUS_SESSION}
     try:
         user = Template(_read(version)).substitute(fields)
     except KeyError as exc:
         raise PromptError(f"{version}: no value for ${exc.args[0]}") from None
     if len(user) > BUDGET_CHARS[stage]:
         raise PromptError(f"{version}: {len(user)} characters, over the budget of {BUDGET_CHARS[stage]}")
-    return Prompt(stage, version, template_hash(stage), _read(SYSTEM_TEMPLATE), user)
+    return Prompt(stage, version, template_hash(stage), _read(SYSTEM_TEMPLATE), user, anonymized)

@@ -15,7 +15,7 @@ from pm_domain.llm.prompts import Prompt
 TELEMETRY_SCHEMA = {
     "llm_source": pl.String, "llm_outcome": pl.String, "llm_error": pl.String,
     "llm_model": pl.String, "prompt_version": pl.String, "prompt_template_hash": pl.String,
-    "prompt_hash": pl.String, "prompt_chars": pl.Int64, "latency_ms": pl.Float64,
+    "prompt_hash": pl.String, "prompt_anonymized": pl.Boolean, "prompt_chars": pl.Int64, "latency_ms": pl.Float64,
     "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "tokens_per_second": pl.Float64,
     "knowledge_cutoff": pl.Date, "after_cutoff": pl.Boolean,
 }
@@ -75,6 +75,7 @@ def telemetry_columns(calls: Sequence[LLMCall]) -> pl.DataFrame:
         "ticker": c.ticker, "date": c.date, "llm_source": c.source, "llm_outcome": c.outcome,
         "llm_error": c.error, "llm_model": c.model, "prompt_version": c.prompt.version,
         "prompt_template_hash": c.prompt.template_hash, "prompt_hash": c.prompt.prompt_hash,
+        "prompt_anonymized": c.prompt.anonymized,
         "prompt_chars": len(c.prompt.system) + len(c.prompt.user), "latency_ms": c.latency_ms,
         "prompt_tokens": c.prompt_eval_count, "completion_tokens": c.eval_count,
         "tokens_per_second": c.tokens_per_second,

@@ -3,7 +3,8 @@ fallback) become rows. The assets call these and only read, ask and write."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Callable, Sequence
 
 import polars as pl
 
@@ -15,6 +16,8 @@ from pm_domain.llm.records import Request, telemetry_columns
 from pm_domain.llm.schemas import MarketAnalysis, RiskNarrative, SignalOpinion
 
 HORIZONS = ForecastConfig().horizons
+# Per session: whether its prompt is anonymized (OllamaSettings.anonymizes, for the stage).
+Anonymize = Callable[[dt.date], bool]
 
 
 def forecasts_wide(forecasts: pl.DataFrame) -> pl.DataFrame:
@@ -27,7 +30,7 @@ def forecasts_wide(forecasts: pl.DataFrame) -> pl.DataFrame:
     return wide.join(extra, on=["ticker", "date"], how="left")
 
 
-def analysis_prompt(row: dict) -> Prompt:
+def analysis_prompt(row: dict, anonymized: bool = False) -> Prompt:
     values = {name: row[name] for name in (
         "close", "return_1d", "return_5d", "return_20d", "sma_20", "sma_50", "macd", "macd_signal",
         "rsi_14", "bb_percent_b", "realised_vol_20d", "volume_ratio_20d", "volatility_model")}
@@ -36,11 +39,12 @@ def analysis_prompt(row: dict) -> Prompt:
         values[f"f{h}"] = row[f"expected_log_return_{h}d"]
         values[f"f{h}_lo"] = row[f"lower_90_{h}d"]
         values[f"f{h}_hi"] = row[f"upper_90_{h}d"]
-    return render("analysis", row["ticker"], row["date"], values)
+    return render("analysis", row["ticker"], row["date"], values, anonymized)
 
 
-def analysis_requests(inputs: pl.DataFrame) -> list[Request]:
-    return [Request(row["ticker"], row["date"], analysis_prompt(row)) for row in inputs.iter_rows(named=True)]
+def analysis_requests(inputs: pl.DataFrame, anonymize: Anonymize) -> list[Request]:
+    return [Request(row["ticker"], row["date"], analysis_prompt(row, anonymize(row["date"])))
+            for row in inputs.iter_rows(named=True)]
 
 
 def analysis_rows(inputs: pl.DataFrame, calls: Sequence[LLMCall]) -> pl.DataFrame:
@@ -55,7 +59,7 @@ def analysis_rows(inputs: pl.DataFrame, calls: Sequence[LLMCall]) -> pl.DataFram
     return frame.join(telemetry_columns(calls), on=["ticker", "date"])
 
 
-def signal_prompt(row: dict) -> Prompt:
+def signal_prompt(row: dict, anonymized: bool = False) -> Prompt:
     values = {name: row[name] for name in (
         "expected_return", "expected_return_net", "forecast_confidence", "stop_distance",
         "target_distance", "risk_score", "rsi_14", "close", "sma_20", "sma_50", "realised_vol_20d",
@@ -63,16 +67,18 @@ def signal_prompt(row: dict) -> Prompt:
     values["proposed_action"] = row["forecast_action"]
     values["sigma_h"] = row["sigma"]
     values["horizon"] = row["horizon"]
-    return render("signal", row["ticker"], row["date"], values)
+    if anonymized:  # not in the text: what the close, SMA20 and SMA50 are indexed by
+        values["return_20d"] = row["return_20d"]
+    return render("signal", row["ticker"], row["date"], values, anonymized)
 
 
 HOLD_NOT_ASKED = "the forecast proposes HOLD, which the LLM cannot change (ask_llm_on_hold is off)"
 
 
-def signal_requests(proposals: pl.DataFrame, ask_on_hold: bool) -> list[Request]:
+def signal_requests(proposals: pl.DataFrame, ask_on_hold: bool, anonymize: Anonymize) -> list[Request]:
     """One request per proposal. The LLM can hold a trade back but never open one, so on a HOLD
     proposal its answer cannot change the signal: unless asked to, it is not asked."""
-    return [Request(row["ticker"], row["date"], signal_prompt(row),
+    return [Request(row["ticker"], row["date"], signal_prompt(row, anonymize(row["date"])),
                     None if ask_on_hold or row["forecast_action"] != "HOLD" else HOLD_NOT_ASKED)
             for row in proposals.iter_rows(named=True)]
 
@@ -88,15 +94,16 @@ def opinion_columns(calls: Sequence[LLMCall]) -> pl.DataFrame:
                                "llm_confidence": pl.Float64, "llm_reasoning": pl.String})
 
 
-def risk_prompt(row: dict, benchmark: str) -> Prompt:
+def risk_prompt(row: dict, benchmark: str, anonymized: bool = False) -> Prompt:
     values = {name: row[name] for name in (
         "var_95_hist", "cvar_95_hist", "var_95_model_log", "volatility_model", "volatility_20d",
         "max_drawdown_252d", "beta", "risk_score", "risk_level", "action", "position_size", "stop_distance")}
-    return render("risk", row["ticker"], row["date"], values | {"benchmark": benchmark})
+    return render("risk", row["ticker"], row["date"], values | {"benchmark": benchmark}, anonymized)
 
 
-def risk_requests(inputs: pl.DataFrame, benchmark: str) -> list[Request]:
-    return [Request(row["ticker"], row["date"], risk_prompt(row, benchmark)) for row in inputs.iter_rows(named=True)]
+def risk_requests(inputs: pl.DataFrame, benchmark: str, anonymize: Anonymize) -> list[Request]:
+    return [Request(row["ticker"], row["date"], risk_prompt(row, benchmark, anonymize(row["date"])))
+            for row in inputs.iter_rows(named=True)]
 
 
 def risk_rows(inputs: pl.DataFrame, calls: Sequence[LLMCall]) -> pl.DataFrame:
