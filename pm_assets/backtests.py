@@ -25,22 +25,24 @@ from pm_assets.metadata import add_plot, last_date_keys, preview_markdown, run_m
 from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection, decode_partition_keys, lookback_mapping
 from pm_domain import calendar, plots
 from pm_domain.attribution import LLM_VERDICTS
-from pm_domain.backtest import POSITION_LAG_SESSIONS, BacktestRules, ticker_backtests
+from pm_domain.backtest import ROBUST_VERDICTS, STRESS_DELAY_SESSIONS, BacktestRules, ticker_backtests
 from pm_domain.forecasting.engine import price_rows
 from pm_domain.outcomes import SessionGrid
 from pm_resources.store import read_rows, replace_partitions
 
 DEFAULT_RULES = BacktestRules()
 # A window of W sessions earns returns from T-W+1, which needs the price of T-W and the signal
-# of T-W-1 (positions are the signal of two sessions before).
-SIGNAL_LOOKBACK_SESSIONS = DEFAULT_RULES.window_sessions + POSITION_LAG_SESSIONS
+# of T-W-1 (positions are the signal of two sessions before), and for the verdict under one
+# session more of delay (pm_domain.backtest.STRESSES) the signal of T-W-2, so that its window
+# has the same sessions.
+SIGNAL_LOOKBACK_SESSIONS = DEFAULT_RULES.window_sessions + DEFAULT_RULES.position_lag + STRESS_DELAY_SESSIONS
 PRICE_LOOKBACK_SESSIONS = DEFAULT_RULES.window_sessions + 1
 SIGNAL_COLUMNS = ["ticker", "date", "action", "confidence", "position_size", "horizon", "forecast_action",
                   "kelly_fraction", "rules"]
 METRICS_TABLE_COLUMNS = ["ticker", "date", "sessions", "total_return", "annual_return", "buy_hold_total_return",
                          "sharpe", "sortino", "max_drawdown", "calmar", "alpha", "beta", "hit_rate", "calls",
                          "profit_factor", "trades", "exposure", "brier_score", "sharpe_ci_lower",
-                         "sharpe_ci_upper", "probabilistic_sharpe", "verdict"]
+                         "sharpe_ci_upper", "probabilistic_sharpe", "verdict", "robust_verdict"]
 ATTRIBUTION_TABLE_COLUMNS = ["date", "total_return", "forecast_only_total_return", "sharpe", "forecast_only_sharpe",
                              "llm_delta_sharpe", "llm_sharpe_delta_ci_lower", "llm_sharpe_delta_ci_upper",
                              "llm_held_back", "llm_verdict"]
@@ -60,6 +62,8 @@ class BacktestsConfig(Config):
     min_annual_return: float = Field(default=DEFAULT_RULES.min_annual_return)
     min_sessions: int = Field(default=DEFAULT_RULES.min_sessions, ge=2)
     min_probabilistic_sharpe: float = Field(default=DEFAULT_RULES.min_probabilistic_sharpe, ge=0.0, le=1.0)
+    delay_sessions: int = Field(default=DEFAULT_RULES.delay_sessions, ge=0, le=20, description=(
+        "sessions of delay beyond entering at the close after the signal; the declared lineage is 0"))
 
     def rules(self) -> BacktestRules:
         return BacktestRules(**self.model_dump())
@@ -69,7 +73,8 @@ def read_backtest_inputs(duckdb: DuckDBResource, tickers: list[str], selection: 
                          rules: BacktestRules) -> tuple[SessionGrid, pl.DataFrame, pl.DataFrame]:
     """The session grid, the signals and the prices (ticker, date, price) the windows ending at
     the selection's dates need, for `tickers`."""
-    first = calendar.shift_trading_days(selection.start, -(rules.window_sessions + POSITION_LAG_SESSIONS))
+    first = calendar.shift_trading_days(selection.start,
+                                        -(rules.window_sessions + rules.position_lag + STRESS_DELAY_SESSIONS))
     with duckdb.get_connection() as conn:
         signals = read_rows(conn, "llm_signals", tickers, selection.end, first)
         prices = read_rows(conn, "prices", tickers, selection.end, first)
@@ -91,13 +96,16 @@ def backtest_metadata(context: AssetExecutionContext, rows: pl.DataFrame, series
     (the last date's partitions it draws)."""
     last = rows.filter(pl.col("date") == rows["date"].max())
     verdicts = dict(rows.group_by("verdict").len().iter_rows())
+    robust = dict(rows.group_by("robust_verdict").len().iter_rows())
     metadata = {
         "metrics": MetadataValue.md(preview_markdown(last, [key_column, *METRICS_TABLE_COLUMNS[1:]], rows=20)),
         "llm_attribution": MetadataValue.md(preview_markdown(last, [key_column, *ATTRIBUTION_TABLE_COLUMNS], rows=20)),
         **{f"llm_verdict_{v}": int((rows["llm_verdict"] == v).sum()) for v in LLM_VERDICTS},
         "verdicts": MetadataValue.md("\n".join(
-            f"- **{r[key_column]}** {r['date']}: {r['verdict']}: {r['verdict_reason']}" for r in last.head(10).iter_rows(named=True))),
+            f"- **{r[key_column]}** {r['date']}: {r['verdict']}: {r['verdict_reason']}; robust_verdict "
+            f"{r['robust_verdict']}: {r['robust_reason']}" for r in last.head(10).iter_rows(named=True))),
         **{f"verdict_{v}": verdicts.get(v, 0) for v in ("passed", "failed", "insufficient_data")},
+        **{f"robust_verdict_{v}": robust.get(v, 0) for v in ROBUST_VERDICTS},
     }
     drawable = {name: frame for name, frame in series.items() if frame.height}
     if drawable:
@@ -135,7 +143,8 @@ def insufficient_check(rows: pl.DataFrame, asset_name: str, key_column: str) -> 
     "(entered at the close after the signal, 5 bps per unit of position changed) against "
     "buy-and-hold of the same days: CAGR, volatility, Sharpe, Sortino, max drawdown, Calmar, "
     "alpha/beta, hit rate, profit factor, trades, exposure, Brier score, bootstrap 90% interval "
-    "of the Sharpe and probabilistic Sharpe, and the verdict naming each failed criterion; beside "
+    "of the Sharpe and probabilistic Sharpe, and the verdict naming each failed criterion, with "
+    "the verdict again at 2x and 5x the cost and one session more of delay (robust_verdict); beside "
     "them the forecast-only twin (the LLM's veto/confirm off) over the same days, the difference, "
     "and whether the LLM adds, removes or makes no difference (paired bootstrap of the Sharpe).",
 )

@@ -20,11 +20,13 @@ from pm_assets.partitions import TICKERS_PARTITIONS_NAME, UNIVERSE_ASSET_ARGS, P
 from pm_domain.attribution import forecast_only_signals
 from pm_domain.backtest import (
     PORTFOLIO_WEIGHTINGS,
+    STRESS_EXTRA_DELAYS,
     backtest_with_attribution,
     portfolio_ledger,
     scored_calls,
     ticker_ledger,
     window_series,
+    with_robust_verdicts,
 )
 from pm_domain.outcomes import signal_outcomes
 from pm_resources.store import PartitionRows, write_partitions
@@ -43,7 +45,8 @@ SIZING_BY_WEIGHTING = {"equal": "unit", "position_size": "signal"}
     description="Per trading day: all tickers' signals as one book over the trailing window, "
     "weighting 'equal' (each ticker's unit position at 1/N of the book) and 'position_size' (the "
     "signals' half-Kelly sizes, scaled down when they sum above 100%), against the equal-weight "
-    "buy-and-hold of the same tickers; the same metrics, verdict and LLM attribution as backtests.",
+    "buy-and-hold of the same tickers; the same metrics, verdict, robust_verdict and LLM attribution "
+    "as backtests.",
 )
 def portfolio_backtests(context: AssetExecutionContext, config: BacktestsConfig,
                         duckdb: DuckDBResource) -> MaterializeResult:
@@ -55,14 +58,17 @@ def portfolio_backtests(context: AssetExecutionContext, config: BacktestsConfig,
     frames, series = [], {}
     # The calls and their outcomes do not depend on the weighting: scored once, pooled in both books.
     twin_signals = forecast_only_signals(signals)
-    calls = scored_calls(signal_outcomes(signals, prices), grid)
-    twin_calls = scored_calls(signal_outcomes(twin_signals, prices), grid)
+    calls = scored_calls(signal_outcomes(signals, prices), grid, rules.delay_sessions)
+    twin_calls = scored_calls(signal_outcomes(twin_signals, prices), grid, rules.delay_sessions)
     for weighting in PORTFOLIO_WEIGHTINGS:
         sizing = SIZING_BY_WEIGHTING[weighting]
-        book = portfolio_ledger(ticker_ledger(signals, prices, grid, sizing), weighting)
-        twin_book = portfolio_ledger(ticker_ledger(twin_signals, prices, grid, sizing), weighting)
-        frames.append(backtest_with_attribution(book, twin_book, calls, twin_calls, dates, rules)
-                      .with_columns(pl.lit(weighting).alias("weighting")))
+        # The book with the rules' delay (0) and with each stress's delay beyond it.
+        books = {extra: portfolio_ledger(ticker_ledger(signals, prices, grid, sizing, rules.delay_sessions + extra),
+                                         weighting) for extra in STRESS_EXTRA_DELAYS}
+        book = books[0]
+        twin_book = portfolio_ledger(ticker_ledger(twin_signals, prices, grid, sizing, rules.delay_sessions), weighting)
+        rows = backtest_with_attribution(book, twin_book, calls, twin_calls, dates, rules)
+        frames.append(with_robust_verdicts(rows, books, dates, rules).with_columns(pl.lit(weighting).alias("weighting")))
         series[f"portfolio ({weighting})"] = window_series(book, selection.end, rules, twin_book)
     used = sorted(set(signals["ticker"].to_list()))
     rows = pl.concat(frames).with_columns(

@@ -77,10 +77,15 @@ class BacktestRules:
     min_annual_return: float = 0.10
     min_sessions: int = 30
     min_probabilistic_sharpe: float = 0.95
+    # Extra sessions between a signal and its entry: p_d = e_{d - POSITION_LAG_SESSIONS - delay_sessions}
+    # (the verdict is also recomputed with one session more: STRESSES).
+    delay_sessions: int = 0
 
     def __post_init__(self) -> None:
         if self.window_sessions < 2:
             raise ValueError(f"window_sessions must be at least 2, got {self.window_sessions}")
+        if self.delay_sessions < 0:
+            raise ValueError(f"delay_sessions must be >= 0, got {self.delay_sessions}")
         if self.sizing not in ("unit", "signal"):
             raise ValueError(f"sizing must be 'unit' or 'signal', got {self.sizing!r}")
         if not 0 < self.interval < 1:
@@ -94,6 +99,11 @@ class BacktestRules:
     def daily_risk_free(self) -> float:
         return self.risk_free_rate / perf.TRADING_DAYS_PER_YEAR
 
+    @property
+    def position_lag(self) -> int:
+        """Sessions from a signal to the first session its position earns."""
+        return POSITION_LAG_SESSIONS + self.delay_sessions
+
     def as_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
@@ -104,13 +114,15 @@ def strategy_returns(positions: np.ndarray, asset_returns: np.ndarray, cost_rate
     return positions * asset_returns - cost_rate * np.abs(positions - previous)
 
 
-def backtest_core(signals: np.ndarray, prices: np.ndarray, cost_rate: float) -> dict[str, np.ndarray]:
+def backtest_core(signals: np.ndarray, prices: np.ndarray, cost_rate: float,
+                  delay_sessions: int = 0) -> dict[str, np.ndarray]:
     """The vectorised core for a (tickers x sessions) block without gaps: signals e (+1/0/-1 or
-    sizes) and prices P, positions p_d = e_{d-2}, net returns, equity, Sharpe and max drawdown
-    per ticker. What the assets do per window, as one pass for the benchmark."""
+    sizes) and prices P, positions p_d = e_{d-2-delay}, net returns, equity, Sharpe and max
+    drawdown per ticker. What the assets do per window, as one pass for the benchmark."""
     asset_returns = prices[:, 1:] / prices[:, :-1] - 1.0
     positions = np.zeros_like(asset_returns)
-    positions[:, POSITION_LAG_SESSIONS - 1:] = signals[:, : asset_returns.shape[1] - POSITION_LAG_SESSIONS + 1]
+    lag = POSITION_LAG_SESSIONS + delay_sessions
+    positions[:, lag - 1:] = signals[:, : max(asset_returns.shape[1] - lag + 1, 0)]
     net = strategy_returns(positions, asset_returns, cost_rate)
     return {"net_returns": net, "equity": perf.equity_curve(net), "sharpe": perf.sharpe_ratio(net),
             "max_drawdown": perf.max_drawdown(net)}
@@ -122,10 +134,11 @@ def exposure(signals: pl.DataFrame, sizing: str) -> pl.Expr:
     return (sign * pl.col("position_size").fill_null(0.0) if sizing == "signal" else sign).alias("exposure")
 
 
-def ticker_ledger(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionGrid, sizing: str) -> pl.DataFrame:
+def ticker_ledger(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionGrid, sizing: str,
+                  delay_sessions: int = 0) -> pl.DataFrame:
     """Per ticker and session of `grid`: price, asset_return r_d, the day's exposure e_d, the
-    position p_d = e_{d-2}, turnover |p_d - p_{d-1}| and entry_turnover |p_d| (a window's first
-    day). Null where a price or signal is missing: gaps stay visible."""
+    position p_d = e_{d-2-delay_sessions}, turnover |p_d - p_{d-1}| and entry_turnover |p_d| (a
+    window's first day). Null where a price or signal is missing: gaps stay visible."""
     unknown = set(signals["action"].unique().to_list()) - set(DIRECTION)
     if unknown:
         raise ValueError(f"llm_signals hold unknown action(s) {sorted(unknown)}: expected BUY, SELL or HOLD")
@@ -140,7 +153,7 @@ def ticker_ledger(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionGrid
     )
     return frame.with_columns(
         (pl.col("price") / pl.col("price").shift(1) - 1.0).over("ticker").alias("asset_return"),
-        pl.col("exposure").shift(POSITION_LAG_SESSIONS).over("ticker").alias("position"),
+        pl.col("exposure").shift(POSITION_LAG_SESSIONS + delay_sessions).over("ticker").alias("position"),
     ).with_columns(
         (pl.col("position") - pl.col("position").shift(1)).abs().over("ticker").alias("turnover"),
         pl.col("position").abs().alias("entry_turnover"),
@@ -187,15 +200,15 @@ def portfolio_ledger(ledger: pl.DataFrame, weighting: str) -> pl.DataFrame:
     )
 
 
-def scored_calls(outcomes: pl.DataFrame, grid: SessionGrid) -> pl.DataFrame:
-    """BUY/SELL calls whose hit is known, with the session their position first earns (signal + 2)
-    and the session their outcome is known (the horizon's exit close): ticker, position_session,
-    known_session, hit (1.0 / 0.0), confidence."""
+def scored_calls(outcomes: pl.DataFrame, grid: SessionGrid, delay_sessions: int = 0) -> pl.DataFrame:
+    """BUY/SELL calls whose hit is known, with the session their position first earns (signal + 2
+    + delay_sessions) and the session their outcome is known (the horizon's exit close): ticker,
+    position_session, known_session, hit (1.0 / 0.0), confidence."""
     return (
         outcomes.filter(pl.col("hit").is_not_null())
         .with_columns(grid.number("date", "signal_session"), grid.number("horizon_date", "known_session"))
         .filter(pl.col("signal_session").is_not_null() & pl.col("known_session").is_not_null())
-        .select("ticker", (pl.col("signal_session") + POSITION_LAG_SESSIONS).alias("position_session"),
+        .select("ticker", (pl.col("signal_session") + POSITION_LAG_SESSIONS + delay_sessions).alias("position_session"),
                 "known_session", pl.col("hit").cast(pl.Float64), "confidence")
     )
 
@@ -270,12 +283,12 @@ def _windows(ledger: pl.DataFrame, end_dates: Sequence[dt.date], rules: Backtest
     for end, start, first in zip(ends, starts, firsts, strict=True):
         if first < 0:
             reasons.append(f"no signal in the {width}-session window {dates[start]}..{dates[end]} "
-                           f"(a position needs a signal {POSITION_LAG_SESSIONS} sessions earlier)")
+                           f"(a position needs a signal {rules.position_lag} sessions earlier)")
         elif missing_position[end + 1] - missing_position[first]:
             gap = first + int(np.flatnonzero(~with_position[first:end + 1])[0])
             count = int(missing_position[end + 1] - missing_position[first])
             reasons.append(f"signals missing for {count} session(s) inside the window, first for the position "
-                           f"of {dates[gap]} (materialize llm_signals {POSITION_LAG_SESSIONS} sessions before)")
+                           f"of {dates[gap]} (materialize llm_signals {rules.position_lag} sessions before)")
         elif missing_return[end + 1] - missing_return[first]:
             gap = first + int(np.flatnonzero(np.isnan(column["asset_return"][first:end + 1]))[0])
             count = int(missing_return[end + 1] - missing_return[first])
@@ -584,27 +597,130 @@ def backtest_with_attribution(final: pl.DataFrame, twin: pl.DataFrame, calls: pl
 
 
 def ledger_and_calls(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionGrid,
-                     sizing: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+                     sizing: str, delay_sessions: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The ticker ledgers and the scored calls of `signals` (ticker, date, action, confidence,
     position_size, horizon) over `grid`, from prices (ticker, date, price) up to the last date."""
-    return ticker_ledger(signals, prices, grid, sizing), scored_calls(signal_outcomes(signals, prices), grid)
+    return (ticker_ledger(signals, prices, grid, sizing, delay_sessions),
+            scored_calls(signal_outcomes(signals, prices), grid, delay_sessions))
 
 
 def ticker_backtests(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionGrid, tickers: Sequence[str],
                      end_dates: Sequence[dt.date], rules: BacktestRules,
                      progress: Callable[[str], None] | None = None) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
     """Per ticker and end date: the backtest of the final signals with the forecast-only twin's
-    attribution beside it (backtest_with_attribution), and each ticker's window series of the last date
-    with both equity curves. `signals` need forecast_action, kelly_fraction and rules too."""
-    ledger, calls = ledger_and_calls(signals, prices, grid, rules.sizing)
-    twin_ledger, twin_calls = ledger_and_calls(forecast_only_signals(signals), prices, grid, rules.sizing)
+    attribution beside it (backtest_with_attribution) and the verdicts under STRESSES
+    (with_robust_verdicts), and each ticker's window series of the last date with both equity
+    curves. `signals` need forecast_action, kelly_fraction and rules too."""
+    ledger, calls = ledger_and_calls(signals, prices, grid, rules.sizing, rules.delay_sessions)
+    twin_ledger, twin_calls = ledger_and_calls(forecast_only_signals(signals), prices, grid, rules.sizing,
+                                               rules.delay_sessions)
+    delayed = {extra: ticker_ledger(signals, prices, grid, rules.sizing, rules.delay_sessions + extra)
+               for extra in STRESS_EXTRA_DELAYS if extra}
     frames, series = [], {}
     for ticker in tickers:
         final, twin = (frame.filter(pl.col("ticker") == ticker) for frame in (ledger, twin_ledger))
         own_calls, own_twin_calls = (c.filter(pl.col("ticker") == ticker) for c in (calls, twin_calls))
-        frames.append(backtest_with_attribution(final, twin, own_calls, own_twin_calls, end_dates, rules)
-                      .with_columns(pl.lit(ticker).alias("ticker")))
+        rows = backtest_with_attribution(final, twin, own_calls, own_twin_calls, end_dates, rules)
+        stressed = {0: final} | {extra: frame.filter(pl.col("ticker") == ticker) for extra, frame in delayed.items()}
+        frames.append(with_robust_verdicts(rows, stressed, end_dates, rules).with_columns(pl.lit(ticker).alias("ticker")))
         series[ticker] = window_series(final, max(end_dates), rules, twin)
         if progress:
             progress(f"backtests: {ticker} done ({len(end_dates)} windows)")
     return pl.concat(frames), series
+
+
+# --- stressed verdicts: costs and delay that bite -----------------------------------------------
+
+@dataclass(frozen=True)
+class Stress:
+    """Harsher rules a backtest's verdict is recomputed under, for the same end dates: the cost
+    times `cost_multiplier`, and `extra_delay_sessions` more sessions between signal and entry."""
+
+    column: str
+    label: str
+    cost_multiplier: float = 1.0
+    extra_delay_sessions: int = 0
+
+    def rules(self, rules: BacktestRules) -> BacktestRules:
+        return dataclasses.replace(rules, cost_bps=rules.cost_bps * self.cost_multiplier,
+                                   delay_sessions=rules.delay_sessions + self.extra_delay_sessions)
+
+
+# What a passed verdict must also survive to be robust: the one place docs/backtests.md follows.
+STRESSES = (
+    Stress("verdict_cost_2x", "2x cost", cost_multiplier=2.0),
+    Stress("verdict_cost_5x", "5x cost", cost_multiplier=5.0),
+    Stress("verdict_delay_1", "+1 session delay", extra_delay_sessions=1),
+)
+# The delays beyond the rules' own a stress needs a ledger for (0: the rules' own ledger), and
+# the most of them: the signals' lookback covers it so a delayed window keeps the same days.
+STRESS_EXTRA_DELAYS = tuple(sorted({0, *(stress.extra_delay_sessions for stress in STRESSES)}))
+STRESS_DELAY_SESSIONS = max(STRESS_EXTRA_DELAYS)
+ROBUST_VERDICTS = ("robust", "fragile", "failed", "insufficient_data")
+ROBUST_SCHEMA = {**{stress.column: pl.String for stress in STRESSES},
+                 "robust_verdict": pl.String, "robust_reason": pl.String}
+# What `verdict` reads besides `sessions` and `sharpe_ci_lower`.
+_VERDICT_METRICS = ("annual_return", "total_return", "buy_hold_total_return", "excess_return", "sharpe",
+                    "probabilistic_sharpe")
+
+
+def verdict_statuses(ledger: pl.DataFrame, end_dates: Sequence[dt.date], rules: BacktestRules) -> list[str]:
+    """The verdict ("passed" | "failed" | "insufficient_data") window_metrics gives each end date
+    of `ledger` under `rules`, from only the metrics the verdict reads. The bootstrap interval of
+    the Sharpe, the costly one, is computed only for the windows that meet every other criterion:
+    elsewhere the verdict fails whatever the interval is."""
+    w = _windows(ledger, end_dates, rules)
+    sessions, usable = _usable(w)
+    values = _metric_columns(_metric_values(ledger, pl.DataFrame(), w, rules, _VERDICT_METRICS), usable,
+                             _VERDICT_METRICS)
+    rows = [row | {"sessions": int(n)} for row, n in zip(values.iter_rows(named=True), sessions, strict=True)]
+    statuses = [verdict(row | {"sharpe_ci_lower": float("inf")}, reason, rules)[0]
+                for row, reason in zip(rows, w.reasons, strict=True)]
+    pending = np.flatnonzero(np.array(statuses) == "passed")
+    if len(pending):
+        lower, _ = _interval(w.net[pending], rules)
+        for i, bound in zip(pending, lower, strict=True):
+            row = rows[i] | {"sharpe_ci_lower": None if np.isnan(bound) else float(bound)}
+            statuses[i] = verdict(row, w.reasons[i], rules)[0]
+    return statuses
+
+
+def robust_verdict(base: str, stressed: Sequence[str]) -> tuple[str, str]:
+    """(robust_verdict, robust_reason) of a backtest from its verdict and its verdicts under
+    STRESSES (in that order): "robust" when it passed and passed every stress, "fragile" when it
+    passed and failed at least one, "failed" when it failed unstressed, else "insufficient_data"
+    (no data unstressed, or a passed verdict no stress failed but one lacked data for)."""
+    if base == "insufficient_data":
+        return "insufficient_data", "no verdict to stress: insufficient data"
+    named = {status: [stress.label for stress, got in zip(STRESSES, stressed, strict=True) if got == status]
+             for status in ("passed", "failed", "insufficient_data")}
+    summary = "; ".join(f"{word} {', '.join(named[status])}" for status, word in
+                        (("passed", "survives"), ("failed", "fails"), ("insufficient_data", "no data for"))
+                        if named[status])
+    if base == "failed":
+        return "failed", f"failed before any stress ({summary})"
+    if named["failed"]:
+        return "fragile", summary
+    if named["insufficient_data"]:
+        return "insufficient_data", summary
+    return "robust", summary
+
+
+def with_robust_verdicts(rows: pl.DataFrame, ledgers: dict[int, pl.DataFrame], end_dates: Sequence[dt.date],
+                         rules: BacktestRules) -> pl.DataFrame:
+    """`rows` (the backtests of one ledger at `end_dates` under `rules`, with their `verdict`)
+    with ROBUST_SCHEMA's columns beside them: the verdict under each of STRESSES for the same end
+    dates, robust_verdict and robust_reason. `ledgers[k]` is the ledger built with
+    rules.delay_sessions + k sessions of delay, for each k of STRESS_EXTRA_DELAYS."""
+    base = rows["verdict"].to_list()
+    stressed: dict[str, list[str]] = {}
+    for stress in STRESSES:
+        stressed_rules = stress.rules(rules)
+        # A stress that changes nothing (twice a zero cost) gives the verdict itself.
+        stressed[stress.column] = base if stressed_rules == rules else verdict_statuses(
+            ledgers[stress.extra_delay_sessions], end_dates, stressed_rules)
+    robust = [robust_verdict(status, [stressed[stress.column][i] for stress in STRESSES])
+              for i, status in enumerate(base)]
+    columns = pl.DataFrame({**stressed, "robust_verdict": [r[0] for r in robust],
+                            "robust_reason": [r[1] for r in robust]}, schema=ROBUST_SCHEMA)
+    return pl.concat([rows, columns], how="horizontal")

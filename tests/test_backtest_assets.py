@@ -122,6 +122,13 @@ def test_the_three_assets_write_every_partition_once_with_plots_and_checks(unive
     assert (usable["llm_held_back"] > 0).all()  # about a third of the trades were vetoed
     assert (usable["llm_delta_sharpe"] - (usable["sharpe"] - usable["forecast_only_sharpe"])).abs().max() < 1e-12
     assert "llm_verdict" in metadata["llm_attribution"].value
+    # Failed unstressed, so failed robust; each stress recomputed, and shown with the verdict.
+    assert rows["robust_verdict"].eq("failed").all() and rows["robust_reason"].str.starts_with("failed before any stress").all()
+    for stressed in ("verdict_cost_2x", "verdict_cost_5x", "verdict_delay_1"):
+        assert rows[stressed].is_in(["passed", "failed"]).all() and book[stressed].is_in(["passed", "failed"]).all()
+    assert book["robust_verdict"].eq("failed").all()
+    assert metadata["robust_verdict_failed"].value == rows.height and "robust_verdict" in metadata["metrics"].value
+    assert "robust_verdict failed: failed before any stress" in metadata["verdicts"].value
     outcome_metadata = result.asset_materializations_for_node("signal_outcomes")[0].metadata
     assert outcome_metadata["llm_calls_scored"].value > 0 and outcome_metadata["forecast_calls_scored"].value > 0
     reliability = plotted(result, "signal_outcomes", "reliability")
@@ -194,4 +201,6 @@ def test_outcomes_declare_the_forward_window_of_prices_they_wait_for():
     window = mapping.downstream_mappings_by_upstream_dimension["date"].partition_mapping
     assert (window.start_offset, window.end_offset) == (1, 31)
     lookback = backtests.get_partition_mapping(AssetKey("llm_signals"))
-    assert lookback.downstream_mappings_by_upstream_dimension["date"].partition_mapping.start_offset == -253
+    # 252 sessions of returns need the signals of 254 sessions before (position lag 2), and the
+    # verdict under one session more of delay the one before them.
+    assert lookback.downstream_mappings_by_upstream_dimension["date"].partition_mapping.start_offset == -254

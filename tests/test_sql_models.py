@@ -177,9 +177,12 @@ def small_store(db_path):
             ('AAA', DATE '2018-12-03', 'high', 0.6::DOUBLE), ('AAA', DATE '2018-12-04', 'medium', 0.4)
             ) t(ticker, date, risk_level, risk_score)""")
         conn.execute("""CREATE TABLE backtests AS SELECT * FROM (VALUES
-            ('AAA', DATE '2018-12-04', 'failed', 'Sharpe 1.5 ...', 0.01::DOUBLE, 0.02::DOUBLE, 1.5::DOUBLE),
-            ('BBB', DATE '2018-12-03', 'insufficient_data', 'no signal in the window', NULL, NULL, NULL)
-            ) t(ticker, date, verdict, verdict_reason, total_return, buy_hold_total_return, sharpe)""")
+            ('AAA', DATE '2018-12-04', 'failed', 'Sharpe 1.5 ...', 'failed', 'failed before any stress (...)',
+             0.01::DOUBLE, 0.02::DOUBLE, 1.5::DOUBLE),
+            ('BBB', DATE '2018-12-03', 'insufficient_data', 'no signal in the window', 'insufficient_data',
+             'no verdict to stress: insufficient data', NULL, NULL, NULL)
+            ) t(ticker, date, verdict, verdict_reason, robust_verdict, robust_reason, total_return,
+                buy_hold_total_return, sharpe)""")
     return db_path
 
 
@@ -212,9 +215,11 @@ def test_the_marts_on_a_hand_computed_store(small_store):
     overview = rows(small_store, "SELECT * FROM portfolio_overview")
     assert overview == [
         ("AAA", D(2018, 12, 4), 11.0, dt.datetime(2018, 12, 4, 23), 0, D(2018, 12, 4), "BUY", 0.7, 0.1, "llm",
-         "ollama", D(2018, 12, 4), "medium", 0.4, D(2018, 12, 4), "failed", "Sharpe 1.5 ...", 0.01, 0.02, 1.5),
+         "ollama", D(2018, 12, 4), "medium", 0.4, D(2018, 12, 4), "failed", "Sharpe 1.5 ...", "failed",
+         "failed before any stress (...)", 0.01, 0.02, 1.5),
         ("BBB", D(2018, 12, 3), 20.0, dt.datetime(2018, 12, 3, 23), 1, None, None, None, None, None, None, None,
-         None, None, D(2018, 12, 3), "insufficient_data", "no signal in the window", None, None, None),
+         None, None, D(2018, 12, 3), "insufficient_data", "no signal in the window", "insufficient_data",
+         "no verdict to stress: insufficient data", None, None, None),
     ]
 
 

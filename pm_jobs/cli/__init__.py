@@ -262,13 +262,13 @@ def portfolio_overview_summary() -> list[str]:
         if not table_exists(conn, "portfolio_overview"):
             return []
         rows = query(conn, "SELECT ticker, last_price_date, sessions_behind, signal_date, action, confidence, "
-                           "signal_source, risk_level, verdict FROM portfolio_overview ORDER BY ticker")
+                           "signal_source, risk_level, verdict, robust_verdict FROM portfolio_overview ORDER BY ticker")
     lines = ["portfolio_overview (the morning page):"]
     for r in rows.iter_rows(named=True):
         confidence = "-" if r["confidence"] is None else f"{r['confidence']:.2f}"
         lines.append(f"  {r['ticker']:<8} prices to {r['last_price_date']} ({r['sessions_behind']} behind)  "
                      f"signal {r['signal_date']} {r['action']} conf {confidence} ({r['signal_source']})  "
-                     f"risk {r['risk_level']}  backtest {r['verdict']}")
+                     f"risk {r['risk_level']}  backtest {r['verdict']} (robust_verdict {r['robust_verdict']})")
     return lines
 
 
@@ -332,9 +332,11 @@ def backtest_summary() -> list[str]:
         if not table_exists(conn, "backtests"):
             return []
         rows = query(conn, "SELECT ticker, date, sessions, total_return, buy_hold_total_return, sharpe, max_drawdown, "
-                           "exposure, trades, hit_rate, verdict, verdict_reason FROM backtests "
+                           "exposure, trades, hit_rate, verdict, verdict_reason, robust_verdict, robust_reason "
+                           "FROM backtests "
                            "WHERE date = (SELECT max(date) FROM backtests) ORDER BY ticker")
         book = query(conn, "SELECT weighting, date, sessions, total_return, buy_hold_total_return, sharpe, exposure, verdict, "
+                           "robust_verdict, robust_reason, "
                            f"{ATTRIBUTION_SQL} FROM portfolio_backtests "
                            "WHERE date = (SELECT max(date) FROM portfolio_backtests) "
                            "ORDER BY weighting") if table_exists(conn, "portfolio_backtests") else None
@@ -349,11 +351,13 @@ def backtest_summary() -> list[str]:
         lines.append(f"  {r['ticker']:<8} {r['date']} {r['sessions']:>3} sessions  return {number(r['total_return'], True)} "
                      f"vs {number(r['buy_hold_total_return'], True)}  Sharpe {number(r['sharpe'])}  "
                      f"max DD {number(r['max_drawdown'], True)}  exposure {number(r['exposure'], True)}  "
-                     f"trades {r['trades']}  hit rate {number(r['hit_rate'], True)}  {r['verdict']}: {r['verdict_reason']}")
+                     f"trades {r['trades']}  hit rate {number(r['hit_rate'], True)}  {r['verdict']}: {r['verdict_reason']}  "
+                     f"robust_verdict {r['robust_verdict']}: {r['robust_reason']}")
     for r in (book.iter_rows(named=True) if book is not None else []):
         lines.append(f"  book/{r['weighting']:<13} {r['sessions']:>3} sessions  return {number(r['total_return'], True)} "
                      f"vs {number(r['buy_hold_total_return'], True)}  Sharpe {number(r['sharpe'])}  "
-                     f"exposure {number(r['exposure'], True)}  {r['verdict']}")
+                     f"exposure {number(r['exposure'], True)}  {r['verdict']}  "
+                     f"robust_verdict {r['robust_verdict']}: {r['robust_reason']}")
     lines.append("What the LLM adds (final signals vs the same rules with the LLM's veto off, same days):")
     named = [(r["name"], r) for r in attribution.iter_rows(named=True)]
     named += [(f"book/{r['weighting']}", r) for r in (book.iter_rows(named=True) if book is not None else [])]

@@ -1,6 +1,7 @@
 {{ config(materialized='view') }}
 -- The page a user opens each morning: per ticker, the latest signal, risk level and backtest
--- verdict, and how fresh each is. sessions_behind counts the price dates the store holds for
+-- verdict (and whether it survives 2x and 5x the cost and one session more of delay:
+-- robust_verdict), and how fresh each is. sessions_behind counts the price dates the store holds for
 -- other tickers after this ticker's last price (0: up to date with the universe).
 WITH latest_price AS (
     SELECT ticker, date AS last_price_date, close AS last_close, ingested_at AS price_ingested_at
@@ -21,7 +22,8 @@ latest_risk AS (
     QUALIFY row_number() OVER (PARTITION BY ticker ORDER BY date DESC) = 1
 ),
 latest_backtest AS (
-    SELECT ticker, date AS backtest_date, verdict, verdict_reason, total_return AS backtest_total_return,
+    SELECT ticker, date AS backtest_date, verdict, verdict_reason, robust_verdict, robust_reason,
+           total_return AS backtest_total_return,
            buy_hold_total_return AS backtest_buy_hold_return, sharpe AS backtest_sharpe
     FROM {{ ref('backtests') }}
     QUALIFY row_number() OVER (PARTITION BY ticker ORDER BY date DESC) = 1
@@ -44,6 +46,8 @@ SELECT
     b.backtest_date,
     b.verdict,
     b.verdict_reason,
+    b.robust_verdict,
+    b.robust_reason,
     b.backtest_total_return,
     b.backtest_buy_hold_return,
     b.backtest_sharpe
