@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 LLM_STAMP := $(VENV)/.llm-installed-stamp
 
-.PHONY: install install-llm test test-llm demo ui large-instance ui-large stop-large bench bench-scale bench-ceiling bench-forecasts bench-llm bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
+.PHONY: install install-llm test test-llm demo ui large-instance ui-large stop-large bench bench-scale bench-ceiling bench-forecasts bench-llm bench-probe bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -74,6 +74,10 @@ bench-forecasts: $(STAMP)
 # Against the real model over the demo's 2 tickers x 60 sessions: about 15 minutes.
 bench-llm: $(LLM_STAMP)
 	$(BIN)/python benchmarks/bench_llm.py
+
+# What the memorization probe costs per 100 (ticker, session) pairs against the real model (a few minutes).
+bench-probe: $(LLM_STAMP)
+	$(BIN)/python benchmarks/bench_probe.py
 
 bench-backtests: $(STAMP)
 	$(BIN)/python benchmarks/bench_backtests.py

@@ -14,6 +14,7 @@ from pm_assets.backtests import backtests
 from pm_assets.features import features
 from pm_assets.llm_analysis import llm_analysis
 from pm_assets.llm_signals import llm_signals
+from pm_assets.memorization_probe import memorization_probe
 from pm_assets.paper_book import paper_trading
 from pm_assets.portfolio_backtests import portfolio_backtests
 from pm_assets.prices import prices
@@ -24,8 +25,8 @@ from pm_assets.target_weights import target_weights
 from pm_assets.ts_forecasts import ts_forecasts
 
 ALL_ASSETS = [prices, features, ts_forecasts, llm_analysis, llm_signals, risk_assessments, signal_outcomes,
-              backtests, portfolio_backtests, target_weights, paper_trading]
+              backtests, portfolio_backtests, target_weights, paper_trading, memorization_probe]
 # One asset per SQL model of dbt_like_sql/models (group `marts`, not partitioned).
 SQL_ASSETS = sql_model_assets()
 
-__all__ = ["ALL_ASSETS", "SQL_ASSETS", "backtests", "features", "llm_analysis", "llm_signals", "paper_trading", "portfolio_backtests", "prices", "risk_assessments", "signal_outcomes", "target_weights", "ts_forecasts"]
+__all__ = ["ALL_ASSETS", "SQL_ASSETS", "backtests", "features", "llm_analysis", "llm_signals", "memorization_probe", "paper_trading", "portfolio_backtests", "prices", "risk_assessments", "signal_outcomes", "target_weights", "ts_forecasts"]

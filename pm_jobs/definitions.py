@@ -9,7 +9,7 @@ from dagster import Definitions
 
 from pm_assets import ALL_ASSETS, SQL_ASSETS
 from pm_domain import settings
-from pm_jobs.jobs import paper_job, portfolio_job, research_job, signal_evaluation_job
+from pm_jobs.jobs import memorization_job, paper_job, portfolio_job, research_job, signal_evaluation_job
 from pm_jobs.schedules import nightly_research_schedule
 from pm_resources.broker import broker_from_env
 from pm_resources.database import ClosingDuckDBResource
@@ -36,7 +36,7 @@ def build_resources() -> dict:
 defs = Definitions(
     assets=[*ALL_ASSETS, *SQL_ASSETS],
     resources=build_resources(),
-    jobs=[research_job, signal_evaluation_job, portfolio_job, paper_job],
+    jobs=[research_job, signal_evaluation_job, portfolio_job, paper_job, memorization_job],
     schedules=[nightly_research_schedule],
     sensors=ALL_SENSORS,
 )

@@ -36,6 +36,15 @@ signal_evaluation_job = define_asset_job(
     "launches it for the windows that just completed).",
 )
 
+# Not partitioned, so not part of signal_evaluation: the probe samples the whole price history.
+memorization_job = define_asset_job(
+    "memorization_evaluation",
+    executor_def=AUTOMATED_JOB_EXECUTOR,
+    selection=AssetSelection.assets("memorization_probe"),
+    description="memorization_probe: each configured model asked the direction of past moves from the ticker and "
+    "date alone (the memorization_probe sensor launches it when new prices land; launch it here on demand).",
+)
+
 portfolio_job = define_asset_job(
     "portfolio_book",
     executor_def=AUTOMATED_JOB_EXECUTOR,

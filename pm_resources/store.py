@@ -106,6 +106,28 @@ class LedgerRows:
     key_columns: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class ScopedRows:
+    """Rows that replace every row of `table` whose `scope_column` is one of `scope_values`: the
+    slice of a table an unpartitioned asset owns (memorization_probe: the models it probed), so a
+    re-run replaces its slice and leaves the others. Every row must lie inside the scope."""
+
+    table: str
+    frame: pl.DataFrame
+    key_columns: tuple[str, ...]
+    scope_column: str
+    scope_values: tuple[str, ...]
+
+
+def _check_scoped_rows(rows: ScopedRows) -> None:
+    table = identifier(rows.table)
+    missing = [c for c in (*rows.key_columns, rows.scope_column) if c not in rows.frame.columns]
+    if missing:
+        raise StoreError(f"{table}: rows lack key or scope column(s) {missing}")
+    if rows.frame.height and not rows.frame[rows.scope_column].is_in(list(rows.scope_values)).all():
+        raise StoreError(f"{table}: rows outside the scope {rows.scope_column} in {list(rows.scope_values)}")
+
+
 def _by_ticker(key_columns: Sequence[str]) -> bool:
     """A table keyed (ticker, date, ...) holds per-ticker partitions; one keyed by date first
     holds whole dates, whatever other columns its key has."""
@@ -145,16 +167,20 @@ def write_partitions(
     partition_rows: Sequence[PartitionRows],
     keyed_rows: Sequence[KeyedRows] = (),
     ledger_rows: Sequence[LedgerRows] = (),
+    scoped_rows: Sequence[ScopedRows] = (),
 ) -> None:
-    """Replace the run's partitions in every table of `partition_rows` and upsert `keyed_rows`,
-    all in one transaction: a stage's rows and its side tables land together or not at all.
+    """Replace the run's partitions in every table of `partition_rows`, upsert `keyed_rows` and
+    replace the slices of `scoped_rows`, all in one transaction: a stage's rows and its side
+    tables land together or not at all.
 
     A frame may hold fewer rows than tickers x dates (a partition can legitimately be empty) but
     never a row outside them, and never two rows for one key.
     """
     for rows in partition_rows:
         _check_partition_rows(rows, tickers, dates)
-    for rows in [*keyed_rows, *ledger_rows]:
+    for rows in scoped_rows:
+        _check_scoped_rows(rows)
+    for rows in [*keyed_rows, *ledger_rows, *scoped_rows]:
         identifier(rows.table)
         if rows.frame.height and rows.frame.select(pl.struct(*rows.key_columns).is_duplicated().any()).item():
             raise StoreError(f"{rows.table}: rows repeat a ({', '.join(rows.key_columns)}) key")
@@ -169,6 +195,8 @@ def write_partitions(
                 _upsert(conn, rows)
             for rows in ledger_rows:
                 _append_new(conn, rows)
+            for rows in scoped_rows:
+                _replace_scoped(conn, rows)
             conn.execute("COMMIT")
         except BaseException:
             try:
@@ -192,6 +220,16 @@ def _replace(conn: duckdb.DuckDBPyConnection, rows: PartitionRows) -> None:
         f"DELETE FROM {rows.table} WHERE {ticker_sql}date IN (SELECT date FROM _pm_date_keys){scope_sql}",
         list(rows.scope.values()),
     )
+    if rows.frame.height:
+        conn.register("_pm_incoming", rows.frame.to_arrow())
+        conn.execute(f"INSERT INTO {rows.table} BY NAME SELECT * FROM _pm_incoming")
+        conn.unregister("_pm_incoming")
+
+
+def _replace_scoped(conn: duckdb.DuckDBPyConnection, rows: ScopedRows) -> None:
+    _ensure_table(conn, rows.table, rows.frame, [identifier(c) for c in rows.key_columns])
+    conn.execute(f"DELETE FROM {rows.table} WHERE {identifier(rows.scope_column)} IN (SELECT unnest(?::VARCHAR[]))",
+                 [list(rows.scope_values)])
     if rows.frame.height:
         conn.register("_pm_incoming", rows.frame.to_arrow())
         conn.execute(f"INSERT INTO {rows.table} BY NAME SELECT * FROM _pm_incoming")

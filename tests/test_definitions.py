@@ -12,10 +12,11 @@ def test_definitions_load_with_both_assets_their_checks_and_the_job():
     assert {AssetKey("prices"), AssetKey("features")} <= set(graph.get_all_asset_keys())
     assert {k.name for k in graph.asset_check_keys} >= {"high_is_highest", "no_missing_trading_days"}
     assert {j.name for j in defs.resolve_all_job_defs()} >= {"daily_research", "signal_evaluation", "portfolio_book",
-                                                              "nightly_paper"}
+                                                              "nightly_paper", "memorization_evaluation"}
     assert [s.name for s in defs.schedules] == ["nightly_research"]
-    assert sorted(s.name for s in defs.sensors) == ["llm_health", "marts_refresh", "paper_reconciliation", "paper_trading",
-                                                    "run_failures", "signal_validation", "stranded_runs", "watchlist_sync"]
+    assert sorted(s.name for s in defs.sensors) == ["llm_health", "marts_refresh", "memorization_probe",
+                                                    "paper_reconciliation", "paper_trading", "run_failures",
+                                                    "signal_validation", "stranded_runs", "watchlist_sync"]
 
 
 def test_pm_cli_rejects_bad_tickers_with_exit_code_2(tmp_path):
@@ -52,5 +53,5 @@ def test_the_automated_jobs_run_their_steps_in_the_run_process():
 
     from pm_jobs.definitions import defs
 
-    for name in ("daily_research", "signal_evaluation", "portfolio_book", "nightly_paper"):
+    for name in ("daily_research", "signal_evaluation", "portfolio_book", "nightly_paper", "memorization_evaluation"):
         assert defs.resolve_job_def(name).executor_def is in_process_executor, name

@@ -86,3 +86,27 @@ def test_a_step_that_raises_inside_the_block_does_not_keep_the_file_locked(db_pa
     # The failed step's connection is closed: this process can open the file read-only again.
     with duckdb.connect(db_path, read_only=True) as conn:
         assert conn.execute("SELECT a FROM t").fetchall() == [(1,)]
+
+
+def test_scoped_rows_replace_only_their_slice_and_refuse_rows_outside_it():
+    from pm_resources.store import KeyedRows, ScopedRows, write_partitions
+
+    def probe_rows(model, values):
+        return pl.DataFrame({"model": model, "period": [f"p{i}" for i in range(len(values))], "value": values},
+                            schema_overrides={"value": pl.Float64})
+
+    conn = duckdb.connect()
+    both = pl.concat([probe_rows("a", [1.0, 2.0]), probe_rows("b", [3.0])])
+    write_partitions(conn, [], [], [], scoped_rows=[ScopedRows("probe", both, ("model", "period"), "model", ("a", "b"))])
+    cache = pl.DataFrame({"cache_key": ["k"], "content": ["x"]})
+    write_partitions(conn, [], [], [], keyed_rows=[KeyedRows("cache", cache, ("cache_key",))],
+                     scoped_rows=[ScopedRows("probe", probe_rows("a", [9.0]), ("model", "period"), "model", ("a",))])
+    assert query(conn, "SELECT model, period, value FROM probe ORDER BY 1, 2").rows() == [
+        ("a", "p0", 9.0), ("b", "p0", 3.0)]  # a's slice replaced whole (its p1 gone), b's untouched
+    assert query(conn, "SELECT count(*) AS n FROM cache").item() == 1
+    with pytest.raises(StoreError, match="outside the scope"):
+        write_partitions(conn, [], [], [], scoped_rows=[ScopedRows("probe", both, ("model", "period"), "model", ("a",))])
+    with pytest.raises(StoreError, match="repeat"):
+        write_partitions(conn, [], [], [], scoped_rows=[
+            ScopedRows("probe", pl.concat([probe_rows("a", [1.0])] * 2), ("model", "period"), "model", ("a",))])
+    assert query(conn, "SELECT count(*) AS n FROM probe").item() == 2  # refused writes changed nothing

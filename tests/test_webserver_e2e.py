@@ -56,7 +56,7 @@ def test_a_backfill_launched_through_the_webserver_completes_under_the_pools_and
     repository = listing["data"]["repositoriesOrError"]["nodes"][0]
     assert {s["name"] for s in repository["sensors"]} == {"watchlist_sync", "signal_validation", "llm_health",
                                                            "run_failures", "marts_refresh", "stranded_runs",
-                                                           "paper_trading", "paper_reconciliation"}
+                                                           "paper_trading", "paper_reconciliation", "memorization_probe"}
     assert [(s["name"], s["executionTimezone"]) for s in repository["schedules"]] == [
         ("nightly_research", "America/New_York")]
 
