@@ -38,14 +38,14 @@ DEFAULT_RULES = BacktestRules()
 SIGNAL_LOOKBACK_SESSIONS = DEFAULT_RULES.window_sessions + DEFAULT_RULES.position_lag + STRESS_DELAY_SESSIONS
 PRICE_LOOKBACK_SESSIONS = DEFAULT_RULES.window_sessions + 1
 SIGNAL_COLUMNS = ["ticker", "date", "action", "confidence", "position_size", "horizon", "forecast_action",
-                  "kelly_fraction", "rules"]
+                  "kelly_fraction", "rules", "knowledge_cutoff", "after_cutoff"]
 METRICS_TABLE_COLUMNS = ["ticker", "date", "sessions", "total_return", "annual_return", "buy_hold_total_return",
                          "sharpe", "sortino", "max_drawdown", "calmar", "alpha", "beta", "hit_rate", "calls",
                          "profit_factor", "trades", "exposure", "brier_score", "sharpe_ci_lower",
                          "sharpe_ci_upper", "probabilistic_sharpe", "verdict", "robust_verdict"]
 ATTRIBUTION_TABLE_COLUMNS = ["date", "total_return", "forecast_only_total_return", "sharpe", "forecast_only_sharpe",
                              "llm_delta_sharpe", "llm_sharpe_delta_ci_lower", "llm_sharpe_delta_ci_upper",
-                             "llm_held_back", "llm_verdict"]
+                             "llm_held_back", "llm_clean_sessions", "llm_verdict", "contaminated_llm_verdict"]
 
 
 class BacktestsConfig(Config):
@@ -83,10 +83,15 @@ def read_backtest_inputs(duckdb: DuckDBResource, tickers: list[str], selection: 
         # forecast-only twin equals the final signal (the attribution says no_difference).
         signals = signals.with_columns(pl.col("action").alias("forecast_action"),
                                        pl.lit(None, pl.Float64).alias("kelly_fraction"), pl.lit(None, pl.String).alias("rules"))
+    if signals.width and "after_cutoff" not in signals.columns:
+        # Signals stored before cutoffs were recorded: what the model knew is unknown, so contaminated.
+        signals = signals.with_columns(pl.lit(None, pl.Date).alias("knowledge_cutoff"),
+                                       pl.lit(False).alias("after_cutoff"))
     signals = signals.select(SIGNAL_COLUMNS) if signals.width else pl.DataFrame(
         schema={"ticker": pl.String, "date": pl.Date, "action": pl.String, "confidence": pl.Float64,
                 "position_size": pl.Float64, "horizon": pl.Int64, "forecast_action": pl.String,
-                "kelly_fraction": pl.Float64, "rules": pl.String})
+                "kelly_fraction": pl.Float64, "rules": pl.String, "knowledge_cutoff": pl.Date,
+                "after_cutoff": pl.Boolean})
     return SessionGrid(first, selection.end), signals, price_rows(prices)
 
 

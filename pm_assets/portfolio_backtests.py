@@ -22,6 +22,8 @@ from pm_domain.backtest import (
     PORTFOLIO_WEIGHTINGS,
     STRESS_EXTRA_DELAYS,
     backtest_with_attribution,
+    clean_from_index,
+    cutoff_note,
     portfolio_ledger,
     scored_calls,
     ticker_ledger,
@@ -67,7 +69,8 @@ def portfolio_backtests(context: AssetExecutionContext, config: BacktestsConfig,
                                          weighting) for extra in STRESS_EXTRA_DELAYS}
         book = books[0]
         twin_book = portfolio_ledger(ticker_ledger(twin_signals, prices, grid, sizing, rules.delay_sessions), weighting)
-        rows = backtest_with_attribution(book, twin_book, calls, twin_calls, dates, rules)
+        rows = backtest_with_attribution(book, twin_book, calls, twin_calls, dates, rules,
+                                         clean_from_index(signals, book["date"].to_list(), rules), cutoff_note(signals))
         frames.append(with_robust_verdicts(rows, books, dates, rules).with_columns(pl.lit(weighting).alias("weighting")))
         series[f"portfolio ({weighting})"] = window_series(book, selection.end, rules, twin_book)
     used = sorted(set(signals["ticker"].to_list()))

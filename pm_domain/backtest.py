@@ -564,36 +564,112 @@ def window_series(ledger: pl.DataFrame, end_date: dt.date, rules: BacktestRules,
     return series
 
 
-def backtest_with_attribution(final: pl.DataFrame, twin: pl.DataFrame, calls: pl.DataFrame,
-                              twin_calls: pl.DataFrame, end_dates: Sequence[dt.date],
-                              rules: BacktestRules) -> pl.DataFrame:
-    """window_metrics of the `final` ledger and, beside each row, the forecast-only `twin`
-    ledger's metrics over the same window, the final's minus the twin's, the number of held-back
-    signals whose positions fall in the window, and the paired bootstrap interval and verdict of
-    the Sharpe difference (pm_domain.attribution). Each ledger's windows are cut once."""
-    fw, tw = _windows(final, end_dates, rules), _windows(twin, end_dates, rules)
-    sharpe_bounds, (lower, upper) = _intervals(fw, tw, rules)
-    final_rows = _metrics(final, calls, fw, rules, interval=sharpe_bounds)
-    # Of the twin, only the metrics set beside the final's (no interval, no verdict).
-    twin_rows = _metric_columns(_metric_values(twin, twin_calls, tw, rules, ATTRIBUTION_METRICS), _usable(tw)[1],
-                                ATTRIBUTION_METRICS)
+def _restricted(w: _Windows, keep: np.ndarray, why_none: str) -> _Windows:
+    """The windows cut down to the sessions of `keep` (windows x width): the rest NaN, the first
+    kept session as the window's first, and `why_none` where a usable window keeps no session."""
+    kept = keep & ~np.isnan(w.net)
+    any_kept = kept.any(axis=-1)
+    width = w.net.shape[-1]
+    offsets = w.ends[:, None] - width + 1 + np.arange(width)[None, :]
+    firsts = np.where(any_kept, np.where(kept, offsets, np.iinfo(np.int64).max).min(axis=-1), -1)
+    reasons = [r if r is not None or ok else why_none for r, ok in zip(w.reasons, any_kept, strict=True)]
+
+    def cut(values: np.ndarray) -> np.ndarray:
+        return np.where(kept, values, np.nan)
+
+    return _Windows(w.ends, firsts, reasons, cut(w.net), cut(w.benchmark), cut(w.positions), cut(w.turnover))
+
+
+def _attribution(final: pl.DataFrame, twin: pl.DataFrame, calls: pl.DataFrame, twin_calls: pl.DataFrame,
+                 fw: _Windows, tw: _Windows, rules: BacktestRules, usable: list[bool]) -> pl.DataFrame:
+    """ATTRIBUTION_SCHEMA over the sessions the windows `fw`/`tw` hold."""
+    _, (lower, upper) = _intervals(fw, tw, rules)
+    ok = [u and r is None for u, r in zip(usable, fw.reasons, strict=True)]
+    final_values = _metric_columns(_metric_values(final, calls, fw, rules, ATTRIBUTION_METRICS), np.array(ok),
+                                   ATTRIBUTION_METRICS)
+    twin_values = _metric_columns(_metric_values(twin, twin_calls, tw, rules, ATTRIBUTION_METRICS), np.array(ok),
+                                  ATTRIBUTION_METRICS)
     both = ~np.isnan(fw.net) & ~np.isnan(tw.net)
     held = np.sum(both & (np.nan_to_num(fw.positions) != np.nan_to_num(tw.positions)), axis=-1)
-    usable = [v != "insufficient_data" for v in final_rows["verdict"].to_list()]
     columns = {}
     for metric in ATTRIBUTION_METRICS:
-        columns[f"forecast_only_{metric}"] = twin_rows[metric]
-        columns[f"llm_delta_{metric}"] = final_rows[metric] - twin_rows[metric]
-    bounds = [(None if np.isnan(lo) or not ok else float(lo), None if np.isnan(up) or not ok else float(up))
-              for lo, up, ok in zip(lower, upper, usable, strict=True)]
-    attribution = pl.DataFrame({
+        columns[f"forecast_only_{metric}"] = twin_values[metric]
+        columns[f"llm_delta_{metric}"] = final_values[metric] - twin_values[metric]
+    bounds = [(None if np.isnan(lo) or not good else float(lo), None if np.isnan(up) or not good else float(up))
+              for lo, up, good in zip(lower, upper, ok, strict=True)]
+    return pl.DataFrame({
         **columns,
         "llm_sharpe_delta_ci_lower": [b[0] for b in bounds],
         "llm_sharpe_delta_ci_upper": [b[1] for b in bounds],
-        "llm_held_back": np.where(usable, held, 0).astype(np.int64),
-        "llm_verdict": [llm_verdict(lo, up, ok) for (lo, up), ok in zip(bounds, usable, strict=True)],
+        "llm_held_back": np.where(ok, held, 0).astype(np.int64),
+        "llm_verdict": [llm_verdict(lo, up, good) for (lo, up), good in zip(bounds, ok, strict=True)],
     }, schema=ATTRIBUTION_SCHEMA)
-    return pl.concat([final_rows, attribution], how="horizontal")
+
+
+CONTAMINATED_COLUMNS = ("llm_delta_sharpe", "llm_sharpe_delta_ci_lower", "llm_sharpe_delta_ci_upper", "llm_verdict")
+
+
+def backtest_with_attribution(final: pl.DataFrame, twin: pl.DataFrame, calls: pl.DataFrame,
+                              twin_calls: pl.DataFrame, end_dates: Sequence[dt.date],
+                              rules: BacktestRules, clean_from: int = 0,
+                              cutoff_note: str = "") -> pl.DataFrame:
+    """window_metrics of the `final` ledger and, beside each row, what the LLM added: the
+    forecast-only `twin` ledger's metrics, the final's minus the twin's, the held-back signals and
+    the paired bootstrap interval and verdict of the Sharpe difference (pm_domain.attribution),
+    over the window's CLEAN sessions only: those from ledger index `clean_from` on, the first
+    position set by a signal after the answering model's knowledge cutoff. The same Sharpe
+    difference, interval and verdict over the window's earlier (contaminated) sessions stand
+    beside them as contaminated_*. `cutoff_note` names the cutoff in the reason a window has no
+    clean session."""
+    fw, tw = _windows(final, end_dates, rules), _windows(twin, end_dates, rules)
+    sharpe_bounds, _ = _intervals(fw, tw, rules)
+    final_rows = _metrics(final, calls, fw, rules, interval=sharpe_bounds)
+    usable = [v != "insufficient_data" for v in final_rows["verdict"].to_list()]
+    width = rules.window_sessions
+    offsets = fw.ends[:, None] - width + 1 + np.arange(width)[None, :]
+    clean = offsets >= clean_from
+    no_clean = f"no session after the LLM's knowledge cutoff in the window{cutoff_note}"
+    no_dirty = "no session on or before the LLM's knowledge cutoff in the window"
+    attribution = _attribution(final, twin, calls, twin_calls, _restricted(fw, clean, no_clean),
+                               _restricted(tw, clean, no_clean), rules, usable)
+    dirty = _attribution(final, twin, calls, twin_calls, _restricted(fw, ~clean, no_dirty),
+                         _restricted(tw, ~clean, no_dirty), rules, usable)
+    clean_sessions = np.sum(clean & ~np.isnan(fw.net), axis=-1)
+    reasons = [None if v != "insufficient_data" else (r or no_clean)
+               for v, r in zip(attribution["llm_verdict"].to_list(), _restricted(fw, clean, no_clean).reasons, strict=True)]
+    extra = pl.DataFrame({
+        "llm_clean_sessions": np.where(usable, clean_sessions, 0).astype(np.int64),
+        "llm_verdict_reason": pl.Series(reasons, dtype=pl.String),
+        **{f"contaminated_{c}": dirty[c] for c in CONTAMINATED_COLUMNS},
+    })
+    return pl.concat([final_rows, attribution, extra], how="horizontal")
+
+
+def cutoff_note(signals: pl.DataFrame) -> str:
+    """' (cutoff 2024-08-31)' or ' (cutoff unknown: set PM_LLM_KNOWLEDGE_CUTOFFS)' for a reason."""
+    if "knowledge_cutoff" not in signals.columns or signals.is_empty():
+        return ""
+    cutoffs = signals["knowledge_cutoff"]
+    if cutoffs.null_count():
+        return " (the model's cutoff is unknown: set PM_LLM_KNOWLEDGE_CUTOFFS)"
+    return f" (cutoff {cutoffs.max()})"
+
+
+def clean_from_index(signals: pl.DataFrame, ledger_dates: Sequence[dt.date], rules: BacktestRules) -> int:
+    """The ledger index of the first position set by a signal after the knowledge cutoff, with
+    every later signal after it too (a later contaminated signal, e.g. a model swapped back, moves
+    it on). Signals without an `after_cutoff` column carry no cutoff and count as clean (index 0);
+    the assets always supply it, null (unknown) as contaminated."""
+    if "after_cutoff" not in signals.columns:
+        return 0
+    ordered = signals.sort("date")
+    dirty = ordered.filter(~pl.col("after_cutoff").fill_null(False))
+    later = ordered if dirty.is_empty() else ordered.filter(pl.col("date") > dirty["date"].max())
+    if later.is_empty():
+        return len(ledger_dates)
+    where = {day: i for i, day in enumerate(ledger_dates)}
+    first = later["date"].min()
+    return where.get(first, len(ledger_dates)) + rules.position_lag
 
 
 def ledger_and_calls(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionGrid,
@@ -620,7 +696,9 @@ def ticker_backtests(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionG
     for ticker in tickers:
         final, twin = (frame.filter(pl.col("ticker") == ticker) for frame in (ledger, twin_ledger))
         own_calls, own_twin_calls = (c.filter(pl.col("ticker") == ticker) for c in (calls, twin_calls))
-        rows = backtest_with_attribution(final, twin, own_calls, own_twin_calls, end_dates, rules)
+        clean_from = clean_from_index(signals.filter(pl.col("ticker") == ticker), final["date"].to_list(), rules)
+        rows = backtest_with_attribution(final, twin, own_calls, own_twin_calls, end_dates, rules, clean_from,
+                                         cutoff_note(signals.filter(pl.col("ticker") == ticker)))
         stressed = {0: final} | {extra: frame.filter(pl.col("ticker") == ticker) for extra, frame in delayed.items()}
         frames.append(with_robust_verdicts(rows, stressed, end_dates, rules).with_columns(pl.lit(ticker).alias("ticker")))
         series[ticker] = window_series(final, max(end_dates), rules, twin)

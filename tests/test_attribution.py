@@ -159,3 +159,35 @@ def test_the_reliability_plot_is_a_readable_size():
     png = reliability_png({"forecast": reliability([0.6, 0.7], [1.0, 0.0]), "LLM": reliability([0.9], [0.0])}, "t")
     height, width = image.imread(BytesIO(png)).shape[:2]
     assert width >= 1000 and height >= 400
+
+
+def oracle_keep(prices: pl.DataFrame, proposed: pl.DataFrame) -> np.ndarray:
+    """Keep exactly the trades whose position (two sessions after the signal) earns."""
+    returns = prices["price"].pct_change().fill_null(0.0).to_numpy()
+    sign = np.where(proposed["forecast_action"].to_numpy() == "BUY", 1.0, -1.0)
+    earned = np.zeros(SESSIONS)
+    earned[:-POSITION_LAG_SESSIONS] = sign[:-POSITION_LAG_SESSIONS] * returns[POSITION_LAG_SESSIONS:]
+    return earned > 0
+
+
+def test_a_verdict_is_drawn_only_from_sessions_after_the_knowledge_cutoff():
+    prices, proposed = market(4), proposals(4)
+    signals = final_signals(proposed, oracle_keep(prices, proposed))
+    everything = last_row(signals, prices)  # no cutoff column: every session counts
+    assert everything["llm_verdict"] == "llm_adds" and everything["llm_clean_sessions"] == everything["sessions"]
+
+    unknown = last_row(signals.with_columns(pl.lit(None, pl.Date).alias("knowledge_cutoff"),
+                                            pl.lit(False).alias("after_cutoff")), prices)
+    assert unknown["llm_verdict"] == "insufficient_data" and unknown["llm_clean_sessions"] == 0
+    assert "cutoff is unknown" in unknown["llm_verdict_reason"]
+    # the same days' figures stand beside it, labelled contaminated, to the last bit
+    assert unknown["contaminated_llm_verdict"] == "llm_adds"
+    assert unknown["contaminated_llm_delta_sharpe"] == everything["llm_delta_sharpe"]
+    assert unknown["verdict"] == everything["verdict"] and unknown["sharpe"] == everything["sharpe"]
+
+    cutoff = DAYS[-101]  # signals after it set the positions of the window's last 98 sessions
+    split = last_row(signals.with_columns(pl.lit(cutoff).alias("knowledge_cutoff"),
+                                          (pl.col("date") > cutoff).alias("after_cutoff")), prices)
+    assert split["llm_clean_sessions"] == 100 - POSITION_LAG_SESSIONS
+    assert split["llm_verdict"] == "llm_adds" and split["contaminated_llm_verdict"] == "llm_adds"
+    assert split["llm_delta_sharpe"] != split["contaminated_llm_delta_sharpe"]

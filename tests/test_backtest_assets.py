@@ -24,6 +24,9 @@ TICKERS = ["^GSPC", "^IXIC"]
 SIGNAL_DAYS = trading_days(dt.date(2017, 6, 1), dt.date(2018, 12, 31))
 START, END = "2018-11-01", "2018-12-31"
 RUN_DAYS = trading_days(dt.date.fromisoformat(START), dt.date.fromisoformat(END))
+# The signal model's knowledge cutoff, inside every backtest window: the attribution is drawn from
+# the sessions after it, the contaminated figures from the sessions before.
+CUTOFF = dt.date(2018, 6, 29)
 QUICK = {"ops": {name: {"config": {"bootstrap_replications": 200}} for name in ("backtests", "portfolio_backtests")}}
 
 
@@ -54,6 +57,7 @@ def _signals(seed: int = 0) -> pl.DataFrame:
         "position_size": rng.uniform(0.0, 0.25, n), "horizon": np.full(n, 5), "forecast_action": proposed,
         "kelly_fraction": rng.uniform(0.0, 0.5, n), "rules": '{"kelly_share": 0.5, "max_position": 0.25}',
         "llm_action": rng.choice(["BUY", "SELL", "HOLD"], n), "llm_confidence": rng.uniform(0.3, 0.95, n),
+        "knowledge_cutoff": [CUTOFF] * n, "after_cutoff": [d > CUTOFF for _ in TICKERS for d in SIGNAL_DAYS],
     })
 
 
@@ -120,7 +124,14 @@ def test_the_three_assets_write_every_partition_once_with_plots_and_checks(unive
     assert rows["llm_verdict"].is_in(["llm_adds", "llm_removes", "no_difference", "insufficient_data"]).all()
     usable = rows.filter(pl.col("verdict") != "insufficient_data")
     assert (usable["llm_held_back"] > 0).all()  # about a third of the trades were vetoed
-    assert (usable["llm_delta_sharpe"] - (usable["sharpe"] - usable["forecast_only_sharpe"])).abs().max() < 1e-12
+    # Only sessions whose position comes from a signal after the cutoff (two sessions before) count.
+    days = trading_days(dt.date(2017, 1, 3), dt.date.fromisoformat(END))
+    first_clean = days.index(CUTOFF) + 3
+    expected = [days.index(d) - max(days.index(d) - 251, first_clean) + 1 for d in usable["date"].to_list()]
+    assert usable["llm_clean_sessions"].to_list() == expected
+    assert usable["contaminated_llm_verdict"].is_in(["llm_adds", "llm_removes", "no_difference"]).all()
+    assert usable["contaminated_llm_delta_sharpe"].is_not_null().all() and usable["llm_verdict_reason"].is_null().all()
+    assert (usable["llm_delta_sharpe"] - usable["contaminated_llm_delta_sharpe"]).abs().min() > 0
     assert "llm_verdict" in metadata["llm_attribution"].value
     # Failed unstressed, so failed robust; each stress recomputed, and shown with the verdict.
     assert rows["robust_verdict"].eq("failed").all() and rows["robust_reason"].str.starts_with("failed before any stress").all()

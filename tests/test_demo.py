@@ -35,6 +35,9 @@ def test_the_demo_exits_0_when_only_warning_checks_fail_and_prints_what_failed(t
     assert "warnings: llm_replies_valid" in out and "FAILED (blocking)" not in out
     assert "valid replies 0/120" in out  # the valid share per stage: none of the analysis replies
     assert "What the LLM adds" in out and "no_difference" in out
+    # 2018 is before every cutoff the demo's models could have (theirs are unknown): no verdict as evidence
+    assert "0 clean sessions: insufficient_data (no session after the LLM's knowledge cutoff" in out
+    assert "contaminated sessions, not evidence" in out and "nothing here is evidence of skill" in out
     assert "The LLM's own calls vs the forecast's" in out
     assert "paper book 'paper' as of 2018-12-31 (inception 2018-10-04" in out and "costs paid" in out
     assert "backtest of the same weights" in out and "timing" in out

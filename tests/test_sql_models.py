@@ -167,12 +167,12 @@ def small_store(db_path):
             ('BBB', DATE '2018-12-03', 20.0, TIMESTAMP '2018-12-03 23:00:00')
             ) t(ticker, date, close, ingested_at)""")
         conn.execute("""CREATE TABLE llm_signals AS SELECT * FROM (VALUES
-            ('AAA', DATE '2018-11-01', 'HOLD', 0.6::DOUBLE, 0.0::DOUBLE, 'llm_veto', 'ollama', 'BUY', 'SELL', 0.9::DOUBLE),
-            ('AAA', DATE '2018-11-02', 'SELL', 0.6, 0.1, 'forecast+llm', 'ollama', 'SELL', 'SELL', 0.7),
-            ('AAA', DATE '2018-12-03', 'HOLD', 0.5, 0.0, 'forecast', 'fallback', 'HOLD', NULL, NULL),
-            ('AAA', DATE '2018-12-04', 'BUY', 0.7, 0.1, 'llm', 'ollama', 'BUY', 'BUY', 0.8)
+            ('AAA', DATE '2018-11-01', 'HOLD', 0.6::DOUBLE, 0.0::DOUBLE, 'llm_veto', 'ollama', 'BUY', 'SELL', 0.9::DOUBLE, false),
+            ('AAA', DATE '2018-11-02', 'SELL', 0.6, 0.1, 'forecast+llm', 'ollama', 'SELL', 'SELL', 0.7, true),
+            ('AAA', DATE '2018-12-03', 'HOLD', 0.5, 0.0, 'forecast', 'fallback', 'HOLD', NULL, NULL, true),
+            ('AAA', DATE '2018-12-04', 'BUY', 0.7, 0.1, 'llm', 'ollama', 'BUY', 'BUY', 0.8, true)
             ) t(ticker, date, action, confidence, position_size, decided_by, llm_source, forecast_action, llm_action,
-                llm_confidence)""")
+                llm_confidence, after_cutoff)""")
         conn.execute("""CREATE TABLE risk_assessments AS SELECT * FROM (VALUES
             ('AAA', DATE '2018-12-03', 'high', 0.6::DOUBLE), ('AAA', DATE '2018-12-04', 'medium', 0.4)
             ) t(ticker, date, risk_level, risk_score)""")
@@ -206,11 +206,13 @@ def test_the_marts_on_a_hand_computed_store(small_store):
                                         1 / 8, 2 / 8, 1 / 8))
     assert latency[1] == (D(2018, 12, 4), "analysis", "(none)", 1, 0, 0, None, None, None, 0.0, 1.0, 0.0)
 
-    # November: the LLM called SELL twice on two up days (0 hits; Brier (0.81 + 0.49) / 2), the
-    # forecast BUY then SELL (1 hit; Brier (0.16 + 0.36) / 2); always-up hit both days. December
-    # has no scored call (12-03 is a HOLD the LLM was not asked about; 12-04 has no outcome yet).
-    (llm_scorecard,) = rows(small_store, "SELECT * FROM llm_scorecard")
-    assert llm_scorecard == pytest.approx(("AAA", D(2018, 11, 1), 2, 0.0, 0.65, 1.0, 2, 0.5, 0.26, 1.0))
+    # November: the LLM called SELL on two up days, 11-01 before the model's cutoff (contaminated:
+    # Brier 0.81) and 11-02 after it (clean: 0.49); the forecast BUY on 11-01 hit (0.16), SELL on
+    # 11-02 missed (0.36); always-up hit both days. December has no scored call (12-03 is a HOLD
+    # the LLM was not asked about; 12-04 has no outcome yet).
+    clean, contaminated = rows(small_store, "SELECT * FROM llm_scorecard")
+    assert clean == pytest.approx(("AAA", D(2018, 11, 1), "clean", 1, 0.0, 0.49, 1.0, 1, 0.0, 0.36, 1.0))
+    assert contaminated == pytest.approx(("AAA", D(2018, 11, 1), "contaminated", 1, 0.0, 0.81, 1.0, 1, 1.0, 0.16, 1.0))
 
     overview = rows(small_store, "SELECT * FROM portfolio_overview")
     assert overview == [
@@ -226,7 +228,7 @@ def test_the_marts_on_a_hand_computed_store(small_store):
 def test_a_failing_mart_test_fails_its_check_and_names_the_rows(small_store):
     with duckdb.connect(small_store) as conn:
         conn.execute("INSERT INTO llm_signals VALUES ('BBB', DATE '2018-12-03', 'STRONG_BUY', 0.9, 0.2, 'llm', 'ollama', "
-                     "'BUY', NULL, NULL)")
+                     "'BUY', NULL, NULL, true)")
     result = build(small_store, SQL_ASSETS)
     failed = {e.check_name: e.metadata["failing_rows"].value for e in result.get_asset_check_evaluations() if not e.passed}
     assert failed == {"action_accepted_values": 1}

@@ -319,7 +319,9 @@ def llm_summary() -> list[str]:
 
 
 ATTRIBUTION_SQL = ("forecast_only_total_return, forecast_only_sharpe, llm_delta_sharpe, llm_sharpe_delta_ci_lower, "
-                   "llm_sharpe_delta_ci_upper, llm_held_back, llm_verdict")
+                   "llm_sharpe_delta_ci_upper, llm_held_back, llm_clean_sessions, llm_verdict, llm_verdict_reason, "
+                   "contaminated_llm_delta_sharpe, contaminated_llm_sharpe_delta_ci_lower, "
+                   "contaminated_llm_sharpe_delta_ci_upper, contaminated_llm_verdict")
 
 
 def backtest_summary() -> list[str]:
@@ -358,7 +360,9 @@ def backtest_summary() -> list[str]:
                      f"vs {number(r['buy_hold_total_return'], True)}  Sharpe {number(r['sharpe'])}  "
                      f"exposure {number(r['exposure'], True)}  {r['verdict']}  "
                      f"robust_verdict {r['robust_verdict']}: {r['robust_reason']}")
-    lines.append("What the LLM adds (final signals vs the same rules with the LLM's veto off, same days):")
+    lines.append("What the LLM adds (final signals vs the same rules with the LLM's veto off, same days), "
+                 "from sessions after the model's knowledge cutoff only; the earlier sessions' figures are "
+                 "contaminated (the model may remember them) and are not evidence:")
     named = [(r["name"], r) for r in attribution.iter_rows(named=True)]
     named += [(f"book/{r['weighting']}", r) for r in (book.iter_rows(named=True) if book is not None else [])]
     for name, r in named:
@@ -367,7 +371,12 @@ def backtest_summary() -> list[str]:
         lines.append(f"  {name:<18} return {number(r['total_return'], True)} vs forecast-only "
                      f"{number(r['forecast_only_total_return'], True)}  Sharpe {number(r['sharpe'])} vs "
                      f"{number(r['forecast_only_sharpe'])}  difference {number(r['llm_delta_sharpe'])} "
-                     f"(90% {interval})  held back {r['llm_held_back']}  {r['llm_verdict']}")
+                     f"(90% {interval})  held back {r['llm_held_back']}  {r['llm_clean_sessions']} clean sessions: "
+                     f"{r['llm_verdict']}" + (f" ({r['llm_verdict_reason']})" if r["llm_verdict_reason"] else ""))
+        dirty = ("-" if r["contaminated_llm_sharpe_delta_ci_lower"] is None else
+                 f"[{r['contaminated_llm_sharpe_delta_ci_lower']:.2f}, {r['contaminated_llm_sharpe_delta_ci_upper']:.2f}]")
+        lines.append(f"  {'':<18} contaminated sessions, not evidence: difference "
+                     f"{number(r['contaminated_llm_delta_sharpe'])} (90% {dirty})  {r['contaminated_llm_verdict']}")
     return lines
 
 
@@ -382,7 +391,7 @@ def llm_scorecard_summary() -> list[str]:
         if not table_exists(conn, "llm_scorecard"):
             return []
         rows = query(conn, """
-            SELECT ticker,
+            SELECT ticker, knowledge,
                    sum(llm_calls) AS llm_calls,
                    sum(llm_hit_rate * llm_calls) / nullif(sum(llm_calls), 0) AS llm_hit_rate,
                    sum(llm_brier_score * llm_calls) / nullif(sum(llm_calls), 0) AS llm_brier,
@@ -391,7 +400,7 @@ def llm_scorecard_summary() -> list[str]:
                    sum(forecast_hit_rate * forecast_calls) / nullif(sum(forecast_calls), 0) AS forecast_hit_rate,
                    sum(forecast_brier_score * forecast_calls) / nullif(sum(forecast_calls), 0) AS forecast_brier,
                    sum(forecast_days_always_up_hit_rate * forecast_calls) / nullif(sum(forecast_calls), 0) AS forecast_up
-            FROM llm_scorecard GROUP BY ticker ORDER BY ticker""")
+            FROM llm_scorecard GROUP BY ticker, knowledge ORDER BY ticker, knowledge""")
 
     def pct(value) -> str:
         return "-" if value is None else f"{value:.0%}"
@@ -399,9 +408,12 @@ def llm_scorecard_summary() -> list[str]:
     def num(value) -> str:
         return "-" if value is None else f"{value:.3f}"
 
-    lines = ["The LLM's own calls vs the forecast's (llm_scorecard; hit rate, Brier, always-up on the same days):"]
+    lines = ["The LLM's own calls vs the forecast's (llm_scorecard; hit rate, Brier, always-up on the same days), "
+             "clean (after the model's cutoff: evidence) and contaminated (not evidence):"]
+    if "clean" not in rows["knowledge"].to_list():
+        lines.append("  no call after the model's knowledge cutoff: nothing here is evidence of skill")
     for r in rows.iter_rows(named=True):
-        lines.append(f"  {r['ticker']:<8} LLM {r['llm_calls']} calls, hit {pct(r['llm_hit_rate'])}, Brier "
+        lines.append(f"  {r['ticker']:<8} {r['knowledge']:<12} LLM {r['llm_calls']} calls, hit {pct(r['llm_hit_rate'])}, Brier "
                      f"{num(r['llm_brier'])} (always up {pct(r['llm_up'])})  forecast {r['forecast_calls']} calls, hit "
                      f"{pct(r['forecast_hit_rate'])}, Brier {num(r['forecast_brier'])} (always up {pct(r['forecast_up'])})")
     return lines

@@ -1,5 +1,7 @@
 {{ config(materialized='table') }}
--- The LLM as a forecaster, per ticker and month of the signal date: its own BUY/SELL calls
+-- The LLM as a forecaster, per ticker, month of the signal date and knowledge: `clean` for signal
+-- dates after the signal model's training cutoff (what it could not have known), `contaminated`
+-- for the rest, an unknown cutoff included (docs/llm.md). Only clean rows are evidence; its own BUY/SELL calls
 -- (llm_action, whatever the final signal was) scored on the realised return at the signal's
 -- horizon, beside the forecast's own calls (forecast_action) and the "always up" baseline on the
 -- SAME days as each caller's calls.
@@ -11,6 +13,7 @@ WITH joined AS (
     SELECT
         s.ticker,
         CAST(date_trunc('month', s.date) AS DATE) AS month,
+        CASE WHEN s.after_cutoff THEN 'clean' ELSE 'contaminated' END AS knowledge,
         s.forecast_action,
         s.confidence AS forecast_probability,
         s.llm_action,
@@ -21,10 +24,10 @@ WITH joined AS (
     WHERE o.realised_return_horizon IS NOT NULL
 ),
 calls AS (
-    SELECT ticker, month, 'llm' AS caller, llm_action AS call, llm_confidence AS probability, realised
+    SELECT ticker, month, knowledge, 'llm' AS caller, llm_action AS call, llm_confidence AS probability, realised
     FROM joined WHERE llm_action IN ('BUY', 'SELL')
     UNION ALL
-    SELECT ticker, month, 'forecast', forecast_action, forecast_probability, realised
+    SELECT ticker, month, knowledge, 'forecast', forecast_action, forecast_probability, realised
     FROM joined WHERE forecast_action IN ('BUY', 'SELL')
 ),
 scored AS (
@@ -34,6 +37,7 @@ scored AS (
 SELECT
     ticker,
     month,
+    knowledge,
     count(*) FILTER (WHERE caller = 'llm') AS llm_calls,
     avg(hit) FILTER (WHERE caller = 'llm') AS llm_hit_rate,
     avg(power(probability - hit, 2)) FILTER (WHERE caller = 'llm' AND probability IS NOT NULL) AS llm_brier_score,
@@ -43,5 +47,5 @@ SELECT
     avg(power(probability - hit, 2)) FILTER (WHERE caller = 'forecast' AND probability IS NOT NULL) AS forecast_brier_score,
     avg(CASE WHEN realised > 0 THEN 1.0 ELSE 0.0 END) FILTER (WHERE caller = 'forecast') AS forecast_days_always_up_hit_rate
 FROM scored
-GROUP BY ticker, month
-ORDER BY ticker, month
+GROUP BY ticker, month, knowledge
+ORDER BY ticker, month, knowledge
