@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection
 from pm_domain import calendar, risk, settings
-from pm_domain.llm.client import LLMCall
+from pm_domain.llm.client import CachedReply, LLMCall
 from pm_domain.llm.content import agreement_rate
 from pm_domain.llm.records import (
     Request,
@@ -68,13 +68,18 @@ def ask(context: AssetExecutionContext, duckdb: DuckDBResource, ollama: OllamaRe
                                        f"labelled llm_source='fallback' (mode={settings.mode}; "
                                        "PM_LLM_MODE=fallback skips the attempt)")
 
-    def read_cache(keys: list[str]):
+    calls = answer_all(client, stage, requests, schema, cache_reader(duckdb), progress=context.log.info)
+    context.log.info(f"{stage}: {source_counts(calls)}")
+    return calls
+
+
+def cache_reader(duckdb: DuckDBResource) -> Callable[[list[str]], dict[str, CachedReply]]:
+    """The stored replies under the given cache keys, one read per call (answer_all reads once a run)."""
+    def read_cache(keys: list[str]) -> dict[str, CachedReply]:
         with duckdb.get_connection() as conn:
             return cached_replies(read_keyed(conn, CACHE_TABLE, "cache_key", keys))
 
-    calls = answer_all(client, stage, requests, schema, read_cache, progress=context.log.info)
-    context.log.info(f"{stage}: {source_counts(calls)}")
-    return calls
+    return read_cache
 
 
 OLLAMA_UNREACHABLE_TAG = "pm/ollama_unreachable"

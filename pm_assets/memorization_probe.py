@@ -24,7 +24,7 @@ from dagster import (
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from pm_assets.llm_stage import CACHE_TABLE, warn_unreachable_once
+from pm_assets.llm_stage import CACHE_TABLE, cache_reader, warn_unreachable_once
 from pm_assets.metadata import preview_markdown
 from pm_assets.partitions import TICKERS_PARTITIONS_NAME
 from pm_domain.forecasting.engine import price_rows
@@ -40,9 +40,9 @@ from pm_domain.llm.probe import (
     sample_pairs,
     score_probe,
 )
-from pm_domain.llm.records import cache_frame, cached_replies
+from pm_domain.llm.records import cache_frame
 from pm_resources.ollama import OllamaResource
-from pm_resources.store import KeyedRows, ScopedRows, read_keyed, read_rows, write_partitions
+from pm_resources.store import KeyedRows, ScopedRows, read_rows, write_partitions
 
 SUMMARY_TABLE = "memorization_probe"
 PAIRS_TABLE = "memorization_probe_pairs"
@@ -85,10 +85,6 @@ def memorization_probe(context: AssetExecutionContext, config: MemorizationProbe
     context.log.info(f"{pairs.height} (ticker, session) pairs with a known {config.horizon}-session outcome "
                      f"over {len(tickers)} ticker(s); probing {', '.join(models)}")
 
-    def read_cache(keys: list[str]):
-        with duckdb.get_connection() as conn:
-            return cached_replies(read_keyed(conn, CACHE_TABLE, "cache_key", keys))
-
     frames, calls, cutoffs = [], [], {}
     for model in models:
         cutoffs[model] = settings.cutoff(model)
@@ -98,7 +94,7 @@ def memorization_probe(context: AssetExecutionContext, config: MemorizationProbe
         if sample.height and not client.availability().reachable:
             warn_unreachable_once(context, f"{PROBE_STAGE}: {client.availability().error}; the probe's "
                                            f"pairs are written unanswered (mode={settings.mode})")
-        rows, model_calls = ask_probe(client, model, sample, read_cache, config.horizon, context.log.info)
+        rows, model_calls = ask_probe(client, model, sample, cache_reader(duckdb), config.horizon, context.log.info)
         frames.append(rows)
         calls += model_calls
     probed_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)

@@ -630,13 +630,13 @@ def backtest_with_attribution(final: pl.DataFrame, twin: pl.DataFrame, calls: pl
     clean = offsets >= clean_from
     no_clean = f"no session after the LLM's knowledge cutoff in the window{cutoff_note}"
     no_dirty = "no session on or before the LLM's knowledge cutoff in the window"
-    attribution = _attribution(final, twin, calls, twin_calls, _restricted(fw, clean, no_clean),
-                               _restricted(tw, clean, no_clean), rules, usable)
+    clean_fw = _restricted(fw, clean, no_clean)
+    attribution = _attribution(final, twin, calls, twin_calls, clean_fw, _restricted(tw, clean, no_clean), rules, usable)
     dirty = _attribution(final, twin, calls, twin_calls, _restricted(fw, ~clean, no_dirty),
                          _restricted(tw, ~clean, no_dirty), rules, usable)
     clean_sessions = np.sum(clean & ~np.isnan(fw.net), axis=-1)
     reasons = [None if v != "insufficient_data" else (r or no_clean)
-               for v, r in zip(attribution["llm_verdict"].to_list(), _restricted(fw, clean, no_clean).reasons, strict=True)]
+               for v, r in zip(attribution["llm_verdict"].to_list(), clean_fw.reasons, strict=True)]
     extra = pl.DataFrame({
         "llm_clean_sessions": np.where(usable, clean_sessions, 0).astype(np.int64),
         "llm_verdict_reason": pl.Series(reasons, dtype=pl.String),
@@ -696,9 +696,10 @@ def ticker_backtests(signals: pl.DataFrame, prices: pl.DataFrame, grid: SessionG
     for ticker in tickers:
         final, twin = (frame.filter(pl.col("ticker") == ticker) for frame in (ledger, twin_ledger))
         own_calls, own_twin_calls = (c.filter(pl.col("ticker") == ticker) for c in (calls, twin_calls))
-        clean_from = clean_from_index(signals.filter(pl.col("ticker") == ticker), final["date"].to_list(), rules)
-        rows = backtest_with_attribution(final, twin, own_calls, own_twin_calls, end_dates, rules, clean_from,
-                                         cutoff_note(signals.filter(pl.col("ticker") == ticker)))
+        own_signals = signals.filter(pl.col("ticker") == ticker)
+        rows = backtest_with_attribution(final, twin, own_calls, own_twin_calls, end_dates, rules,
+                                         clean_from_index(own_signals, final["date"].to_list(), rules),
+                                         cutoff_note(own_signals))
         stressed = {0: final} | {extra: frame.filter(pl.col("ticker") == ticker) for extra, frame in delayed.items()}
         frames.append(with_robust_verdicts(rows, stressed, end_dates, rules).with_columns(pl.lit(ticker).alias("ticker")))
         series[ticker] = window_series(final, max(end_dates), rules, twin)

@@ -14,13 +14,11 @@ rectangles of tickers x dates, the probe is one unpartitioned run; and the probe
 
 from __future__ import annotations
 
-import json
-
-from dagster import AssetKey, AssetRecordsFilter, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from pm_jobs.jobs import memorization_job
 from pm_resources.ollama import OllamaResource
-from pm_sensors.signal_validation import MAX_EVENTS_PER_TICK, TRIGGER_TAG, parse_key, signal_validation_sensor
+from pm_sensors.signal_validation import TRIGGER_TAG, new_dates_of, signal_validation_sensor
 
 WATCHED = "prices"
 
@@ -36,20 +34,10 @@ WATCHED = "prices"
 def memorization_probe_sensor(context: SensorEvaluationContext, ollama: OllamaResource):
     if ollama.mode == "fallback":
         return SkipReason("PM_LLM_MODE=fallback: no model answers, so there is nothing to probe")
-    instance = context.instance
-    if context.cursor is None:
-        # Start from now, as signal_validation does: the history is probed by the first new prices.
-        records = instance.fetch_materializations(AssetKey(WATCHED), limit=1).records
-        start = records[0].storage_id if records else 0
-        return SensorResult(skip_reason=SkipReason(f"started; watching {WATCHED} events after storage id {start}"),
-                            cursor=json.dumps({WATCHED: start}))
-    after = json.loads(context.cursor)[WATCHED]
-    result = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(WATCHED), after_storage_id=after),
-                                             limit=MAX_EVENTS_PER_TICK, ascending=True)
-    cursor = json.dumps({WATCHED: result.records[-1].storage_id if result.records else after})
-    new_dates = {parse_key(r.partition_key)[0] for r in result.records if r.partition_key}
-    if not new_dates:
-        return SensorResult(skip_reason=SkipReason(f"no new {WATCHED}"), cursor=cursor)
+    watched = new_dates_of(context, WATCHED)
+    if isinstance(watched, SensorResult):
+        return watched
+    new_dates, cursor = watched
     latest = max(new_dates)
     context.log.info(f"new prices up to {latest}: probing the configured models again")
     return SensorResult(run_requests=[RunRequest(run_key=f"memorization_probe:{latest}", job_name=memorization_job.name,

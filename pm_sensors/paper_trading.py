@@ -9,14 +9,13 @@ starts after the last date the book has. The cursor is the last risk_assessments
 from __future__ import annotations
 
 import datetime as dt
-import json
 
-from dagster import AssetKey, AssetRecordsFilter, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import AssetKey, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from pm_assets.partitions import TICKERS_PARTITIONS_NAME, range_tags
 from pm_domain import calendar
 from pm_jobs.jobs import paper_job
-from pm_sensors.signal_validation import MAX_EVENTS_PER_TICK, TRIGGER_TAG, parse_key
+from pm_sensors.signal_validation import TRIGGER_TAG, new_dates_of, parse_key
 
 WATCHED = "risk_assessments"
 
@@ -46,19 +45,11 @@ def complete_dates(new_dates: set[dt.date], materialized: set[tuple[dt.date, str
     "fills at its open of the previous night's orders, the book, and the orders for the next open.",
 )
 def paper_trading_sensor(context: SensorEvaluationContext):
+    watched = new_dates_of(context, WATCHED)
+    if isinstance(watched, SensorResult):
+        return watched
+    new_dates, cursor = watched
     instance = context.instance
-    after = json.loads(context.cursor)["risk_assessments"] if context.cursor else 0
-    if context.cursor is None:
-        records = instance.fetch_materializations(AssetKey(WATCHED), limit=1).records
-        start = records[0].storage_id if records else 0
-        return SensorResult(skip_reason=SkipReason(f"started; watching {WATCHED} events after storage id {start}"),
-                            cursor=json.dumps({WATCHED: start}))
-    result = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(WATCHED), after_storage_id=after),
-                                             limit=MAX_EVENTS_PER_TICK, ascending=True)
-    cursor = json.dumps({WATCHED: result.records[-1].storage_id if result.records else after})
-    new_dates = {parse_key(r.partition_key)[0] for r in result.records if r.partition_key}
-    if not new_dates:
-        return SensorResult(skip_reason=SkipReason(f"no new {WATCHED}"), cursor=cursor)
     universe = list(instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME))
     done = {parse_key(k) for k in instance.get_materialized_partitions(AssetKey(WATCHED))}
     booked = {dt.date.fromisoformat(k) for k in instance.get_materialized_partitions(AssetKey("paper_book"))}

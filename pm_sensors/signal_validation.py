@@ -52,6 +52,25 @@ def parse_key(partition_key: str) -> Key:
     return dt.date.fromisoformat(day), ticker
 
 
+def new_dates_of(context: SensorEvaluationContext, watched: str) -> tuple[set[dt.date], str] | SensorResult:
+    """The dates of `watched`'s partitions materialized since the cursor and the cursor after them;
+    on the first tick a skip that starts from now (history is backfilled from the UI, not replayed),
+    and with nothing new a skip that keeps the cursor. For sensors that watch one asset."""
+    instance = context.instance
+    if context.cursor is None:
+        start = _latest_storage_id(instance, watched)
+        return SensorResult(skip_reason=SkipReason(f"started; watching {watched} events after storage id {start}"),
+                            cursor=json.dumps({watched: start}))
+    after = json.loads(context.cursor)[watched]
+    result = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(watched), after_storage_id=after),
+                                             limit=MAX_EVENTS_PER_TICK, ascending=True)
+    cursor = json.dumps({watched: result.records[-1].storage_id if result.records else after})
+    dates = {parse_key(r.partition_key)[0] for r in result.records if r.partition_key}
+    if not dates:
+        return SensorResult(skip_reason=SkipReason(f"no new {watched}"), cursor=cursor)
+    return dates, cursor
+
+
 def due_partitions(
     new: Mapping[str, set[Key]],
     materialized: Callable[[str], set[Key]],
