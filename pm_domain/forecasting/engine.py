@@ -71,8 +71,19 @@ class ForecastConfig:
 
 
 @dataclass
-class _Columns:
-    """Per-origin results of one ticker, filled block by block."""
+class BlockForecasts:
+    """What one block of origins (those sharing a fit) gets, in the block's origin order: per
+    model forecasts (origins x horizons, "variance" the cumulative variance per horizon), numbers
+    and texts. A number or text given once holds for every origin; a name left out stays empty."""
+
+    forecasts: dict[str, np.ndarray] = field(default_factory=dict)
+    numbers: dict[str, np.ndarray | float] = field(default_factory=dict)
+    text: dict[str, list | str | None] = field(default_factory=dict)
+
+
+@dataclass
+class _OriginColumns:
+    """Per-origin results of one ticker, assembled block by block (NaN and None where empty)."""
 
     n: int
     horizons: int
@@ -91,6 +102,17 @@ class _Columns:
                      "fit_sessions", "sarimax_converged", "garch_converged"):
             self.numbers[name] = np.full(self.n, np.nan)
 
+    def put(self, slots: np.ndarray, block: BlockForecasts) -> None:
+        """Store a block's results at its origins' slots."""
+        for name, values in block.forecasts.items():
+            self.forecasts[name][slots] = values
+        for name, values in block.numbers.items():
+            self.numbers[name][slots] = values
+        for name, values in block.text.items():
+            per_origin = values if isinstance(values, list) else [values] * len(slots)
+            for slot, value in zip(slots, per_origin, strict=True):
+                self.text[name][slot] = value
+
 
 def model_versions() -> str:
     return json.dumps({"engine": ENGINE_VERSION, "statsmodels": statsmodels.__version__,
@@ -108,14 +130,15 @@ def _anchor(position: int, session_number: int, config: ForecastConfig) -> int |
     return None
 
 
-def _fit_block(log_prices: np.ndarray, anchor: int, origins: np.ndarray, config: ForecastConfig,
-               columns: _Columns, slots: np.ndarray, dates: Sequence[dt.date]) -> None:
+def _fitted_block(log_prices: np.ndarray, anchor: int, origins: np.ndarray, config: ForecastConfig,
+                  dates: Sequence[dt.date]) -> BlockForecasts:
     """Fit every model on the window ending at `anchor`, forecast the block's `origins`."""
     start = max(0, anchor - config.fit_window + 1)
     window = log_prices[start : anchor + 1]
     segment = log_prices[start : origins.max() + 1]
     local = origins - start
     horizons = config.horizons
+    block = BlockForecasts()
     failed: list[str] = []
 
     returns = np.diff(window)
@@ -128,53 +151,52 @@ def _fit_block(log_prices: np.ndarray, anchor: int, origins: np.ndarray, config:
     volatility = garch.fit_volatility(returns)
     next_variance = garch.conditional_variance(volatility, segment_returns)[local]
     paths = garch.variance_paths(volatility, next_variance, max(horizons))
-    columns.forecasts["variance"][slots] = np.cumsum(paths, axis=1)[:, np.asarray(horizons) - 1]
+    block.forecasts["variance"] = np.cumsum(paths, axis=1)[:, np.asarray(horizons) - 1]
 
     try:
         fit = sarimax.fit_sarimax(window, config.sarimax_order)
-        columns.forecasts["sarimax"][slots] = sarimax.forecast_sarimax(fit, segment, local, horizons)
-        columns.numbers["sarimax_converged"][slots] = fit.converged
-        columns.numbers["sarimax_ljung_box_p"][slots] = fit.ljung_box_p
+        block.forecasts["sarimax"] = sarimax.forecast_sarimax(fit, segment, local, horizons)
+        block.numbers["sarimax_converged"] = fit.converged
+        block.numbers["sarimax_ljung_box_p"] = fit.ljung_box_p
     except Exception as exc:  # noqa: BLE001 - a model failing is recorded, the others go on
         failed.append(f"sarimax: {type(exc).__name__}: {exc}"[:160])
     try:
         fit = samossa.fit_samossa(returns, config.ssa_window, config.ssa_variance_share,
                                   config.ar_lags, max(horizons))
-        columns.forecasts["samossa"][slots] = samossa.forecast_samossa(fit, segment_returns, last_return, horizons)
-        columns.numbers["samossa_rank"][slots] = fit.rank
+        block.forecasts["samossa"] = samossa.forecast_samossa(fit, segment_returns, last_return, horizons)
+        block.numbers["samossa_rank"] = fit.rank
     except Exception as exc:  # noqa: BLE001
         failed.append(f"samossa: {type(exc).__name__}: {exc}"[:160])
     try:
         fit = mssa_rl.fit_mssa_rl(returns, config.ssa_window, max(horizons))
         forecasts, regimes, ranks = mssa_rl.forecast_mssa_rl(fit, segment_returns, last_return, horizons)
-        columns.forecasts["mssa_rl"][slots] = forecasts
-        columns.numbers["mssa_rank"][slots] = ranks
-        table = fit.table_json()
-        for slot, regime in zip(slots, regimes, strict=True):
-            columns.text["mssa_regime"][slot] = regime
-            columns.text["mssa_rank_table"][slot] = table
+        block.forecasts["mssa_rl"] = forecasts
+        block.numbers["mssa_rank"] = ranks
+        block.text["mssa_rank_table"] = fit.table_json()
+        block.text["mssa_regime"] = list(regimes)
     except Exception as exc:  # noqa: BLE001
         failed.append(f"mssa_rl: {type(exc).__name__}: {exc}"[:160])
 
-    for slot in slots:
-        columns.text["volatility_model"][slot] = volatility.model
-        columns.text["volatility_fallback_reason"][slot] = volatility.fallback_reason
-        columns.text["models_failed"][slot] = "; ".join(failed) or None
-        columns.text["params_fit_date"][slot] = dates[anchor].isoformat()
-    columns.numbers["garch_persistence"][slots] = (
-        np.nan if volatility.persistence is None else volatility.persistence
-    )
-    columns.numbers["garch_converged"][slots] = volatility.converged
+    block.text |= {"volatility_model": volatility.model, "volatility_fallback_reason": volatility.fallback_reason,
+                   "models_failed": "; ".join(failed) or None, "params_fit_date": dates[anchor].isoformat()}
+    block.numbers["garch_persistence"] = np.nan if volatility.persistence is None else volatility.persistence
+    block.numbers["garch_converged"] = volatility.converged
     # The Student-t degrees of freedom of the distribution the rows' sigma belongs to (risk's
     # model VaR reads it); null when EWMA, whose rows are read as normal.
-    columns.numbers["garch_nu"][slots] = np.nan if volatility.is_fallback or volatility.nu is None else volatility.nu
-    columns.numbers["fit_sessions"][slots] = len(window)
+    block.numbers["garch_nu"] = np.nan if volatility.is_fallback or volatility.nu is None else volatility.nu
+    block.numbers["fit_sessions"] = len(window)
+    return block
 
 
-def _baseline_block(log_prices: np.ndarray, origins: np.ndarray, config: ForecastConfig,
-                    columns: _Columns, slots: np.ndarray, dates: Sequence[dt.date]) -> None:
+def _baseline_block(log_prices: np.ndarray, origins: np.ndarray, config: ForecastConfig) -> BlockForecasts:
     """Origins with less than `min_history` prices: baselines and EWMA volatility only, flagged."""
-    for slot, origin in zip(slots, origins, strict=True):
+    n = len(origins)
+    variance = np.full((n, len(config.horizons)), np.nan)
+    fit_sessions = np.full(n, np.nan)
+    model: list[str | None] = [None] * n
+    reasons: list[str | None] = [None] * n
+    skipped: list[str | None] = [None] * n
+    for i, origin in enumerate(origins):
         returns = np.diff(log_prices[: origin + 1])
         if len(returns) < 2:
             continue  # not even a volatility estimate: the target check below names the date
@@ -182,11 +204,12 @@ def _baseline_block(log_prices: np.ndarray, origins: np.ndarray, config: Forecas
         volatility = garch.ewma_fit(reason)
         next_variance = garch.conditional_variance(volatility, returns)[-1:]
         paths = garch.variance_paths(volatility, next_variance, max(config.horizons))
-        columns.forecasts["variance"][slot] = np.cumsum(paths, axis=1)[0, np.asarray(config.horizons) - 1]
-        columns.text["volatility_model"][slot] = volatility.model
-        columns.text["volatility_fallback_reason"][slot] = reason
-        columns.text["models_failed"][slot] = f"sarimax, samossa, mssa_rl skipped: {reason}"
-        columns.numbers["fit_sessions"][slot] = origin + 1
+        variance[i] = np.cumsum(paths, axis=1)[0, np.asarray(config.horizons) - 1]
+        model[i], reasons[i] = volatility.model, reason
+        skipped[i] = f"sarimax, samossa, mssa_rl skipped: {reason}"
+        fit_sessions[i] = origin + 1
+    return BlockForecasts(forecasts={"variance": variance}, numbers={"fit_sessions": fit_sessions},
+                          text={"volatility_model": model, "volatility_fallback_reason": reasons, "models_failed": skipped})
 
 
 def forecast_series(
@@ -206,7 +229,7 @@ def forecast_series(
         raise ForecastError(f"price missing, zero or negative on {bad}")
     first_origin = max(0, int(targets.min()) - config.warmup_origins)
     origins = np.arange(first_origin, int(targets.max()) + 1)
-    columns = _Columns(len(origins), len(config.horizons))
+    columns = _OriginColumns(len(origins), len(config.horizons))
     columns.forecasts["random_walk"][:] = baselines.random_walk(origins, config.horizons)
     columns.forecasts["drift"][:] = baselines.drift(log_prices, origins, config.horizons, config.fit_window)
 
@@ -216,9 +239,9 @@ def forecast_series(
     for anchor, slot_list in sorted(blocks.items(), key=lambda item: -1 if item[0] is None else item[0]):
         slots = np.asarray(slot_list)
         if anchor is None:
-            _baseline_block(log_prices, origins[slots], config, columns, slots, dates)
+            columns.put(slots, _baseline_block(log_prices, origins[slots], config))
         else:
-            _fit_block(log_prices, anchor, origins[slots], config, columns, slots, dates)
+            columns.put(slots, _fitted_block(log_prices, anchor, origins[slots], config, dates))
 
     target_slots = targets - first_origin
     z = float(norm.ppf(0.5 + config.interval_level / 2))
