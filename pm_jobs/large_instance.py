@@ -8,7 +8,7 @@ Its folder (default `.dagster_large/` beside workspace.yaml) holds:
   `pm ui` (dagster dev), its daemon, code servers and every run they launch inherit it;
 - `postgres/`: the cluster, served on 127.0.0.1 only.
 
-Why the two settings (Dagster 1.13, checked in its source and by tests/test_large_instance.py):
+Why the two settings (Dagster 1.13, checked in its source and by tests/e2e/test_large_instance.py):
 - DAGSTER_EVENT_BATCH_SIZE: a step hands its materialization events to
   `EventLogStorage.store_event_batch` in batches of this size; dagster-postgres writes a batch in one
   statement, where unbatched it opens a connection per event.
@@ -71,6 +71,7 @@ def load_instance_env(home: Path) -> list[str]:
     if Cluster(home / "postgres").pid() is None:
         raise LargeInstanceError(f"the instance {home} keeps its storage in PostgreSQL, which is not running: "
                                  f"pm postgres start --home {home}")
+    # Not settings: Dagster (dagster.yaml's env: entries, the processes pm ui starts) reads these from the environment.
     loaded = [key for key in env if key not in os.environ]
     for key in loaded:
         os.environ[key] = env[key]

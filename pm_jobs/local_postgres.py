@@ -65,9 +65,10 @@ def find_bin_dir() -> Path:
     /usr/lib/postgresql/<version>/bin, then the PATH (Homebrew, Fedora, a conda env)."""
     import shutil
 
-    candidates = []
-    if os.environ.get("PG_BIN_DIR"):
-        candidates.append(Path(os.environ["PG_BIN_DIR"]))
+    from pm_domain import settings
+
+    configured = settings.current().pg_bin_dir
+    candidates = [configured] if configured else []
     version = lambda p: [int(n) for n in re.findall(r"\d+", Path(p).parent.name)] or [0]  # noqa: E731
     candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)]
     on_path = shutil.which("pg_ctl")
@@ -101,6 +102,7 @@ class Cluster:
 
     def _run(self, args: list[str], timeout: float = COMMAND_SECONDS, **env: str) -> str:
         try:
+            # Not settings: the PostgreSQL tools inherit this process's environment, plus LC_ALL/PGPASSWORD.
             done = subprocess.run(args, cwd=self.root, capture_output=True, text=True, timeout=timeout,
                                   env={**os.environ, "LC_ALL": "C", **env}, **self._run_as())
         except subprocess.TimeoutExpired as exc:

@@ -1,10 +1,15 @@
 """In-process runs for `pm materialize` and `pm demo`: checked selections, short progress lines,
 and a failed run told in one line (and recorded in `run_failures`).
+
+A run uses the resources of the environment's settings unless given a `Settings` of its own
+(`config`): the demo passes `settings.current().model_copy(update={"price_source": "sample"})`
+rather than writing PM_PRICE_SOURCE into the process's environment.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import sys
 import threading
@@ -13,9 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, logger
+from dagster import AssetKey, DagsterInstance, Definitions, ExecuteInProcessResult, logger
 
-from pm_jobs.selection import BY_DATE, BY_DATE_AND_TICKER, UNPARTITIONED, Selection, plan
+from pm_domain import settings
+from pm_jobs.selection import BY_DATE, BY_DATE_AND_TICKER, UNPARTITIONED, Selection, check_price_files, plan
 
 
 def partitioning_by_asset() -> dict[str, str]:
@@ -40,11 +46,14 @@ def partition_bounds() -> tuple[dt.date, dt.date]:
 
 
 def plan_selection(instance: DagsterInstance, assets: list[str], tickers: list[str], start: str | None,
-                   end: str | None) -> Selection:
+                   end: str | None, config: settings.Settings | None = None) -> Selection:
+    """What was asked, checked in one line before any run, the price files included (`config`:
+    whose price source; default the environment's)."""
     from pm_assets.partitions import TICKERS_PARTITIONS_NAME
 
-    return plan(assets, tickers, start, end, partitioning_by_asset(),
-                instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME), partition_bounds())
+    selection = plan(assets, tickers, start, end, partitioning_by_asset(),
+                     instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME), partition_bounds())
+    return check_price_files(selection, config)
 
 
 class Progress:
@@ -104,10 +113,12 @@ def progress_logger(progress: Progress):
 
 
 def execute(instance: DagsterInstance, assets: tuple[str, ...], tags: dict[str, str], progress: Progress,
-            run_config: dict | None = None) -> ExecuteInProcessResult:
+            run_config: dict | None = None, config: settings.Settings | None = None) -> ExecuteInProcessResult:
+    """One in-process run; `config` (default: the environment's settings) chooses its resources."""
     from pm_jobs.definitions import defs
 
-    job = defs.resolve_implicit_global_asset_job_def().with_logger_defs({"console": progress_logger(progress)})
+    chosen = defs if config is None else definitions_for(config)
+    job = chosen.resolve_implicit_global_asset_job_def().with_logger_defs({"console": progress_logger(progress)})
     return job.execute_in_process(
         instance=instance,
         asset_selection=[AssetKey(a) for a in assets],
@@ -115,6 +126,15 @@ def execute(instance: DagsterInstance, assets: tuple[str, ...], tags: dict[str, 
         run_config={**(run_config or {}), "loggers": {"console": {}}},
         raise_on_error=False,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def definitions_for(config: settings.Settings) -> Definitions:
+    """The definitions with `config`'s resources, built once per Settings (a frozen model, so a key).
+    An asset job's resources cannot be overridden per run (Dagster requires the assets' own)."""
+    from pm_jobs import definitions
+
+    return definitions.definitions_for(config)
 
 
 @dataclass(frozen=True)
@@ -135,32 +155,33 @@ def run_tags(selection: Selection, block: tuple[str, ...]) -> dict[str, str]:
 
 
 def run_selection(instance: DagsterInstance, selection: Selection, progress: Progress,
-                  run_config: dict | None = None) -> list[RunOutcome]:
-    """One run per ticker block, in order; stops at the first failed run."""
+                  run_config: dict | None = None, config: settings.Settings | None = None) -> list[RunOutcome]:
+    """One run per ticker block, in order; stops at the first failed run. `config`: as in `execute`."""
     outcomes = []
     for block in selection.ticker_blocks or ((),):
         began = time.perf_counter()
         with progress.heartbeat("still running"):
-            result = execute(instance, selection.assets, run_tags(selection, block), progress, run_config)
-        failure = None if result.success else record_failure(instance, result)
+            result = execute(instance, selection.assets, run_tags(selection, block), progress, run_config, config)
+        failure = None if result.success else record_failure(instance, result, config)
         outcomes.append(RunOutcome(result.run_id, result.success, time.perf_counter() - began, result, failure))
         if not result.success:
             break
     return outcomes
 
 
-def record_failure(instance: DagsterInstance, result: ExecuteInProcessResult) -> str:
-    """Write the failed run into `run_failures` and return its first failed step in one line."""
+def record_failure(instance: DagsterInstance, result: ExecuteInProcessResult,
+                   config: settings.Settings | None = None) -> str:
+    """Write the failed run into `run_failures` (the store of `config`, default the environment's)
+    and return its first failed step in one line."""
     import duckdb
 
-    from pm_domain import settings
     from pm_sensors.run_failures import record_failed_run
 
     run = instance.get_run_by_id(result.run_id)
     failure_events = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     run_error = next((e.message or "" for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE"), "")
     try:
-        with duckdb.connect(settings.duckdb_path()) as conn:
+        with duckdb.connect((config or settings.current()).duckdb_path) as conn:
             rows = record_failed_run(conn, run, failure_events, run_error)
     except duckdb.Error as exc:  # the store is locked or unwritable: still tell the person what failed
         from pm_sensors.run_failures import step_failure_causes
@@ -172,13 +193,12 @@ def record_failure(instance: DagsterInstance, result: ExecuteInProcessResult) ->
     return f"{first['step']}: {message[0] if message else 'failed'}"
 
 
-def ensure_store_tables() -> None:
+def ensure_store_tables(config: settings.Settings | None = None) -> None:
     """The tables a person queries before anything has gone wrong (`run_failures`) exist from
-    the first run on."""
+    the first run on (in the store of `config`, default the environment's)."""
     import duckdb
 
-    from pm_domain import settings
     from pm_sensors.run_failures import ensure_failures_table
 
-    with duckdb.connect(settings.duckdb_path()) as conn:
+    with duckdb.connect((config or settings.current()).duckdb_path) as conn:
         ensure_failures_table(conn)

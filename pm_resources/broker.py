@@ -7,14 +7,12 @@ launchpad like any resource.
 
 from __future__ import annotations
 
-import os
-
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from pm_domain import settings as pm_settings
 from pm_domain.paper.broker import ExchangeRules
 from pm_domain.paper.costs import CostModel
-from pm_domain.settings import SettingsError, number_from_env
 
 
 class SimulatedBrokerResource(ConfigurableResource):
@@ -33,19 +31,16 @@ class SimulatedBrokerResource(ConfigurableResource):
             fractional_shares=self.fractional_shares, allow_margin=self.allow_margin, fill_at="next_open")
 
 
-def broker_from_env() -> SimulatedBrokerResource:
-    """PM_PAPER_BOOK, PM_PAPER_INITIAL_CASH, PM_PAPER_SLIPPAGE_BPS, PM_PAPER_COMMISSION_PER_SHARE,
-    PM_PAPER_COMMISSION_MINIMUM, PM_PAPER_COMMISSION_BPS, PM_PAPER_FRACTIONAL, PM_PAPER_MARGIN."""
-    defaults = SimulatedBrokerResource()
-    numbers = {field: number_from_env(f"PM_PAPER_{field.upper()}", getattr(defaults, field), positive=field == "initial_cash")
-               for field in ("initial_cash", "slippage_bps", "commission_per_share", "commission_minimum", "commission_bps")}
+def broker_from(config: pm_settings.Settings) -> SimulatedBrokerResource:
+    """The account the settings describe: PM_PAPER_BOOK, PM_PAPER_INITIAL_CASH, the costs, PM_PAPER_FRACTIONAL
+    and PM_PAPER_MARGIN."""
     return SimulatedBrokerResource(
-        book=os.environ.get("PM_PAPER_BOOK", defaults.book),
-        fractional_shares=_flag("PM_PAPER_FRACTIONAL"), allow_margin=_flag("PM_PAPER_MARGIN"), **numbers)
+        book=config.paper_book, initial_cash=config.paper_initial_cash, slippage_bps=config.paper_slippage_bps,
+        commission_per_share=config.paper_commission_per_share, commission_minimum=config.paper_commission_minimum,
+        commission_bps=config.paper_commission_bps, fractional_shares=config.paper_fractional,
+        allow_margin=config.paper_margin)
 
 
-def _flag(name: str) -> bool:
-    raw = os.environ.get(name, "0")
-    if raw not in ("0", "1"):
-        raise SettingsError(f"{name}={raw!r}: use 1 (on) or 0 (off)")
-    return raw == "1"
+def broker_from_env() -> SimulatedBrokerResource:
+    """The account this process's environment describes."""
+    return broker_from(pm_settings.current())

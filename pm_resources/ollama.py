@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Literal
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from pm_domain.llm.client import MODES, LLMClient, OllamaSettings
+from pm_domain import settings as pm_settings
+from pm_domain.llm.client import LLMClient, OllamaSettings
 from pm_domain.llm.cutoffs import parse_cutoffs
-from pm_domain.settings import SettingsError, llm_anonymize, number_from_env
 
-DEFAULT_HOST = "http://127.0.0.1:11434"
+DEFAULT_HOST = pm_settings.DEFAULT_OLLAMA_HOST
 # The models the previous system ran, one per task; any model `ollama list` shows works.
-DEFAULT_MODELS = {
-    "analysis": "qwen:14b-chat-q4_K_M",
-    "signal": "deepseek-coder:6.7b-instruct-q4_K_M",
-    "risk": "codellama:13b-instruct-q4_K_M",
-}
+DEFAULT_MODELS = pm_settings.DEFAULT_LLM_MODELS
 
 
 ROUTE_HELP = ("a model name, or several separated by commas in order of preference: the next "
@@ -84,38 +80,39 @@ class OllamaResource(ConfigurableResource):
         """The model the health probe times: the signal task's first choice."""
         return _route(self.signal_model)[0]
 
+    def fallback_notice(self, stage: str, error: str | None, consequence: str) -> FallbackNotice:
+        """What a stage says when it writes fallback rows instead of asking Ollama. PM_LLM_MODE=fallback
+        is a choice, told at INFO (no hint to set what is already set); under `auto` an unreachable
+        server is a WARNING with the hint. `consequence` says what the stage writes instead."""
+        if self.mode == "fallback":
+            return FallbackNotice(False, f"{stage}: PM_LLM_MODE=fallback was chosen, Ollama is not called; {consequence}")
+        return FallbackNotice(True, f"{stage}: {error}; {consequence} (mode={self.mode}; "
+                                    "PM_LLM_MODE=fallback skips the attempt)")
+
+
+@dataclass(frozen=True)
+class FallbackNotice:
+    """One log line: a WARNING (once a run, pm_assets.llm_stage.warn_unreachable_once) when `warn`, else INFO."""
+
+    warn: bool
+    message: str
+
 
 def _route(names: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in names.split(",") if name.strip())
 
 
-def ollama_from_env() -> OllamaResource:
-    """The resource as the environment configures it: OLLAMA_HOST, PM_LLM_MODE, PM_LLM_*_MODEL."""
-    mode = os.environ.get("PM_LLM_MODE", "auto")
-    if mode not in MODES:
-        raise SettingsError(f"PM_LLM_MODE={mode!r}: use one of {', '.join(MODES)}")
+def ollama_from(config: pm_settings.Settings) -> OllamaResource:
+    """The resource as the settings configure it: OLLAMA_HOST, PM_LLM_MODE, PM_LLM_*."""
     return OllamaResource(
-        host=os.environ.get("OLLAMA_HOST", DEFAULT_HOST),
-        mode=mode,
-        analysis_model=os.environ.get("PM_LLM_ANALYSIS_MODEL", DEFAULT_MODELS["analysis"]),
-        signal_model=os.environ.get("PM_LLM_SIGNAL_MODEL", DEFAULT_MODELS["signal"]),
-        risk_model=os.environ.get("PM_LLM_RISK_MODEL", DEFAULT_MODELS["risk"]),
-        max_latency_seconds=_positive_float("PM_LLM_MAX_LATENCY_SECONDS", 5.0),
-        retry_invalid=os.environ.get("PM_LLM_RETRY_INVALID", "0") == "1",
-        health_min_tokens_per_second=_positive_float("PM_LLM_MIN_TOKENS_PER_SECOND", 5.0),
-        knowledge_cutoffs=_cutoffs_from_env(),
-        anonymize=llm_anonymize(),
+        host=config.ollama_host, mode=config.llm_mode,
+        analysis_model=config.llm_analysis_model, signal_model=config.llm_signal_model,
+        risk_model=config.llm_risk_model, max_latency_seconds=config.llm_max_latency_seconds,
+        retry_invalid=config.llm_retry_invalid, health_min_tokens_per_second=config.llm_min_tokens_per_second,
+        knowledge_cutoffs=config.llm_knowledge_cutoffs, anonymize=config.llm_anonymize,
     )
 
 
-def _cutoffs_from_env() -> str:
-    raw = os.environ.get("PM_LLM_KNOWLEDGE_CUTOFFS", "")
-    try:
-        parse_cutoffs(raw)
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
-    return raw
-
-
-def _positive_float(name: str, default: float) -> float:
-    return number_from_env(name, default, positive=True)
+def ollama_from_env() -> OllamaResource:
+    """The resource as this process's environment configures it."""
+    return ollama_from(pm_settings.current())
