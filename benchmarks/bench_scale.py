@@ -13,7 +13,7 @@ prices, LLM stages in fallback mode. Prints each table as it finishes.
             materialize` (a run process and a step process, as the CLI and the daemon run them)
             against the in-process runs of (graph); then, alone, what each step's start spends
             mapping 10,000 run partitions through the upstream lookback, with Dagster's
-            MultiPartitionMapping and with the project's (pm_assets/lookback_mapping.py).
+            MultiPartitionMapping and with the project's (pm_assets/dagster_compat.py).
 (nightly)   100 tickers x 1 date: the `daily_research` run the schedule requests, through
             `dagster job execute`, then the signal_validation sensor's tick and the runs it requests
             (up to 3 at once, as the daemon's run queue starts them).
@@ -252,7 +252,7 @@ def bench_stepstart(home: Path, graph: dict, n_tickers: int) -> None:
 def bench_mapping(n_tickers: int, n_dates: int) -> None:
     """What Dagster does at each step's start, alone: map the run's partitions through the
     upstream lookback, with Dagster's MultiPartitionMapping (the baseline) and the project's
-    (pm_assets/lookback_mapping.py), in this process on the same subset."""
+    (pm_assets/dagster_compat.py), in this process on the same subset."""
     from dagster import DagsterInstance
     from dagster import MultiPartitionMapping as BuiltinMultiPartitionMapping
 

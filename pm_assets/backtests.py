@@ -25,9 +25,10 @@ from pm_assets.metadata import add_plot, last_date_keys, preview_markdown, run_m
 from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection, decode_partition_keys, lookback_mapping
 from pm_domain import calendar, plots
 from pm_domain.attribution import LLM_VERDICTS
-from pm_domain.backtest import ROBUST_VERDICTS, STRESS_DELAY_SESSIONS, BacktestRules, ticker_backtests
+from pm_domain.backtest import ROBUST_VERDICTS, STRESS_DELAY_SESSIONS, STRESSES, BacktestRules, ticker_backtests
 from pm_domain.forecasting.engine import price_rows
 from pm_domain.outcomes import SessionGrid
+from pm_domain.signals import SignalRules, kelly_name
 from pm_resources.store import read_rows, replace_partitions
 
 DEFAULT_RULES = BacktestRules()
@@ -50,11 +51,12 @@ ATTRIBUTION_TABLE_COLUMNS = ["date", "total_return", "forecast_only_total_return
 
 class BacktestsConfig(Config):
     window_sessions: int = Field(default=DEFAULT_RULES.window_sessions, ge=2, description=(
-        "trailing sessions per backtest; the declared lineage is the default 252"))
+        f"trailing sessions per backtest; the declared lineage is the default {DEFAULT_RULES.window_sessions}"))
     cost_bps: float = Field(default=DEFAULT_RULES.cost_bps, ge=0.0, le=500.0,
                             description="cost in basis points per unit of position changed")
     sizing: Literal["unit", "signal"] = Field(default=DEFAULT_RULES.sizing, description=(
-        "unit: +1 BUY / -1 SELL / 0 HOLD; signal: times the signal's half-Kelly position_size"))
+        f"unit: +1 BUY / -1 SELL / 0 HOLD; signal: times the signal's {kelly_name(SignalRules().kelly_share)} "
+        "position_size"))
     risk_free_rate: float = Field(default=DEFAULT_RULES.risk_free_rate, ge=-0.05, le=0.5, description="annual")
     bootstrap_replications: int = Field(default=DEFAULT_RULES.bootstrap_replications, ge=100, le=20_000)
     bootstrap_block: float = Field(default=DEFAULT_RULES.bootstrap_block, ge=1.0, le=100.0,
@@ -144,12 +146,12 @@ def insufficient_check(rows: pl.DataFrame, asset_name: str, key_column: str) -> 
         AssetDep("prices", partition_mapping=lookback_mapping(PRICE_LOOKBACK_SESSIONS)),
     ],
     check_specs=[AssetCheckSpec("backtest_inputs_complete", asset="backtests", description=INPUTS_COMPLETE_HELP)],
-    description="Per ticker and date: the stored signals traded over the trailing 252 sessions "
-    "(entered at the close after the signal, 5 bps per unit of position changed) against "
-    "buy-and-hold of the same days: CAGR, volatility, Sharpe, Sortino, max drawdown, Calmar, "
-    "alpha/beta, hit rate, profit factor, trades, exposure, Brier score, bootstrap 90% interval "
-    "of the Sharpe and probabilistic Sharpe, and the verdict naming each failed criterion, with "
-    "the verdict again at 2x and 5x the cost and one session more of delay (robust_verdict); beside "
+    description=f"Per ticker and date: the stored signals traded over the trailing {DEFAULT_RULES.window_sessions} "
+    f"sessions (entered at the close after the signal, {DEFAULT_RULES.cost_bps:g} bps per unit of position "
+    "changed) against buy-and-hold of the same days: CAGR, volatility, Sharpe, Sortino, max drawdown, Calmar, "
+    f"alpha/beta, hit rate, profit factor, trades, exposure, Brier score, bootstrap {DEFAULT_RULES.interval:.0%} "
+    "interval of the Sharpe and probabilistic Sharpe, and the verdict naming each failed criterion, with "
+    f"the verdict again under {', '.join(stress.label for stress in STRESSES)} (robust_verdict); beside "
     "them the forecast-only twin (the LLM's veto/confirm off) over the same days, the difference, "
     "and whether the LLM adds, removes or makes no difference (paired bootstrap of the Sharpe).",
 )

@@ -9,7 +9,6 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     MaterializeResult,
-    MetadataValue,
     asset,
 )
 from dagster_duckdb import DuckDBResource

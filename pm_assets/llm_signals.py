@@ -28,9 +28,13 @@ from pm_domain.llm.records import TELEMETRY_SCHEMA, telemetry_columns
 from pm_domain.llm.schemas import SignalOpinion
 from pm_domain.llm.stages import opinion_columns, signal_requests
 from pm_domain.signal_validation import LAYER_DESCRIPTIONS, LAYERS, layer_outcomes, validate_signals
+from pm_domain import risk
 from pm_domain.signals import (
     SignalRules,
     decide,
+    describe_gates,
+    describe_stops_and_size,
+    describe_veto,
     directional_hit_rates,
     forecast_signals,
     trading_calls,
@@ -39,10 +43,11 @@ from pm_domain.signals import (
 from pm_resources.ollama import OllamaResource
 from pm_resources.store import read_rows
 
-HIT_WINDOW = SignalRules().hit_window
+DEFAULT_RULES = SignalRules()
+HIT_WINDOW = DEFAULT_RULES.hit_window
 FORECAST_HORIZONS = ForecastConfig().horizons
 MAX_HORIZON = max(FORECAST_HORIZONS)
-RISK_LOOKBACK_SESSIONS = 253  # 252 returns for drawdown and beta
+RISK_LOOKBACK_SESSIONS = risk.LOOKBACK_SESSIONS  # the risk gate's metrics (llm_stage.risk_metrics)
 # Hit rates read forecasts whose outcome is known by the date: up to hit_window + horizon back.
 FORECAST_LOOKBACK_SESSIONS = HIT_WINDOW + MAX_HORIZON + 1
 PRICE_LOOKBACK_SESSIONS = max(RISK_LOOKBACK_SESSIONS, FORECAST_LOOKBACK_SESSIONS)
@@ -57,14 +62,20 @@ OUTPUT_COLUMNS = [
 
 
 class LlmSignalsConfig(Config):
-    llm_role: Literal["veto", "confirm", "off"] = Field(default="veto", description=(
-        "veto: the LLM can hold back a forecast trade it disagrees with (confidence >= 0.6); "
+    """The run config of llm_signals: its defaults are SignalRules' (pm_domain/signals.py)."""
+
+    llm_role: Literal["veto", "confirm", "off"] = Field(default=DEFAULT_RULES.llm_role, description=(
+        f"veto: the LLM can hold back a forecast trade it disagrees with ({describe_veto(DEFAULT_RULES)}); "
         "confirm: a trade needs the LLM's agreement; off: the LLM's call is stored, not used"))
-    horizon: int = Field(default=5, description="forecast horizon the signal trades: 1, 5 or 20 sessions")
-    min_confidence: float = Field(default=0.55, ge=0.5, le=1.0)
-    min_net_return: float = Field(default=0.003, ge=0.0, description="expected return net of costs to act")
-    max_risk_score: float = Field(default=0.7, ge=0.0, le=1.0)
-    round_trip_cost: float = Field(default=0.001, ge=0.0, le=0.05, description="commission + spread, both ways")
+    horizon: int = Field(default=DEFAULT_RULES.horizon, description=(
+        f"forecast horizon the signal trades: {', '.join(map(str, FORECAST_HORIZONS[:-1]))} or "
+        f"{FORECAST_HORIZONS[-1]} sessions"))
+    min_confidence: float = Field(default=DEFAULT_RULES.min_confidence, ge=0.5, le=1.0)
+    min_net_return: float = Field(default=DEFAULT_RULES.min_net_return, ge=0.0,
+                                  description="expected return net of costs to act")
+    max_risk_score: float = Field(default=DEFAULT_RULES.max_risk_score, ge=0.0, le=1.0)
+    round_trip_cost: float = Field(default=DEFAULT_RULES.round_trip_cost, ge=0.0, le=0.05,
+                                   description="commission + spread, both ways")
     ask_llm_on_hold: bool = Field(default=False, description=(
         "ask the signal model about HOLD proposals too; its answer cannot change a HOLD (the LLM "
         "only holds trades back), so by default those rows are written as llm_source 'skipped'"))
@@ -96,10 +107,9 @@ class LlmSignalsConfig(Config):
                        description=LAYER_DESCRIPTIONS[layer])
         for layer in LAYERS
     ] + [AssetCheckSpec("llm_replies_valid", asset="llm_signals", description=llm_stage.REPLIES_VALID_HELP)],
-    description="BUY/SELL/HOLD per ticker and date: the 5-session forecast proposes (confidence "
-    ">= 0.55, return net of costs >= 0.3%, risk score <= 0.7), the signal model confirms or vetoes; "
-    "stop max(2 ATR, 1.5%), target >= 2x stop, half-Kelly size from the measured hit rate (cap 25%). "
-    "Trades at the next session. Five validation checks; structure blocks.",
+    description=f"BUY/SELL/HOLD per ticker and date: {describe_gates(DEFAULT_RULES)}, the signal model "
+    f"confirms or vetoes; {describe_stops_and_size(DEFAULT_RULES)}. Trades at the next session. {len(LAYERS)} "
+    "validation checks; structure blocks.",
 )
 def llm_signals(context: AssetExecutionContext, config: LlmSignalsConfig, duckdb: DuckDBResource,
                 ollama: OllamaResource) -> MaterializeResult:

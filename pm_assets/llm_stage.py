@@ -12,6 +12,7 @@ from dagster_duckdb import DuckDBResource
 from duckdb import DuckDBPyConnection
 from pydantic import BaseModel
 
+from pm_assets.dagster_compat import tag_run
 from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection
 from pm_domain import calendar, risk, settings
 from pm_domain.llm.client import CachedReply, LLMCall
@@ -25,7 +26,7 @@ from pm_domain.llm.records import (
     invalid_replies,
     source_counts,
 )
-from pm_resources.ollama import OllamaResource
+from pm_resources.ollama import FallbackNotice, OllamaResource
 from pm_resources.store import KeyedRows, PartitionRows, query, read_keyed, read_rows, table_exists, write_partitions
 
 # The LLM stages queue on the `ollama` pool (limit 1 in dagster.yaml), so one call at a time
@@ -64,13 +65,20 @@ def ask(context: AssetExecutionContext, duckdb: DuckDBResource, ollama: OllamaRe
                          + (f"; not on the server: {', '.join(missing)}" if missing else "")
                          + (f"; slow at the last health probe: {', '.join(slow)}" if slow else ""))
     elif asked:
-        warn_unreachable_once(context, f"{stage}: {availability.error}; writing {asked} rule-based fallback row(s), "
-                                       f"labelled llm_source='fallback' (mode={settings.mode}; "
-                                       "PM_LLM_MODE=fallback skips the attempt)")
+        tell_fallback(context, ollama.fallback_notice(
+            stage, availability.error, f"writing {asked} rule-based fallback row(s), labelled llm_source='fallback'"))
 
     calls = answer_all(client, stage, requests, schema, cache_reader(duckdb), progress=context.log.info)
     context.log.info(f"{stage}: {source_counts(calls)}")
     return calls
+
+
+def tell_fallback(context: AssetExecutionContext, notice: FallbackNotice) -> None:
+    """A chosen fallback at INFO; an unreachable server under `auto` as one WARNING a run."""
+    if notice.warn:
+        warn_unreachable_once(context, notice.message)
+    else:
+        context.log.info(notice.message)
 
 
 def cache_reader(duckdb: DuckDBResource) -> Callable[[list[str]], dict[str, CachedReply]]:
@@ -92,7 +100,7 @@ def warn_unreachable_once(context: AssetExecutionContext, message: str) -> None:
     if run is not None and OLLAMA_UNREACHABLE_TAG in run.tags:
         context.log.info(f"{message} (warned once this run)")
         return
-    context.instance.add_run_tags(context.run_id, {OLLAMA_UNREACHABLE_TAG: "fallback rows written"})
+    tag_run(context.instance, context.run_id, {OLLAMA_UNREACHABLE_TAG: "fallback rows written"})
     context.log.warning(message)
 
 

@@ -24,12 +24,14 @@ from dagster import (
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from pm_assets.llm_stage import CACHE_TABLE, cache_reader, warn_unreachable_once
+from pm_assets.llm_stage import CACHE_TABLE, cache_reader, tell_fallback
 from pm_assets.metadata import preview_markdown
 from pm_assets.partitions import TICKERS_PARTITIONS_NAME
 from pm_domain.forecasting.engine import price_rows
 from pm_domain.llm.client import LLMCall, LLMClient
 from pm_domain.llm.probe import (
+    CHANCE,
+    CONFIDENCE_LEVEL,
     HORIZON_SESSIONS,
     PROBE_STAGE,
     ask_probe,
@@ -66,11 +68,12 @@ class MemorizationProbeConfig(Config):
     kinds={"duckdb", "polars", "ollama"},
     check_specs=[AssetCheckSpec("no_memorization", asset="memorization_probe", description=(
         "warn: no probed model answers the named probe before its training cutoff better (or worse) "
-        "than chance: its 95% interval includes 50%"))],
-    description="Per configured model: asked only a ticker and a date, does it know whether the close 5 "
-    "sessions later was higher? Hit rates with exact 95% intervals before and after the model's training "
-    "cutoff, named and anonymized, on a direction-balanced sample of stored prices; `memorized` when the "
-    "named rate before the cutoff departs from 50%. Tables memorization_probe (summary) and "
+        f"than chance: its {CONFIDENCE_LEVEL:.0%} interval includes {CHANCE:.0%}"))],
+    description="Per configured model: asked only a ticker and a date, does it know whether the close "
+    f"{HORIZON_SESSIONS} sessions later was higher? Hit rates with exact {CONFIDENCE_LEVEL:.0%} intervals before "
+    "and after the model's training cutoff, named and anonymized, on a direction-balanced sample of stored "
+    f"prices; `memorized` when the named rate before the cutoff departs from {CHANCE:.0%}. Tables "
+    "memorization_probe (summary) and "
     "memorization_probe_pairs (every pair's answer).",
 )
 def memorization_probe(context: AssetExecutionContext, config: MemorizationProbeConfig, duckdb: DuckDBResource,
@@ -92,8 +95,8 @@ def memorization_probe(context: AssetExecutionContext, config: MemorizationProbe
         client = LLMClient(probe_settings(settings, model))
         client.require_available()  # mode=ollama: fails here, before anything is written
         if sample.height and not client.availability().reachable:
-            warn_unreachable_once(context, f"{PROBE_STAGE}: {client.availability().error}; the probe's "
-                                           f"pairs are written unanswered (mode={settings.mode})")
+            tell_fallback(context, ollama.fallback_notice(PROBE_STAGE, client.availability().error,
+                                                          "the probe's pairs are written unanswered"))
         rows, model_calls = ask_probe(client, model, sample, cache_reader(duckdb), config.horizon, context.log.info)
         frames.append(rows)
         calls += model_calls
@@ -139,7 +142,7 @@ def _no_memorization(verdicts: dict[str, tuple[str, str]]) -> AssetCheckResult:
         severity=AssetCheckSeverity.WARN,
         description=(f"memorized: {', '.join(memorized)}: their results on sessions before their cutoff "
                      "reflect what they read, not skill" if memorized else
-                     "no probed model departs from 50% before its cutoff"
+                     f"no probed model departs from {CHANCE:.0%} before its cutoff"
                      + (f" ({counts['insufficient_data']} with too little data to tell)"
                         if counts["insufficient_data"] else "")),
         metadata={**{f"models_{verdict}": n for verdict, n in counts.items()},

@@ -20,7 +20,7 @@ from dagster import (
     TimeWindowPartitionsDefinition,
 )
 
-from pm_assets.lookback_mapping import MultiPartitionMapping
+from pm_assets.dagster_compat import GroupedLookbackMapping
 from pm_domain import calendar, settings
 from pm_domain.tickers import validate_ticker
 
@@ -64,12 +64,12 @@ STAGE_ASSET_ARGS = {
 }
 
 
-def date_window_mapping(start_offset: int, end_offset: int) -> MultiPartitionMapping:
+def date_window_mapping(start_offset: int, end_offset: int) -> GroupedLookbackMapping:
     """Depend on the same ticker's trading days from `start_offset` to `end_offset` sessions
     around the date (both inclusive; negative is earlier). Sessions that do not exist yet are
-    allowed: the UI shows them as missing upstream data. The mapping is Dagster's, computed faster
-    at step start (pm_assets/lookback_mapping.py)."""
-    return MultiPartitionMapping(
+    allowed: the UI shows them as missing upstream data. The mapping is Dagster's
+    MultiPartitionMapping, computed faster at step start (pm_assets/dagster_compat.py)."""
+    return GroupedLookbackMapping(
         {
             "date": DimensionPartitionMapping(
                 "date",
@@ -84,12 +84,12 @@ def date_window_mapping(start_offset: int, end_offset: int) -> MultiPartitionMap
     )
 
 
-def lookback_mapping(sessions: int) -> MultiPartitionMapping:
+def lookback_mapping(sessions: int) -> GroupedLookbackMapping:
     """Depend on the previous `sessions - 1` trading days and the same day, same ticker."""
     return date_window_mapping(-(sessions - 1), 0)
 
 
-def forward_mapping(first_session: int, last_session: int) -> MultiPartitionMapping:
+def forward_mapping(first_session: int, last_session: int) -> GroupedLookbackMapping:
     """Depend on the sessions `first_session`..`last_session` AFTER the date, same ticker (what
     an outcome waits for)."""
     return date_window_mapping(first_session, last_session)

@@ -1,7 +1,6 @@
 """`portfolio_backtests`: every ticker's signals as one book, per trading day, twice: equal weight
 (each ticker's +1/-1/0 position at 1/N) and by the signals' position sizes."""
 
-import datetime as dt
 import time
 
 import polars as pl
@@ -16,7 +15,7 @@ from pm_assets.backtests import (
     read_backtest_inputs,
 )
 from pm_assets.metadata import run_metadata
-from pm_assets.partitions import TICKERS_PARTITIONS_NAME, UNIVERSE_ASSET_ARGS, PartitionSelection, universe_selection
+from pm_assets.partitions import TICKERS_PARTITIONS_NAME, UNIVERSE_ASSET_ARGS, universe_selection
 from pm_domain.attribution import forecast_only_signals
 from pm_domain.backtest import (
     PORTFOLIO_WEIGHTINGS,
@@ -31,6 +30,7 @@ from pm_domain.backtest import (
     with_robust_verdicts,
 )
 from pm_domain.outcomes import signal_outcomes
+from pm_domain.signals import SignalRules, kelly_name
 from pm_resources.store import PartitionRows, write_partitions
 
 SIZING_BY_WEIGHTING = {"equal": "unit", "position_size": "signal"}
@@ -46,7 +46,8 @@ SIZING_BY_WEIGHTING = {"equal": "unit", "position_size": "signal"}
                                 description=INPUTS_COMPLETE_HELP)],
     description="Per trading day: all tickers' signals as one book over the trailing window, "
     "weighting 'equal' (each ticker's unit position at 1/N of the book) and 'position_size' (the "
-    "signals' half-Kelly sizes, scaled down when they sum above 100%), against the equal-weight "
+    f"signals' {kelly_name(SignalRules().kelly_share)} sizes, scaled down when they sum above 100%), against the "
+    "equal-weight "
     "buy-and-hold of the same tickers; the same metrics, verdict, robust_verdict and LLM attribution "
     "as backtests.",
 )

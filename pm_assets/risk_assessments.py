@@ -16,11 +16,12 @@ from pm_domain.forecasting.engine import price_histories
 from pm_domain.llm.schemas import RiskNarrative
 from pm_domain.llm.content import risk_content
 from pm_domain.llm.stages import risk_requests, risk_rows
-from pm_domain.quality import risk_rules
+from pm_domain.quality import RULE_DESCRIPTIONS, risk_rules
 from pm_resources.ollama import OllamaResource
 from pm_resources.store import read_rows
 
-LOOKBACK_SESSIONS = 253  # 252 returns: drawdown and beta windows
+LOOKBACK_SESSIONS = risk.LOOKBACK_SESSIONS  # the longest window of pm_domain.risk.assess, in prices
+VAR_LEVEL = f"{risk.VAR_LEVEL:.0%}"
 
 
 @asset(
@@ -32,18 +33,18 @@ LOOKBACK_SESSIONS = 253  # 252 returns: drawdown and beta windows
         AssetDep("llm_signals"),
     ],
     check_specs=[
-        AssetCheckSpec("risk_complete", asset="risk_assessments", description=(
-            "warn: a risk score in [0, 1] with a level, and historical and model VaR, on every row")),
+        AssetCheckSpec("risk_complete", asset="risk_assessments",
+                       description=f"warn: {RULE_DESCRIPTIONS['risk_complete']}, on every row"),
         AssetCheckSpec("llm_replies_valid", asset="risk_assessments", description=llm_stage.REPLIES_VALID_HELP),
         AssetCheckSpec("llm_concerns_cover_metrics", asset="risk_assessments", description=(
-            "warn: every model reply mentions each metric past its alert threshold (volatility > 30%, "
-            "drawdown < -20%, VaR95 > 2.5%, |beta| > 1.3, a stop inside two days of VaR); the coverage "
-            "rate is in the metadata and each row's content_check says what was missed")),
+            f"warn: every model reply mentions each metric past its alert threshold ({risk.describe_alerts()}); "
+            "the coverage rate is in the metadata and each row's content_check says what was missed")),
     ],
-    description="Per ticker and date: historical VaR/CVaR 95% (250 daily returns), model VaR/CVaR "
-    "95% from the 1-day forecast distribution (GARCH-t; normal under the EWMA fallback), 20-day "
-    "volatility, 252-day max drawdown, beta to PM_BENCHMARK (^GSPC), a heuristic risk score and "
-    "level, and the risk model's narrative of concerns about the day's signal.",
+    description=f"Per ticker and date: historical VaR/CVaR {VAR_LEVEL} ({risk.VAR_WINDOW} daily returns), model "
+    f"VaR/CVaR {VAR_LEVEL} from the 1-day forecast distribution (GARCH-t; normal under the EWMA fallback), "
+    f"{risk.VOLATILITY_WINDOW}-day volatility, {risk.DRAWDOWN_WINDOW}-day max drawdown, beta to PM_BENCHMARK "
+    f"(^GSPC) over {risk.BETA_WINDOW} sessions, a heuristic risk score and level ({risk.describe_levels()}; none under "
+    f"{risk.MIN_RETURNS} returns), and the risk model's narrative of concerns about the day's signal.",
 )
 def risk_assessments(context: AssetExecutionContext, duckdb: DuckDBResource, ollama: OllamaResource) -> MaterializeResult:
     began = time.perf_counter()

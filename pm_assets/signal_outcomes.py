@@ -1,5 +1,6 @@
-"""`signal_outcomes`: what became of each day's signal, 1, 5 and 30 sessions after its entry at
-the next close; pending until the 30-session window has closed, then validated or failed."""
+"""`signal_outcomes`: what became of each day's signal, pm_domain.outcomes.OUTCOME_HORIZONS
+sessions after its entry at the next close; pending until the longest window has closed, then
+validated or failed."""
 
 import time
 
@@ -23,10 +24,11 @@ from pm_domain import calendar, plots
 from pm_domain import performance as perf
 from pm_domain.forecasting.engine import price_rows
 from pm_domain import outcomes
-from pm_domain.outcomes import ENTRY_LAG_SESSIONS, STATUSES, TRACKING_SESSIONS
+from pm_domain.outcomes import ENTRY_LAG_SESSIONS, OUTCOME_HORIZONS, STATUSES, TRACKING_SESSIONS
 from pm_resources.store import read_rows, replace_partitions
 
 LAST_SESSION = ENTRY_LAG_SESSIONS + TRACKING_SESSIONS
+HORIZONS_TEXT = f"{', '.join(map(str, OUTCOME_HORIZONS[:-1]))} and {OUTCOME_HORIZONS[-1]}"  # "1, 5 and 30"
 
 
 def calibration_metadata(signals: pl.DataFrame, rows: pl.DataFrame) -> dict:
@@ -56,14 +58,14 @@ def calibration_metadata(signals: pl.DataFrame, rows: pl.DataFrame) -> dict:
     group_name="evaluation",
     deps=[
         AssetDep("llm_signals"),
-        # The prices an outcome waits for: the entry close (t+1) through t+31.
+        # The prices an outcome waits for: the entry close (t+1) through the last horizon's.
         AssetDep("prices", partition_mapping=forward_mapping(ENTRY_LAG_SESSIONS, LAST_SESSION)),
     ],
     check_specs=[AssetCheckSpec("outcome_prices_complete", asset="signal_outcomes", description=(
-        "warn: every outcome whose 1-, 5- or 30-session window has closed has its price (no gap in prices)"))],
-    description="Per ticker and signal date: entry at the next close, realised return after 1, 5 "
-    "and 30 sessions (exchange sessions, not price rows), hit or miss of BUY/SELL at the signal's "
-    "horizon, and a status: pending until the 30-session window has closed, then validated or "
+        f"warn: every outcome whose {HORIZONS_TEXT}-session window has closed has its price (no gap in prices)"))],
+    description=f"Per ticker and signal date: entry at the next close, realised return after {HORIZONS_TEXT} "
+    "sessions (exchange sessions, not price rows), hit or miss of BUY/SELL at the signal's "
+    f"horizon, and a status: pending until the {TRACKING_SESSIONS}-session window has closed, then validated or "
     "failed (HOLD: not_traded). Re-materialize as prices arrive; the signal-validation sensor does.",
 )
 def signal_outcomes(context: AssetExecutionContext, duckdb: DuckDBResource) -> MaterializeResult:

@@ -2,7 +2,6 @@
 (pm_domain/paper/weights.py): one weight per ticker, the method, the caps applied and why a
 signal was not traded."""
 
-import datetime as dt
 import time
 from typing import Literal
 
@@ -29,6 +28,7 @@ from pm_domain.signal_validation import LAYERS
 from pm_resources.store import PartitionRows, query, read_rows, table_exists, write_partitions
 
 PAPER_GROUP = "paper"
+DEFAULT_RULES = WeightRules()  # the config's defaults, but the method (PM_PAPER_WEIGHTS)
 SAME_DATE = MultiToSingleDimensionPartitionMapping(partition_dimension_name="date")
 
 
@@ -36,10 +36,11 @@ class TargetWeightsConfig(Config):
     method: Literal["signal_kelly", "equal", "inverse_volatility", "hierarchical_risk_parity",
                     "minimum_variance"] = Field(default=settings.paper_weight_method(), description=(
         ", ".join(WEIGHT_METHODS) + "; the default is PM_PAPER_WEIGHTS (signal_kelly unless set)"))
-    max_weight: float = Field(default=0.25, gt=0, le=1, description="per-ticker cap on |weight|")
-    max_gross: float = Field(default=1.0, gt=0, le=2, description="cap on the sum of |weight|")
-    allow_shorts: bool = Field(default=False, description="off: a SELL signal is flat")
-    window_sessions: int = Field(default=252, ge=21, le=2520, description="returns the skfolio methods are fitted on")
+    max_weight: float = Field(default=DEFAULT_RULES.max_weight, gt=0, le=1, description="per-ticker cap on |weight|")
+    max_gross: float = Field(default=DEFAULT_RULES.max_gross, gt=0, le=2, description="cap on the sum of |weight|")
+    allow_shorts: bool = Field(default=DEFAULT_RULES.allow_shorts, description="off: a SELL signal is flat")
+    window_sessions: int = Field(default=DEFAULT_RULES.window_sessions, ge=21, le=2520,
+                                 description="returns the skfolio methods are fitted on")
     untradeable_layers: list[str] = Field(default=list(LAYERS), description="a signal failing one of these layers is not traded")
 
     def rules(self) -> WeightRules:
@@ -58,7 +59,8 @@ CAPS_HELP = ("blocks: a weight above the per-ticker cap, weights summing above t
     check_specs=[AssetCheckSpec("weights_within_caps", asset="target_weights", blocking=True, description=CAPS_HELP)],
     description="Per trading day: the weight per ticker the day's signals ask for (signal_kelly by default; equal, "
     "or skfolio's inverse_volatility, hierarchical_risk_parity, minimum_variance fitted on the trailing "
-    "returns up to the date), capped per ticker (25%) and in gross (100%), long-only by default, cash the "
+    f"returns up to the date), capped per ticker ({DEFAULT_RULES.max_weight:.0%}) and in gross "
+    f"({DEFAULT_RULES.max_gross:.0%}), long-only by default, cash the "
     "remainder. A signal failing a validation layer is not traded and the row says why.",
 )
 def target_weights(context: AssetExecutionContext, config: TargetWeightsConfig, duckdb: DuckDBResource) -> MaterializeResult:

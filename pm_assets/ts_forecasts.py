@@ -1,4 +1,4 @@
-"""`ts_forecasts`: the time-series ensemble per ticker, trading day and horizon (1, 5, 20)."""
+"""`ts_forecasts`: the time-series ensemble per ticker, trading day and horizon (ForecastConfig.horizons)."""
 
 import datetime as dt
 import time
@@ -34,6 +34,8 @@ from pm_domain.quality import RULE_DESCRIPTIONS, forecast_rules
 from pm_resources.store import read_rows, replace_partitions
 
 FIT_WINDOW = settings.forecast_fit_window()
+DEFAULT_FORECAST = ForecastConfig()
+HORIZONS_TEXT = f"{', '.join(map(str, DEFAULT_FORECAST.horizons[:-1]))} and {DEFAULT_FORECAST.horizons[-1]}"
 MAX_REFIT_EVERY = 60
 # Declared with the largest refit interval the run config allows, so the lineage covers every read.
 LOOKBACK_SESSIONS = ForecastConfig(fit_window=FIT_WINDOW, refit_every=MAX_REFIT_EVERY).lookback_sessions
@@ -43,10 +45,10 @@ PLOTTED_TICKERS = 2  # the fan draws the run's first tickers, one panel each
 
 
 class TsForecastsConfig(Config):
-    refit_every: int = Field(default=20, ge=1, le=MAX_REFIT_EVERY, description=(
+    refit_every: int = Field(default=DEFAULT_FORECAST.refit_every, ge=1, le=MAX_REFIT_EVERY, description=(
         "Refit model parameters every N sessions of a fixed calendar grid; in between, models "
         "only update their state. 1 refits every model on every date (the slow, naive path)."))
-    sarimax_order: list[int] = Field(default=[1, 1, 0], min_length=3, max_length=3,
+    sarimax_order: list[int] = Field(default=list(DEFAULT_FORECAST.sarimax_order), min_length=3, max_length=3,
                                      description="SARIMAX (p, d, q) on log prices, with a drift.")
     workers: int = Field(default=0, ge=0, le=64,
                          description="Processes over tickers; 0 uses every core (at most 8).")
@@ -68,9 +70,10 @@ class TsForecastsConfig(Config):
                        description=RULE_DESCRIPTIONS["ensemble_complete"]),
         AssetCheckSpec("all_models_fitted", asset="ts_forecasts", description=RULE_DESCRIPTIONS["all_models_fitted"]),
     ],
-    description="Forecast of the 1, 5 and 20-session log return per ticker and date: SARIMAX, "
+    description=f"Forecast of the {HORIZONS_TEXT}-session log return per ticker and date: SARIMAX, "
     "SAMOSSA- and MSSA-RL-style SSA, random walk and drift, combined with weights from their "
-    "recent out-of-sample errors; 90% interval from GARCH(1,1)-t volatility (EWMA fallback, "
+    f"recent out-of-sample errors; {DEFAULT_FORECAST.interval_level:.0%} interval from GARCH(1,1)-t volatility "
+    "(EWMA fallback, "
     f"labelled). Reads prices up to the date only ({LOOKBACK_SESSIONS} sessions back).",
 )
 def ts_forecasts(
@@ -131,8 +134,10 @@ def _require_lookback(prices: pl.DataFrame, first_needed: dt.date) -> None:
         ticker, first = late.row(0)
         raise MissingInputsError(
             f"prices for {ticker} start on {first}, but these forecasts read from {reachable}: "
-            f"materialize prices for {reachable}..{first} first, or set allow_short_history "
-            f"for a ticker listed later (its rows then record the shorter fit window)"
+            f"materialize prices for {reachable}..{first} first, or, for a ticker whose history starts "
+            "later, forecast from the shorter window with pm materialize --config-json "
+            """'{"ops": {"ts_forecasts": {"config": {"allow_short_history": true}}}}' (the UI's launchpad: """
+            "allow_short_history: true under ops: ts_forecasts: config:; its rows record fit_sessions)"
         )
 
 

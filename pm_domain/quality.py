@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from pm_domain.features import LONGEST_WINDOW
+from pm_domain.risk import MIN_RETURNS
+
 
 @dataclass(frozen=True)
 class RuleOutcome:
@@ -21,6 +24,7 @@ class RuleOutcome:
 
 
 # What each rule asks of the rows: the rule's outcome and its asset check's description in the UI.
+# Numbers that are another module's rule are formatted from it, never restated.
 RULE_DESCRIPTIONS = {
     "positive_prices": "open, high, low, close (and adj_close when present) > 0",
     "high_is_highest": "high >= max(open, close)",
@@ -29,10 +33,10 @@ RULE_DESCRIPTIONS = {
     "unique_keys": "one row per (ticker, date)",
     "no_missing_trading_days": "a row for every trading day of the run's range, for every ticker",
     "indicators_in_range": "RSI in [0, 100], ATR >= 0, Bollinger lower <= upper",
-    "warmed_up": "SMA 50 and the other indicators exist (at least 50 sessions of history)",
+    "warmed_up": f"SMA 50 and the other indicators exist (at least {LONGEST_WINDOW} sessions of history)",
     "ensemble_complete": "every (ticker, date, horizon) has a finite ensemble forecast inside a non-empty 90% interval",
     "all_models_fitted": "SARIMAX, SAMOSSA and MSSA-RL all produced a forecast",
-    "risk_complete": "risk score in [0, 1] with a level, historical and model VaR present (needs 20+ returns)",
+    "risk_complete": f"risk score in [0, 1] with a level, historical and model VaR present (needs {MIN_RETURNS}+ returns)",
 }
 
 

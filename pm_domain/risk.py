@@ -20,6 +20,12 @@ from scipy import stats
 TRADING_DAYS_PER_YEAR = 252
 VAR_LEVEL = 0.95
 VOLATILITY_WINDOW = 20
+# `assess`'s trailing windows, in returns: historical VaR/CVaR, max drawdown, beta (pairs).
+VAR_WINDOW = 250
+DRAWDOWN_WINDOW = 252
+BETA_WINDOW = 252
+# The prices a date's metrics read (the date's own included): N returns need N + 1 prices.
+LOOKBACK_SESSIONS = max(VAR_WINDOW, DRAWDOWN_WINDOW, BETA_WINDOW) + 1
 # Below this many returns a tail quantile or a 20-day volatility says nothing: `assess` leaves
 # every metric null.
 MIN_RETURNS = 20
@@ -43,6 +49,15 @@ BETA_WEIGHT = 0.15
 RISK_LEVELS = (("low", 0.25), ("medium", 0.50), ("high", 0.75))
 EXTREME_LEVEL = "extreme"
 UNKNOWN_LEVEL = "unknown"
+
+# Alert thresholds: a metric past one is a concern the risk narrative must name. They are applied
+# by pm_domain.llm.fallback.risk_flags (which pm_domain.llm.content judges replies by) and stated by
+# `describe_alerts`; tests/unit/test_rules_once.py checks that risk_flags fires exactly past them.
+ALERT_VOLATILITY = 0.30  # annualised 20-day volatility above
+ALERT_DRAWDOWN = -0.20  # max drawdown over DRAWDOWN_WINDOW below
+ALERT_VAR = 0.025  # daily historical VaR95 above
+ALERT_ABS_BETA = 1.3  # |beta| above
+ALERT_STOP_VAR_DAYS = 2  # a trade's stop distance under this many days of VaR95
 
 ASSESS_SCHEMA = {
     "date": pl.Date,
@@ -219,10 +234,10 @@ def risk_score(
     """Heuristic risk scale in [0, 1], not a model: sum(w_i * c_i) / sum(w_i) over the available
     components, with
 
-    c_vol = clip(volatility_20d / 0.60, 0, 1), w = 0.35 (annualised volatility);
-    c_dd = clip(|max_drawdown_252d| / 0.40, 0, 1), w = 0.25;
-    c_var = clip(var_95 / 0.05, 0, 1), w = 0.25 (daily VaR as a positive loss);
-    c_beta = clip(|beta| / 2.0, 0, 1), w = 0.15.
+    c_vol = clip(volatility_20d / VOLATILITY_SCALE, 0, 1), w = VOLATILITY_WEIGHT (annualised volatility);
+    c_dd = clip(|max_drawdown_252d| / DRAWDOWN_SCALE, 0, 1), w = DRAWDOWN_WEIGHT;
+    c_var = clip(var_95 / VAR_SCALE, 0, 1), w = VAR_WEIGHT (daily VaR as a positive loss);
+    c_beta = clip(|beta| / BETA_SCALE, 0, 1), w = BETA_WEIGHT.
 
     A None or nan input drops its component and the remaining weights are renormalised; nan when
     every input is missing.
@@ -241,8 +256,8 @@ def risk_score(
 
 
 def risk_level(score: float | None) -> str:
-    """"low" below 0.25, "medium" below 0.5, "high" below 0.75, else "extreme"; "unknown" for a
-    missing score."""
+    """The first band of RISK_LEVELS whose (exclusive) upper bound the score is below, else
+    "extreme" (`describe_levels` prints them); "unknown" for a missing score."""
     if _missing(score):
         return UNKNOWN_LEVEL
     for name, upper in RISK_LEVELS:
@@ -296,9 +311,9 @@ def assess(
     benchmark: pl.DataFrame | None,
     dates: Iterable[dt.date],
     *,
-    var_window: int = 250,
-    drawdown_window: int = 252,
-    beta_window: int = 252,
+    var_window: int = VAR_WINDOW,
+    drawdown_window: int = DRAWDOWN_WINDOW,
+    beta_window: int = BETA_WINDOW,
 ) -> pl.DataFrame:
     """Risk metrics of one ticker at each of `dates`, each from prices dated <= that date only.
 
@@ -306,8 +321,9 @@ def assess(
     Out, one row per date in the given order: var_95_hist and cvar_95_hist over the last
     `var_window` simple returns, volatility_20d (annualised, log returns), max_drawdown_252d over
     the last `drawdown_window` returns, beta over the last `beta_window` date-aligned pairs (null
-    below 60 pairs or without a benchmark), risk_observations (returns in the VaR window),
-    risk_score, risk_level. With fewer than 20 returns every metric is null and the level "unknown".
+    below MIN_BETA_PAIRS pairs or without a benchmark), risk_observations (returns in the VaR
+    window), risk_score, risk_level. With fewer than MIN_RETURNS returns every metric is null and
+    the level "unknown".
     """
     windows = {"var_window": var_window, "drawdown_window": drawdown_window, "beta_window": beta_window}
     for name, window in windows.items():
@@ -360,3 +376,24 @@ def assess_tickers(
               for ticker, history in sorted(histories.items())]
     frame = pl.concat(frames) if frames else pl.DataFrame(schema=ASSESS_SCHEMA).with_columns(pl.lit(None, pl.String).alias("ticker"))
     return frame.select("ticker", *ASSESS_SCHEMA)
+
+
+def _percent(value: float) -> str:
+    """0.025 -> "2.5%", 0.3 -> "30%"."""
+    return f"{value * 100:g}%"
+
+
+def _count_word(n: int) -> str:
+    return {1: "one", 2: "two", 3: "three"}.get(n, str(n))
+
+
+def describe_alerts() -> str:
+    """The alert thresholds in words, as check descriptions and prompts state them."""
+    return (f"volatility > {_percent(ALERT_VOLATILITY)}, drawdown < {_percent(ALERT_DRAWDOWN)}, "
+            f"VaR95 > {_percent(ALERT_VAR)}, |beta| > {ALERT_ABS_BETA:g}, "
+            f"a stop inside {_count_word(ALERT_STOP_VAR_DAYS)} days of VaR")
+
+
+def describe_levels() -> str:
+    """The risk levels' bands in words: "low < 0.25 <= medium < ... <= extreme"."""
+    return "".join(f"{name} < {upper:g} <= " for name, upper in RISK_LEVELS) + EXTREME_LEVEL

@@ -3,16 +3,19 @@
 A signal for date t uses data up to the close of t and trades at t+1; `entry_price` is the close
 of t, the reference the stop and target distances are measured from.
 
-Rule (defaults from the previous system, all in `SignalRules`):
+Rule (defaults from the previous system: every number is a field of `SignalRules`, and
+`describe_gates` / `describe_stops_and_size` print them for descriptions and docs):
 - confidence = Phi(|mu| / sigma), the forecast distribution's probability that the H-session
-  move has the forecast's sign (mu, sigma: ensemble log-return forecast and its sigma);
-- BUY (SELL) when mu > 0 (< 0), confidence >= 0.55, |exp(mu) - 1| - round-trip cost >= 0.3% and
-  risk score <= 0.7; otherwise HOLD, with the rule that held it back;
-- stop distance = max(2 x ATR14 / close, 1.5%); target distance = max(2 x stop, expected move);
-- size = half-Kelly, f* = p - (1 - p) / b, capped at 25%, with p and b measured on the ticker's
-  past trading calls (forecasts that passed the confidence and net-return gates) whose outcome is
-  known: p their directional hit rate, b the mean realised gain of the hits over the mean realised
-  loss of the misses. Never the confidence; 0 with under 20 such outcomes or no measured payoff.
+  move (H = horizon) has the forecast's sign (mu, sigma: ensemble log-return forecast and its sigma);
+- BUY (SELL) when mu > 0 (< 0), confidence >= min_confidence, |exp(mu) - 1| - round_trip_cost >=
+  min_net_return and risk score <= max_risk_score; otherwise HOLD, with the rule that held it back;
+- stop distance = max(atr_stop_multiple x ATR14 / close, min_stop); target distance =
+  max(min_reward_risk x stop, expected move);
+- size = kelly_share x Kelly, f* = p - (1 - p) / b, capped at max_position, with p and b measured
+  on the ticker's past trading calls (forecasts that passed the confidence and net-return gates)
+  whose outcome is known: p their directional hit rate, b the mean realised gain of the hits over
+  the mean realised loss of the misses. Never the confidence; 0 with under min_hit_observations
+  such outcomes or no measured payoff.
 """
 
 from __future__ import annotations
@@ -45,6 +48,38 @@ class SignalRules:
     hit_window: int = 250
     llm_role: LLMRole = "veto"
     veto_confidence: float = 0.6
+
+
+def _percent(value: float) -> str:
+    """0.003 -> "0.3%", 0.25 -> "25%"."""
+    return f"{value * 100:g}%"
+
+
+def kelly_name(share: float) -> str:
+    """"half-Kelly" for a share of 0.5, else "0.3 x Kelly"."""
+    return "half-Kelly" if share == 0.5 else f"{share:g} x Kelly"
+
+
+def describe_gates(rules: SignalRules | None = None) -> str:
+    """The forecast's gates with their numbers: "the 5-session forecast proposes (confidence >=
+    0.55, ...)"."""
+    r = rules or SignalRules()
+    return (f"the {r.horizon}-session forecast proposes (confidence >= {r.min_confidence:g}, return net of "
+            f"{_percent(r.round_trip_cost)} round-trip costs >= {_percent(r.min_net_return)}, risk score <= "
+            f"{r.max_risk_score:g})")
+
+
+def describe_stops_and_size(rules: SignalRules | None = None) -> str:
+    """Stop, target and size with their numbers: "stop max(2 ATR, 1.5%), ..."."""
+    r = rules or SignalRules()
+    return (f"stop max({r.atr_stop_multiple:g} ATR, {_percent(r.min_stop)}), target >= {r.min_reward_risk:g}x stop, "
+            f"{kelly_name(r.kelly_share)} size from the hit rate measured over the last {r.hit_window} "
+            f"calls (cap {_percent(r.max_position)}; 0 under {r.min_hit_observations} outcomes)")
+
+
+def describe_veto(rules: SignalRules | None = None) -> str:
+    """When the LLM's disagreement holds a trade back under `veto`."""
+    return f"confidence >= {(rules or SignalRules()).veto_confidence:g}"
 
 
 def forecast_confidence(frame: pl.DataFrame) -> pl.Series:

@@ -2,7 +2,8 @@
 
 This is what the UI's backfill dialog does: the webserver records the backfill, the daemon
 splits it into runs (single-run policy: one range per ticker or per date) and queues them under
-the instance's pools. `pm backfill` and the end-to-end test use it.
+the instance's pools. `pm backfill` and the end-to-end test use it. The GraphQL documents and the
+POST live in pm_assets/dagster_compat.py with Dagster's other unstable interfaces.
 """
 
 from __future__ import annotations
@@ -15,56 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import httpx
-
 from pm_domain import calendar
-
-LAUNCH = """
-mutation Launch($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-  }
-}"""
-
-STATUS = """
-query Status($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    __typename
-    ... on PartitionBackfill {
-      status
-      error { message }
-      runs { runId status }
-      assetBackfillData {
-        assetBackfillStatuses {
-          ... on AssetPartitionsStatusCounts {
-            assetKey { path } numPartitionsTargeted numPartitionsMaterialized numPartitionsFailed
-          }
-        }
-      }
-    }
-    ... on Error { message }
-  }
-}"""
-
-FAILED_STEPS = """
-query FailedSteps($runId: ID!) {
-  runOrError(runId: $runId) {
-    __typename
-    ... on Run {
-      tags { key value }
-      eventConnection(limit: 5000) {
-        events {
-          __typename
-          ... on ExecutionStepFailureEvent { stepKey error { className message cause { className message
-            cause { className message cause { className message } } } } }
-          ... on RunFailureEvent { message }
-        }
-      }
-    }
-  }
-}"""
 
 FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 SUCCEEDED = {"COMPLETED", "COMPLETED_SUCCESS"}
@@ -126,36 +78,46 @@ DEFAULT_UI_URL = "http://127.0.0.1:3000"
 UI_STATE_FILE = "pm_ui.json"
 
 
-def remember_ui_url(url: str) -> None:
-    """Note in the instance where `pm ui` serves, so `pm backfill` finds it (`make ui PORT=...`)."""
-    path = os.path.join(os.environ["DAGSTER_HOME"], UI_STATE_FILE)
+def instance_home(home: str | os.PathLike | None = None) -> str:
+    """`home`, or the root directory of the instance DAGSTER_HOME names (as DagsterInstance.get()
+    loads it; DagsterHomeNotSetError, a DagsterError, when it is unset)."""
+    if home is not None:
+        return os.fspath(home)
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        return instance.root_directory
+
+
+def remember_ui_url(url: str, home: str | os.PathLike | None = None) -> None:
+    """Note in the instance (`home`, else DAGSTER_HOME's) where `pm ui` serves, so `pm backfill`
+    finds it (`make ui PORT=...`)."""
+    path = os.path.join(instance_home(home), UI_STATE_FILE)
     with open(path, "w") as handle:
         json.dump({"url": url, "pid": os.getpid()}, handle)
 
 
-def ui_url() -> str:
-    """The webserver `pm ui` started on this instance, if it still runs; else the default."""
+def ui_url(home: str | os.PathLike | None = None) -> str:
+    """The webserver `pm ui` started on this instance (`home`, else DAGSTER_HOME's), if it still
+    runs; else the default."""
+    from dagster import DagsterError
+
     try:
-        with open(os.path.join(os.environ["DAGSTER_HOME"], UI_STATE_FILE)) as handle:
+        with open(os.path.join(instance_home(home), UI_STATE_FILE)) as handle:
             state = json.load(handle)
         os.kill(int(state["pid"]), 0)
         return str(state["url"])
-    except (KeyError, OSError, ValueError, TypeError):
+    except (DagsterError, KeyError, OSError, ValueError, TypeError):
         return DEFAULT_UI_URL
 
 
 def _graphql(url: str, query: str, variables: dict, timeout: float) -> dict:
+    from pm_assets.dagster_compat import WebserverError, webserver_graphql
+
     try:
-        response = httpx.post(f"{url.rstrip('/')}/graphql", json={"query": query, "variables": variables},
-                              timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise BackfillError(f"no Dagster webserver at {url} ({type(exc).__name__}: {exc}); start it with `make ui`") from exc
-    if response.status_code != 200:
-        raise BackfillError(f"{url}/graphql answered HTTP {response.status_code}: {response.text[:300]}")
-    body = response.json()
-    if body.get("errors"):
-        raise BackfillError(f"GraphQL error: {body['errors'][0].get('message')}")
-    return body["data"]
+        return webserver_graphql(url, query, variables, timeout)
+    except WebserverError as exc:
+        raise BackfillError(str(exc)) from exc
 
 
 def launch_backfill(url: str, assets: Sequence[str], ranges: Sequence[tuple[str, str]], title: str | None = None,
@@ -164,18 +126,23 @@ def launch_backfill(url: str, assets: Sequence[str], ranges: Sequence[tuple[str,
 
     The ranges are given per asset: a backfill given partition names instead applies them to the
     first asset and extends every later asset along its dependencies, and a lookback dependency
-    (features reads 250 sessions of prices) would then reach a year past the range."""
+    (features reads pm_domain.features.WARMUP_SESSIONS sessions of prices) would then reach about
+    a year past the range."""
+    from pm_assets.dagster_compat import LAUNCH_BACKFILL
+
     selector = {"ranges": [{"start": first, "end": last} for first, last in ranges]}
     params = {"partitionsByAssets": [{"assetKey": {"path": [asset]}, "partitions": selector} for asset in assets],
               "title": title or f"pm backfill {', '.join(assets)}"}
-    result = _graphql(url, LAUNCH, {"params": params}, timeout)["launchPartitionBackfill"]
+    result = _graphql(url, LAUNCH_BACKFILL, {"params": params}, timeout)["launchPartitionBackfill"]
     if result["__typename"] != "LaunchBackfillSuccess":
         raise BackfillError(f"backfill refused ({result['__typename']}): {result.get('message')}")
     return result["backfillId"]
 
 
 def backfill_progress(url: str, backfill_id: str, timeout: float = 30.0) -> BackfillProgress:
-    result = _graphql(url, STATUS, {"id": backfill_id}, timeout)["partitionBackfillOrError"]
+    from pm_assets.dagster_compat import BACKFILL_STATUS
+
+    result = _graphql(url, BACKFILL_STATUS, {"id": backfill_id}, timeout)["partitionBackfillOrError"]
     if result["__typename"] != "PartitionBackfill":
         raise BackfillError(f"backfill {backfill_id}: {result.get('message')}")
     counts = [s for s in (result.get("assetBackfillData") or {}).get("assetBackfillStatuses", []) if s]
@@ -193,9 +160,10 @@ def backfill_progress(url: str, backfill_id: str, timeout: float = 30.0) -> Back
 
 def failed_steps(url: str, run_id: str, timeout: float = 30.0) -> list[str]:
     """`run abcdefgh failed at prices (range): the root error's first line`, per failed step."""
+    from pm_assets.dagster_compat import RUN_FAILED_STEPS
     from pm_sensors.run_failures import without_class
 
-    run = _graphql(url, FAILED_STEPS, {"runId": run_id}, timeout)["runOrError"]
+    run = _graphql(url, RUN_FAILED_STEPS, {"runId": run_id}, timeout)["runOrError"]
     if run["__typename"] != "Run":
         return [f"run {run_id[:8]} failed (its events are not readable: {run['__typename']})"]
     tags = {t["key"]: t["value"] for t in run["tags"]}

@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime as dt
 
 import polars as pl
-from dagster import DagsterEventType, DagsterRunStatus, DefaultSensorStatus, RunStatusSensorContext, run_status_sensor
+from dagster import DagsterRunStatus, DefaultSensorStatus, RunStatusSensorContext, run_status_sensor
 from dagster_duckdb import DuckDBResource
 
+from pm_assets.dagster_compat import run_step_successes
 from pm_domain import settings
 from pm_domain.paper.reconcile import alert_rows
 from pm_resources.store import KeyedRows, query, table_exists, upsert_rows
@@ -49,8 +50,7 @@ def record_alerts(conn, dates: tuple[dt.date, dt.date], job_name: str, tags: dic
 def wrote_the_book(instance, run_id: str) -> bool:
     """Whether the run's paper_trading step (the book's) succeeded: a run's step successes are
     few, whatever its partitions."""
-    steps = instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_SUCCESS).records
-    return any(record.event_log_entry.step_key == STEP for record in steps)
+    return STEP in run_step_successes(instance, run_id)
 
 
 def run_dates(tags: dict[str, str]) -> tuple[dt.date, dt.date] | None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from dagster import AssetKey, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
+from pm_assets.dagster_compat import materialized_partitions
 from pm_assets.partitions import TICKERS_PARTITIONS_NAME, range_tags
 from pm_domain import calendar
 from pm_jobs.jobs import paper_job
@@ -51,8 +52,8 @@ def paper_trading_sensor(context: SensorEvaluationContext):
     new_dates, cursor = watched
     instance = context.instance
     universe = list(instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME))
-    done = {parse_key(k) for k in instance.get_materialized_partitions(AssetKey(WATCHED))}
-    booked = {dt.date.fromisoformat(k) for k in instance.get_materialized_partitions(AssetKey("paper_book"))}
+    done = {parse_key(k) for k in materialized_partitions(instance, WATCHED)}
+    booked = {dt.date.fromisoformat(k) for k in materialized_partitions(instance, "paper_book")}
     span = paper_range(complete_dates(new_dates, done, universe), booked)
     if span is None:
         return SensorResult(skip_reason=SkipReason("no date has every ticker's risk_assessments yet, or the book has it"),

@@ -3,8 +3,9 @@ whose observation windows they complete, then the portfolio book of each complet
 
 It replaces the old nightly backfill `.bat`. What a new materialization makes due:
 
-- `prices` of (d, ticker): `signal_outcomes` of the signals whose 1-, 5- or 30-session window
-  closes at d (signal dates d-2, d-6, d-31 sessions: entry at t+1, return to t+1+h), and
+- `prices` of (d, ticker): `signal_outcomes` of the signals whose window of h sessions closes at d,
+  for each h in pm_domain.outcomes.OUTCOME_HORIZONS (signal date d-1-h sessions: entry at t+1,
+  return to t+1+h), and
   `backtests` of (d, ticker), whose trailing window ends at d;
 - `llm_signals` of (t, ticker): `signal_outcomes` and `backtests` of (t, ticker);
 - `backtests` of (d, ticker): `portfolio_backtests` of d once every ticker of the universe has it.
@@ -34,6 +35,7 @@ from dagster import (
     sensor,
 )
 
+from pm_assets.dagster_compat import materialized_partitions
 from pm_assets.partitions import TICKERS_PARTITIONS_NAME, range_tags, rectangles
 from pm_domain import calendar
 from pm_domain.outcomes import signal_dates_observed_on
@@ -176,7 +178,7 @@ def signal_validation_sensor(context: SensorEvaluationContext):
     universe = instance.get_dynamic_partitions(TICKERS_PARTITIONS_NAME)
     due = due_partitions(
         new,
-        lambda asset: {parse_key(k) for k in instance.get_materialized_partitions(AssetKey(asset))},
+        lambda asset: {parse_key(k) for k in materialized_partitions(instance, asset)},
         universe,
     )
     requests = run_requests(due, list(universe), cursor)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from dagster import DagsterEventType, DagsterInstance, DefaultSensorStatus, SensorEvaluationContext, SkipReason, sensor
 
+from pm_assets.dagster_compat import free_pool_slots, mark_run_failed, pool_slot_usage, run_events
+
 CHECK_EVERY_SECONDS = 30
 RELEASED_BY_SENSOR = "released by the stranded_runs sensor: none of its processes is alive (killed?)"
 
@@ -28,20 +30,18 @@ def release(instance: DagsterInstance, run_id: str, why: str) -> str:
     are untouched (a killed write never commits)."""
     run = instance.get_run_by_id(run_id)
     if run is None:
-        instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+        free_pool_slots(instance, run_id)
         return f"run {run_id} (deleted): its pool slots freed"
     status = run.status.value
     if not run.is_finished:
-        instance.report_run_failed(run, why)
-    instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+        mark_run_failed(instance, run, why)
+    free_pool_slots(instance, run_id)
     return (f"run {run_id} ({status}): its pool slots freed" if run.is_finished
             else f"run {run_id} ({status}) marked failed and its pool slots freed")
 
 
 def slot_holders(instance: DagsterInstance) -> set[str]:
-    storage = instance.event_log_storage
-    return {run_id for pool in storage.get_concurrency_keys()
-            for run_id in storage.get_concurrency_info(pool).active_run_ids}
+    return {run_id for usage in pool_slot_usage(instance) for run_id in usage.holders}
 
 
 def run_processes(instance: DagsterInstance, run_id: str) -> dict[int, float]:
@@ -49,7 +49,7 @@ def run_processes(instance: DagsterInstance, run_id: str) -> dict[int, float]:
     the earliest time it wrote one."""
     started: dict[int, float] = {}
     kinds = {DagsterEventType.RUN_START, DagsterEventType.STEP_WORKER_STARTED, DagsterEventType.STEP_START}
-    for entry in instance.all_logs(run_id, of_type=kinds):
+    for entry in run_events(instance, run_id, kinds):
         pid = entry.dagster_event.pid if entry.dagster_event else None
         if pid is not None:
             started[pid] = min(started.get(pid, entry.timestamp), entry.timestamp)

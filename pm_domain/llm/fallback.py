@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from pm_domain import risk
 from pm_domain.llm.schemas import MarketAnalysis, RiskNarrative
 
 VOLATILE_ABOVE = 0.35  # annualised 20-day volatility treated as a volatile regime
@@ -76,19 +77,19 @@ def risk_flags(row: Mapping[str, object]) -> list[tuple[str, str]]:
     (metric, concern): volatility, drawdown, var, beta, stop."""
     flags = []
     volatility = row.get("volatility_20d")
-    if isinstance(volatility, float) and volatility > 0.30:
+    if isinstance(volatility, float) and volatility > risk.ALERT_VOLATILITY:
         flags.append(("volatility", f"20-day volatility {volatility:.1%} annualised is elevated"))
     drawdown = row.get("max_drawdown_252d")
-    if isinstance(drawdown, float) and drawdown < -0.20:
+    if isinstance(drawdown, float) and drawdown < risk.ALERT_DRAWDOWN:
         flags.append(("drawdown", f"max drawdown over 252 sessions {drawdown:.1%}"))
     var = row.get("var_95_hist")
-    if isinstance(var, float) and var > 0.025:
+    if isinstance(var, float) and var > risk.ALERT_VAR:
         flags.append(("var", f"daily historical VaR95 {var:.2%}"))
     beta = row.get("beta")
-    if isinstance(beta, float) and abs(beta) > 1.3:
+    if isinstance(beta, float) and abs(beta) > risk.ALERT_ABS_BETA:
         flags.append(("beta", f"beta {beta:.2f} amplifies the benchmark's moves"))
     if row.get("action") in ("BUY", "SELL") and isinstance(row.get("stop_distance"), float) \
-            and isinstance(var, float) and row["stop_distance"] < 2 * var:
+            and isinstance(var, float) and row["stop_distance"] < risk.ALERT_STOP_VAR_DAYS * var:
         flags.append(("stop", f"stop {row['stop_distance']:.2%} is under two days of VaR95"))
     return flags
 
