@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a file: the project's tests/ helpers are importable
 
-from tests.local_server import free_port, stop_process_group, wait_until_answering  # noqa: E402
+from tests.support.local_server import free_port, stop_process_group, wait_until_answering  # noqa: E402
 IMAGES = ROOT / "docs" / "images"
 CHROMIUM = os.environ.get("PM_CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps dialling Google's hosts, which a closed
@@ -85,7 +85,7 @@ def main(out_dir: Path = IMAGES) -> int:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
-    from pm_jobs.cli import use_project_instance
+    from pm_jobs.cli.instance import use_project_instance
 
     print(f"instance: {use_project_instance()}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,24 +6,26 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from typing import TYPE_CHECKING
 
 import duckdb
-import polars as pl
 
 from pm_domain import settings
-from pm_domain.paper.reconcile import GAP_PARTS
-from pm_resources.store import query, table_exists
+from pm_jobs.cli.instance import QUIET
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def add_parser(commands) -> None:
     book = commands.add_parser("book", help="the paper book: NAV, positions, the date's orders and fills, amendments")
     book.add_argument("--date", default=None, help="as of this trading day (default: the book's last)")
     book.add_argument("--amendments", type=int, default=10, metavar="N", help="how many of the latest amendments (default 10)")
-    book.set_defaults(func=run)
+    book.set_defaults(func=run, instance=QUIET)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pm_jobs.selection import parse_date
+    from pm_jobs.selection import parse_date  # imports dagster: not for `pm --help`
 
     day = parse_date("--date", args.date) if args.date else None
     print("\n".join(book_report(settings.duckdb_path(), day, args.amendments)))
@@ -31,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def book_report(path: str, day: dt.date | None = None, amendments: int = 10) -> list[str]:
+    # polars, and pm_resources (dagster): not for `pm --help`
+    import polars as pl
+
+    from pm_resources.store import query, table_exists
+
     with duckdb.connect(path, read_only=True) as conn:
         if not table_exists(conn, "paper_book"):
             return ["no paper book yet: materialize target_weights and paper_book (make demo does; docs/paper.md)"]
@@ -52,16 +59,18 @@ def book_report(path: str, day: dt.date | None = None, amendments: int = 10) -> 
 
 
 def summary_lines(book: dict) -> list[str]:
+    from pm_domain.paper.reconcile import GAP_PARTS  # imports scipy: not for `pm --help`
+
     since = book["nav"] / book["initial_cash"] - 1
     parts = ", ".join(f"{part} {book[f'gap_{part}_bps']:+.1f}" for part in GAP_PARTS)
     return [
         f"paper book '{book['book']}' as of {book['date']} (inception {book['inception']}, initial cash {book['initial_cash']:,.2f}):",
         f"  NAV {book['nav']:,.2f} ({since:+.2%})  cash {book['cash']:,.2f}  market value {book['market_value']:,.2f}",
-        f"  P&L realized {book['realized_pnl']:,.2f}  unrealized {book['unrealized_pnl']:,.2f}  costs paid "
-        f"{book['costs']:,.2f} (commission {book['commission']:,.2f}, slippage {book['slippage']:,.2f}; today "
-        f"{book['costs_day']:,.2f})  turnover {book['turnover']:.2f}x",
-        f"  backtest of the same weights {book['reference_nav']:,.2f}: gap {book['gap_bps']:+.1f} bps of the initial "
-        f"cash = {parts}",
+        f"  P&L realized {book['realized_pnl']:,.2f}  unrealized {book['unrealized_pnl']:,.2f}",
+        f"  costs paid {book['costs']:,.2f} (commission {book['commission']:,.2f}, slippage {book['slippage']:,.2f}; "
+        f"today {book['costs_day']:,.2f})  turnover {book['turnover']:.2f}x",
+        f"  backtest of the same weights {book['reference_nav']:,.2f}: gap {book['gap_bps']:+.1f} bps of the initial cash",
+        f"    = {parts}",
         f"  equal-weight buy and hold of the same tickers {book['benchmark_nav']:,.2f}",
     ]
 
