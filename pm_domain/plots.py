@@ -77,29 +77,57 @@ def forecast_fan_png(prices: pl.DataFrame, fan: pl.DataFrame, tickers: list[str]
     return _ticker_panels_png(tickers, max_tickers, 3, draw)
 
 
-def equity_drawdown_png(series: dict[str, pl.DataFrame], max_panels: int = MAX_PANELS) -> bytes:
-    """For up to `max_panels` backtests (name -> window_series frame): the strategy's equity
-    against buy-and-hold over the window (and the forecast-only twin's, when the frame has it),
-    and the strategy's drawdown below it."""
+def _identical(a, b) -> bool:
+    import numpy as np
+
+    return len(a) == len(b) and bool(np.allclose(a, b, rtol=0.0, atol=1e-9, equal_nan=True))
+
+
+def equity_drawdown_figure(series: dict[str, pl.DataFrame], max_panels: int = MAX_PANELS) -> plt.Figure:
+    """The figure behind `equity_drawdown_png` (kept apart so a test can inspect what is drawn).
+
+    The strategy is drawn first and wide, the forecast-only twin dashed and narrow on top of it:
+    when the LLM changed no trade the two are the same curve, and the blue still shows around the
+    orange dashes (the title says so). One legend for the figure, above the panels, so it covers
+    no line."""
     shown = list(series.items())[:max_panels]
-    fig, axes = plt.subplots(2 * len(shown), 1, figsize=(WIDTH_INCHES, 4.6 * len(shown)), squeeze=False,
+    fig, axes = plt.subplots(2 * len(shown), 1, figsize=(WIDTH_INCHES, 4.6 * len(shown) + 0.4), squeeze=False,
                              gridspec_kw={"height_ratios": [2, 1] * len(shown)})
     for index, (name, frame) in enumerate(shown):
         equity_ax, drawdown_ax = axes[2 * index, 0], axes[2 * index + 1, 0]
         dates = frame["date"].to_list()
-        equity_ax.plot(dates, frame["strategy_equity"].to_numpy(), color="tab:blue", lw=1.1, label="strategy (net of costs)")
+        strategy = frame["strategy_equity"].to_numpy()
+        equity_ax.plot(dates, frame["buy_hold_equity"].to_numpy(), color="gray", lw=1.0, zorder=2,
+                       label="buy and hold")
+        equity_ax.plot(dates, strategy, color="tab:blue", lw=2.6, zorder=3, label="strategy (net of costs)")
+        title = f"{name}: equity of 1 invested"
         if "forecast_only_equity" in frame.columns:
-            equity_ax.plot(dates, frame["forecast_only_equity"].to_numpy(), color="tab:orange", lw=1.0, ls="--",
+            twin = frame["forecast_only_equity"].to_numpy()
+            equity_ax.plot(dates, twin, color="tab:orange", lw=1.2, ls="--", zorder=4,
                            label="forecast only (LLM off)")
-        equity_ax.plot(dates, frame["buy_hold_equity"].to_numpy(), color="gray", lw=1.0, label="buy and hold")
-        equity_ax.set_title(f"{name}: equity of 1 invested", fontsize=TITLE, loc="left")
+            if _identical(strategy, twin):
+                title += " (strategy identical to forecast only: the LLM changed no trade)"
+        equity_ax.set_title(title, fontsize=TITLE, loc="left")
         drawdown_ax.fill_between(dates, frame["drawdown"].to_numpy(), 0.0, color="tab:red", alpha=0.35)
         drawdown_ax.set_title(f"{name}: strategy drawdown", fontsize=LABEL, loc="left")
         for ax in (equity_ax, drawdown_ax):
             ax.tick_params(labelsize=LABEL)
             ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=LEGEND, loc="upper left")
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    order = [labels.index(label) for label in ("strategy (net of costs)", "forecast only (LLM off)", "buy and hold")
+             if label in labels]
+    top = 1 - 0.45 / fig.get_figheight()  # room for the legend above the first panel
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=LEGEND, ncol=len(order),
+               loc="upper center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, top))
+    return fig
+
+
+def equity_drawdown_png(series: dict[str, pl.DataFrame], max_panels: int = MAX_PANELS) -> bytes:
+    """For up to `max_panels` backtests (name -> window_series frame): the strategy's equity
+    against buy-and-hold over the window (and the forecast-only twin's, when the frame has it),
+    and the strategy's drawdown below it."""
+    fig = equity_drawdown_figure(series, max_panels)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     plt.close(fig)

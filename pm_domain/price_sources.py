@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -269,12 +270,122 @@ def read_price_csv(path: Path, ticker: str) -> pl.DataFrame:
     )
 
 
+@dataclass(frozen=True)
+class CsvCoverage:
+    """What one ticker's file holds: its first and last date and how many NYSE sessions it has a
+    row for, so an error can say what the file covers next to what was asked."""
+
+    path: Path
+    ticker: str
+    first: dt.date | None
+    last: dt.date | None
+    sessions: int
+    dates: frozenset[dt.date] = field(default=frozenset(), repr=False, compare=False)
+
+    def describe(self) -> str:
+        if self.first is None or self.last is None:
+            return f"{self.path} has no rows"
+        return f"{self.path} covers {self.first}..{self.last} ({self.sessions} session{'s' * (self.sessions != 1)})"
+
+    def first_session(self) -> dt.date | None:
+        """The file's first date if it is a session, else the session after it."""
+        if self.first is None:
+            return None
+        return self.first if calendar.is_trading_day(self.first) else calendar.shift_trading_days(self.first, 1)
+
+    def last_session(self) -> dt.date | None:
+        if self.last is None:
+            return None
+        return self.last if calendar.is_trading_day(self.last) else calendar.shift_trading_days(self.last, -1)
+
+
+def coverage_of(frame: pl.DataFrame, path: Path, ticker: str) -> CsvCoverage:
+    """The coverage of rows `read_price_csv` returned."""
+    if not frame.height:
+        return CsvCoverage(Path(path), ticker, None, None, 0)
+    dates = frozenset(frame["date"].to_list())
+    first, last = min(dates), max(dates)
+    sessions = len(dates & set(calendar.trading_days(first, last)))
+    return CsvCoverage(Path(path), ticker, first, last, sessions, dates)
+
+
+def csv_coverage(path: Path, ticker: str) -> CsvCoverage:
+    """Read `path` as the csv source does and say what it covers; PriceSourceError, one line naming
+    the file, when it is missing, lacks a column or has a date that is not YYYY-MM-DD."""
+    return coverage_of(read_price_csv(Path(path), ticker), Path(path), ticker)
+
+
+def check_csv_coverage(coverage: CsvCoverage, start: dt.date, end: dt.date,
+                       start_name: str = "the first date asked", end_name: str = "the last date asked") -> None:
+    """PriceSourceError unless the file has a row for every session of start..end: one line with
+    what the file covers, what was asked (`start_name`, `end_name` say how, e.g. "--from") and the fix."""
+    where = coverage.describe()
+    first, last = coverage.first_session(), coverage.last_session()
+    if first is None or last is None:
+        raise PriceSourceError(f"{where}: nothing to store for {start}..{end}")
+    if start < first:
+        raise PriceSourceError(f"{where}; {start_name} {start} is before it: start at {first}, "
+                               f"or use a file that reaches back to {start}")
+    if end > last:
+        raise PriceSourceError(f"{where}; {end_name} {end} is after it: end at {last}, or use a file "
+                               f"that reaches {end}")
+    missing = [day for day in calendar.trading_days(start, end) if day not in coverage.dates]
+    if missing:
+        raise PriceSourceError(f"{where} but has no row for {len(missing)} session(s) of {start}..{end}: "
+                               f"{_describe_dates(missing)}")
+
+
+def coverage_hint(coverage: CsvCoverage, start: dt.date, end: dt.date) -> str:
+    """What the file covers against what a run asked, and the fix, for a run's error message."""
+    try:
+        check_csv_coverage(coverage, start, end, "the run's first date", "its last date")
+    except PriceSourceError as exc:
+        return str(exc)
+    return coverage.describe()
+
+
+def check_csv_files(folder: Path | None, tickers: Sequence[str], start: dt.date, end: dt.date,
+                    start_name: str = "the first date asked",
+                    end_name: str = "the last date asked") -> list[CsvCoverage]:
+    """Everything the csv source would refuse for tickers x start..end, found without a run: the
+    folder, each file, its columns and dates, its coverage, then the values of the rows asked
+    (NaN, duplicates) as `conform_prices` judges them. Returns what each file covers."""
+    if csv_dir_problem := _csv_dir_problem(folder):
+        raise PriceSourceError(csv_dir_problem)
+    coverages = []
+    for ticker in tickers:
+        path = csv_path(Path(folder), ticker)
+        frame = read_price_csv(path, ticker)
+        coverage = coverage_of(frame, path, ticker)
+        check_csv_coverage(coverage, start, end, start_name, end_name)
+        conform_prices(frame, [ticker], calendar.trading_days(start, end), "csv",
+                       holdings_hint=lambda _t, c=coverage: c.describe())
+        coverages.append(coverage)
+    return coverages
+
+
+def _csv_dir_problem(folder: Path | None) -> str | None:
+    if folder is None:
+        return "source 'csv' needs a folder: set PM_CSV_DIR=/path/to/csvs (one <TICKER>.csv per ticker)"
+    if not Path(folder).is_dir():
+        return f"source 'csv' reads PM_CSV_DIR={folder}, which is not a folder"
+    return None
+
+
 def fetch_csv(folder: Path, tickers: Sequence[str], start: dt.date, end: dt.date) -> pl.DataFrame:
-    frames = [
-        read_price_csv(csv_path(folder, t), t).filter(pl.col("date").is_between(start, end))
-        for t in tickers
-    ]
-    return pl.concat(frames, how="diagonal_relaxed") if frames else _empty()
+    return _read_csvs(folder, tickers, start, end)[0]
+
+
+def _read_csvs(folder: Path, tickers: Sequence[str], start: dt.date,
+               end: dt.date) -> tuple[pl.DataFrame, dict[str, CsvCoverage]]:
+    """Rows of start..end, and what each file covers as a whole (for the error's hint)."""
+    frames, coverages = [], {}
+    for ticker in tickers:
+        path = csv_path(folder, ticker)
+        frame = read_price_csv(path, ticker)
+        coverages[ticker] = coverage_of(frame, path, ticker)
+        frames.append(frame.filter(pl.col("date").is_between(start, end)))
+    return (pl.concat(frames, how="diagonal_relaxed") if frames else _empty()), coverages
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +483,8 @@ def fetch_prices(
     elif source == "csv":
         if csv_dir is None:
             raise PriceSourceError("source 'csv' needs a folder (PM_CSV_DIR or csv_dir config)")
-        raw = fetch_csv(Path(csv_dir), tickers, start, end)
+        raw, coverages = _read_csvs(Path(csv_dir), tickers, start, end)
+        hint = lambda t: coverage_hint(coverages[t], start, end)  # noqa: E731
     elif source == "synthetic":
         raw = fetch_synthetic(tickers, start, end)
     else:

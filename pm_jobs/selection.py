@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pm_assets.partitions import adjacent_blocks
-from pm_domain import calendar
+from pm_domain import calendar, settings
+from pm_domain.price_sources import PriceSourceError, check_csv_files
 from pm_domain.tickers import TickerError, validate_tickers
 
 
@@ -128,3 +129,20 @@ def plan(assets: Sequence[str], tickers: Sequence[str], start: str | None, end: 
                                  "alone (the whole universe as one book): drop --tickers")
         return Selection(names, partitioning, ((),), first_day, last_day)
     return Selection(names, partitioning, check_tickers(tickers, universe), first_day, last_day)
+
+
+def check_price_files(selection: Selection, config: settings.Settings | None = None) -> Selection:
+    """Before any run: when `prices` is asked from the csv source (`config`, default the
+    environment's settings), each ticker's file exists, has the columns, and has a valid row for
+    every session of --from..--to; else one line naming the file, what it covers and the fix
+    (`data/csv/AAA.csv covers 2017-01-03..2018-12-31 (502 sessions); --from 2016-01-04 is before
+    it: ...`). Other sources answer only when asked (a download), so they are not checked here."""
+    config = config or settings.current()
+    if config.price_source != "csv" or "prices" not in selection.assets or selection.start is None:
+        return selection
+    tickers = [t for block in selection.ticker_blocks for t in block]
+    try:
+        check_csv_files(config.csv_dir, tickers, selection.start, selection.end, "--from", "--to")
+    except PriceSourceError as exc:
+        raise SelectionError(str(exc)) from None
+    return selection
