@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 LLM_STAMP := $(VENV)/.llm-installed-stamp
 
-.PHONY: install install-llm test test-llm demo ui large-instance ui-large stop-large bench bench-scale bench-ceiling bench-forecasts bench-llm bench-probe bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
+.PHONY: install install-llm test test-unit test-llm demo ui large-instance ui-large stop-large bench bench-scale bench-ceiling bench-forecasts bench-llm bench-probe bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -26,10 +26,15 @@ $(LLM_STAMP): $(STAMP)
 
 install-llm: $(LLM_STAMP)
 
+# The whole suite, a worker per core (pytest-xdist; idle workers take tests from busy ones).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not real_llm'
+	$(BIN)/python -m pytest -q -m 'not real_llm' -n auto --dist worksteal
 	@$(BIN)/python -c 'import llama_cpp' 2>/dev/null && echo "real-model tests: make test-llm" || \
 		echo "real-model tests not run here: make test-llm installs the llm extra (llama.cpp, compiled once, ~9 min) and runs them"
+
+# The tests that need nothing but the code (tests/unit: no subprocess, server or instance on disk).
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit -n auto --dist worksteal
 
 # The LLM stages against a real model (Gemma 3 270M through llama.cpp behind Ollama's API), about 2 minutes.
 test-llm: $(LLM_STAMP)

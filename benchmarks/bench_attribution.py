@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore")
 
 from pm_domain.backtest import BacktestRules  # noqa: E402
-from tests.test_attribution import coin_flip_false_positive_rate  # noqa: E402
+from tests.unit.test_attribution import coin_flip_false_positive_rate  # noqa: E402
 
 
 def main() -> int:

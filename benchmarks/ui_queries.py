@@ -3,7 +3,7 @@
 
 Taken from the UI bundle shipped in dagster-webserver 1.13.27 (webapp/build/_next/static/chunks,
 whose source maps name the ui-core files) with fragments expanded, and checked against
-dagster_graphql's schema (tests/test_large_instance.py validates them, so an upgrade that changes
+dagster_graphql's schema (tests/e2e/test_large_instance.py validates them, so an upgrade that changes
 the schema says so). The UI POSTs them to <base>/graphql?op=<OperationName> as
 {"operationName", "variables", "query"}.
 """

@@ -12,7 +12,7 @@ Conventions (../shared/DESIGN.md, "Definitions to follow"):
 - A function returns a float for a 1-D input and an array of one value per row for 2-D.
 
 Where empyrical defines a metric, the result equals empyrical's on the NaN-free series to 1e-9
-(tests/test_performance.py checks it on real index returns), except that empyrical returns +-inf
+(tests/unit/test_performance.py checks it on real index returns), except that empyrical returns +-inf
 where these return NaN.
 """
 

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import datetime as dt
-import shutil
 import warnings
 
 import pytest
@@ -20,70 +18,3 @@ def instance():
 
     with DagsterInstance.ephemeral() as inst:
         yield inst
-
-
-def range_tags(tickers, start: dt.date | str, end: dt.date | str) -> dict[str, str]:
-    from pm_assets.partitions import range_tags as tags
-
-    return tags(list(tickers), str(start), str(end))
-
-
-def copy_of(store_path: str, tmp_path) -> str:
-    """A private copy of a module-scoped store, so a test can write to it freely."""
-    path = str(tmp_path / "pm.duckdb")
-    shutil.copy(store_path, path)
-    return path
-
-
-def yfinance_like_frame(tickers, dates, failed=()):
-    """A frame shaped as yfinance.download(auto_adjust=False) returns: (Price, Ticker) columns;
-    the `failed` tickers all NaN, as yfinance reports a symbol it could not download."""
-    import numpy as np
-    import pandas as pd
-
-    fields = ["Adj Close", "Close", "High", "Low", "Open", "Volume"]
-    columns = pd.MultiIndex.from_product([fields, tickers], names=["Price", "Ticker"])
-    index = pd.DatetimeIndex(pd.to_datetime(dates), name="Date")
-    rng = np.random.default_rng(1)
-    data = {}
-    for ticker in tickers:
-        close = 100 + rng.normal(0, 1, len(dates)).cumsum()
-        block = {"Open": close - 0.5, "High": close + 1, "Low": close - 1, "Close": close,
-                 "Adj Close": close * 0.99, "Volume": rng.integers(1e5, 1e6, len(dates)).astype(float)}
-        for field in fields:
-            data[(field, ticker)] = np.full(len(dates), np.nan) if ticker in failed else block[field]
-    return pd.DataFrame(data, index=index, columns=columns)
-
-
-def table_names(db_path) -> list[str]:
-    """The tables and views of a DuckDB file, sorted."""
-    import duckdb
-
-    with duckdb.connect(str(db_path), read_only=True) as conn:
-        return sorted(r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall())
-
-
-def run_assets(instance, db_path, assets, start, end, tickers, source="sample", csv_dir=None):
-    """Materialize `assets` for tickers x start..end as one ranged run, in-process, adding the
-    tickers to the universe first; failures are returned, not raised."""
-    from dagster import materialize
-
-    from pm_resources.database import ClosingDuckDBResource
-    from pm_resources.price_source import PriceSourceResource
-
-    known = set(instance.get_dynamic_partitions("tickers"))
-    instance.add_dynamic_partitions("tickers", [t for t in tickers if t not in known])
-    return materialize(assets, instance=instance, raise_on_error=False, tags=range_tags(list(tickers), start, end),
-                       resources={"duckdb": ClosingDuckDBResource(database=str(db_path)),
-                                  "price_source": PriceSourceResource(source=source, csv_dir=csv_dir)})
-
-
-def require_postgres_binaries() -> None:
-    """Skip the test, saying why, on a machine without PostgreSQL's binaries."""
-    from pm_jobs.local_postgres import PostgresNotFound, find_bin_dir
-
-    try:
-        find_bin_dir()
-    except PostgresNotFound as exc:
-        pytest.skip(f"PostgreSQL binaries not found: install postgresql (the CI script does) ({exc})")
-

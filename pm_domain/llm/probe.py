@@ -52,7 +52,7 @@ CONFIDENCE_LEVEL = 0.95
 CHANCE = 0.5
 TEMPLATE = "probe_v1"
 SYSTEM_TEMPLATE = "probe_system_v1"
-BUDGET_CHARS = 200  # of the user prompt; the real tokenizer's count is checked in tests/test_real_llm.py
+BUDGET_CHARS = 200  # of the user prompt; the real tokenizer's count is checked in tests/e2e/test_real_llm.py
 BUDGET_TOKENS = 90  # system + user in Gemma 3's chat template, at the longest ticker
 
 PAIR_SCHEMA = {"ticker": pl.String, "date": pl.Date, "outcome_date": pl.Date,

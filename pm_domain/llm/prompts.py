@@ -36,7 +36,7 @@ TEMPLATES = {"analysis": "analysis_v2", "signal": "signal_v2", "risk": "risk_v2"
 # Prompt tokens (system + user, in the chat template) a stage may send: under a second of prefill
 # at the 435-890 tokens/s measured on two cores. Numbers are most of a prompt and a tokenizer
 # may spend a token per digit (Gemma does: 2.0-2.8 characters per token here), so this is checked
-# with a real tokenizer on the worst-case values (tests/test_real_llm.py), not derived from characters.
+# with a real tokenizer on the worst-case values (tests/e2e/test_real_llm.py), not derived from characters.
 BUDGET_TOKENS = {"analysis": 480, "signal": 380, "risk": 320}
 # What render() checks without a tokenizer: characters of the rendered user prompt.
 BUDGET_CHARS = {"analysis": 1000, "signal": 900, "risk": 700}
