@@ -96,6 +96,7 @@ def main(out_dir: Path = IMAGES) -> int:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(90_000)  # a loaded machine (the test suite beside it) renders slowly; a bound, not a timing
             page.goto(f"http://127.0.0.1:{port}/overview", wait_until="networkidle")
             page.wait_for_timeout(2000)
             if page.get_by_role("button", name="Skip").count():  # the first visit's newsletter dialog
