@@ -36,10 +36,15 @@ def validate_tickers(tickers: Iterable[str]) -> list[str]:
 
 
 def read_watchlist(path: Path) -> list[str]:
-    """Tickers from a watchlist file: one per line, blank lines and `#` comments ignored."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    entries = [line.split("#", 1)[0].strip() for line in lines]
-    try:
-        return validate_tickers(entry for entry in entries if entry)
-    except TickerError as exc:
-        raise TickerError(f"{path}: {exc}") from exc
+    """Tickers from a watchlist file: one per line, blank lines and `#` comments ignored. A bad
+    line is refused with the file and its line number."""
+    tickers: dict[str, None] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        try:
+            tickers[validate_ticker(entry)] = None
+        except TickerError as exc:
+            raise TickerError(f"{path}:{number}: {exc}") from exc
+    return list(tickers)

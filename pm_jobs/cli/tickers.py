@@ -18,7 +18,9 @@ def add_parser(commands) -> None:
     actions = tickers.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", help="the universe, in the order tickers were added").set_defaults(func=run_list)
     add = actions.add_parser("add", help="add tickers to the universe and the watchlist file")
-    add.add_argument("symbols", nargs="+", metavar="TICKER")
+    add.add_argument("symbols", nargs="*", metavar="TICKER")
+    add.add_argument("--from-file", type=Path, default=None, metavar="FILE",
+                     help="also every ticker of FILE, one a line, `#` comments (e.g. data/universes/sp500.txt)")
     add.set_defaults(func=run_add)
     remove = actions.add_parser("remove", help="take tickers out of the universe and the watchlist file "
                                                "(stored rows stay)")
@@ -42,13 +44,22 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    tickers = validate_tickers(args.symbols)
+    tickers = validate_tickers([*args.symbols, *tickers_in(args.from_file)])
+    if not tickers:
+        raise TickerError("name the tickers to add (pm tickers add AAPL MSFT), or a file of them (--from-file FILE)")
     refuse_lower_case(tickers)
-    print(f"added: {', '.join(add_tickers(dagster_instance(), tickers)) or 'nothing new'}")
+    print(f"added: {listed(add_tickers(dagster_instance(), tickers)) or 'nothing new'}")
     path = settings.watchlist_path()
     appended = append_to_watchlist(path, tickers)
-    print(f"watchlist {path}: " + (f"updated, appended {', '.join(appended)}" if appended else "already lists them"))
+    print(f"watchlist {path}: " + (f"updated, appended {listed(appended)}" if appended else "already lists them"))
     return 0
+
+
+def listed(tickers: Sequence[str], shown: int = 12) -> str:
+    """Tickers for one line: a list of 500 is its count and its first few."""
+    if len(tickers) <= shown:
+        return ", ".join(tickers)
+    return f"{len(tickers)} tickers ({', '.join(tickers[:shown])} and {len(tickers) - shown} more)"
 
 
 def run_remove(args: argparse.Namespace) -> int:
@@ -64,6 +75,15 @@ def run_sync(args: argparse.Namespace) -> int:
     path = Path(args.file) if args.file else settings.watchlist_path()
     print(f"added: {', '.join(add_tickers(dagster_instance(), read_watchlist(path))) or 'nothing new'}")
     return 0
+
+
+def tickers_in(path: Path | None) -> list[str]:
+    """The tickers a file lists (none without a file); a missing file is one line, not a traceback."""
+    if path is None:
+        return []
+    if not path.is_file():
+        raise TickerError(f"{path}: no such file (--from-file takes a text file, one ticker a line)")
+    return read_watchlist(path)
 
 
 def refuse_lower_case(tickers: Sequence[str]) -> None:

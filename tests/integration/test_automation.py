@@ -156,7 +156,7 @@ def test_watchlist_sensor_refuses_a_malformed_file_naming_it_and_adds_nothing(in
     watchlist = tmp_path / "watchlist.txt"
     watchlist.write_text("AAA\nDROP TABLE prices;\n")
     monkeypatch.setenv("PM_WATCHLIST", str(watchlist))
-    with pytest.raises(TickerError, match="watchlist.txt: invalid ticker 'DROP TABLE prices;'"):
+    with pytest.raises(TickerError, match=r"watchlist.txt:\d+: invalid ticker 'DROP TABLE prices;'"):
         watchlist_sync_sensor(build_sensor_context(instance=instance))
     assert instance.get_dynamic_partitions("tickers") == []
 

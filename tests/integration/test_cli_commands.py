@@ -49,6 +49,36 @@ def test_a_lower_case_ticker_is_refused_in_one_line_and_nothing_is_added(pm_home
     assert main(["tickers", "list"]) == 0 and capsys.readouterr().out.split() == []
 
 
+def test_the_bundled_sp500_file_adds_every_constituent_in_one_command(pm_home, capsys):
+    from pm_domain.settings import PROJECT_ROOT
+    from pm_domain.tickers import read_watchlist
+
+    sp500 = PROJECT_ROOT / "data" / "universes" / "sp500.txt"
+    expected = read_watchlist(sp500)
+    assert 490 <= len(expected) <= 510 and "BRK-B" in expected and "AAPL" in expected  # Yahoo's symbols
+    assert main(["tickers", "add", "^GSPC", "--from-file", str(sp500)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"added: {len(expected) + 1} tickers (^GSPC, A, AAPL, ABBV, ABNB, ABT, ACGL, ACN, ADBE, ADI, " \
+                     f"ADM, ADP and {len(expected) + 1 - 12} more)"
+    assert main(["tickers", "list"]) == 0 and capsys.readouterr().out.split() == ["^GSPC", *expected]
+    assert read_watchlist(pm_home) == ["^GSPC", *expected]
+
+
+@pytest.mark.parametrize("lines, error", [
+    ("AAPL\nMSFT;--\n", "bad.txt:2: invalid ticker 'MSFT;--': use 1-20 characters from letters, digits and . ^ = -"),
+    (None, "bad.txt: no such file (--from-file takes a text file, one ticker a line)"),
+])
+def test_a_bad_ticker_file_is_refused_in_one_line_naming_the_line_and_nothing_is_added(pm_home, tmp_path, capsys,
+                                                                                      lines, error):
+    path = tmp_path / "bad.txt"
+    if lines is not None:
+        path.write_text(lines)
+    assert main(["tickers", "add", "--from-file", str(path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(error)
+    assert pm_home.read_text() == "# mine\n^GSPC\n"
+    assert main(["tickers", "list"]) == 0 and capsys.readouterr().out.split() == []
+
+
 def test_pm_failures_marks_the_failures_whose_partitions_materialized_since(pm_home, tmp_path, capsys):
     failed_at = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(hours=1)
     rows = [("run-one", "prices", "2018-12-31|QQQ"), ("run-two", "prices", "2018-12-27|QQQ...2018-12-28|QQQ"),
