@@ -59,11 +59,13 @@ def ask(context: AssetExecutionContext, duckdb: DuckDBResource, ollama: OllamaRe
     if availability.reachable:
         missing = client.missing_models()
         context.log.info(f"{stage}: asking {', '.join(settings.route(stage))} at {settings.host} for "
-                         f"{asked} of {len(requests)} row(s), cached replies first; "
+                         f"{asked} of {len(requests)} row(s), cached replies first, up to "
+                         f"{client.concurrency()} at once; "
                          f"{sum(r.prompt.anonymized for r in requests)} anonymized prompt(s) "
                          f"(PM_LLM_ANONYMIZE={settings.anonymize})"
                          + (f"; not on the server: {', '.join(missing)}" if missing else "")
-                         + (f"; slow at the last health probe: {', '.join(slow)}" if slow else ""))
+                         + (f"; slow at the last health probe: {', '.join(slow)}" if slow else "")
+                         + "".join(f"; {note}" for note in availability.notes))
     elif asked:
         tell_fallback(context, ollama.fallback_notice(
             stage, availability.error, f"writing {asked} rule-based fallback row(s), labelled llm_source='fallback'"))

@@ -99,7 +99,11 @@ class Settings(BaseSettings):
         "PM_LLM_HEALTH_INTERVAL", 300, "seconds between Ollama health probes while it answers (at least 30); "
         "a down server is probed at doubling intervals up to an hour", ge=30)
     # -- the LLM stages --------------------------------------------------------------------------
-    ollama_host: str = _setting("OLLAMA_HOST", DEFAULT_OLLAMA_HOST, "the Ollama server")
+    ollama_host: str = _setting("OLLAMA_HOST", DEFAULT_OLLAMA_HOST, "the Ollama server, or several separated by "
+                                "commas: the LLM stages spread their calls over them ([llm.md](llm.md#several-servers))")
+    llm_parallel_per_host: int = _setting(
+        "PM_LLM_PARALLEL_PER_HOST", 1, "requests in flight at once on each Ollama server: set it to the "
+        "server's `OLLAMA_NUM_PARALLEL` (1, Ollama's default on a CPU, asks one at a time)", ge=1, le=32)
     llm_mode: LLMMode = _setting(
         "PM_LLM_MODE", "auto", "`auto`: Ollama when reachable, else labelled rule-based fallback rows; "
         "`ollama`: fail the run when Ollama or a model is missing; `fallback`: never call Ollama "
@@ -217,6 +221,21 @@ class Settings(BaseSettings):
         if not _whole(value) or int(value) < 30:
             raise _refused(info, value, " must be a whole number of seconds, at least 30")
         return int(value)
+
+    @field_validator("llm_parallel_per_host", mode="before")
+    @classmethod
+    def _parallel(cls, value: Any, info: ValidationInfo) -> int:
+        if not _whole(value) or not 1 <= int(value) <= 32:
+            raise _refused(info, value, " must be a whole number of requests in 1..32")
+        return int(value)
+
+    @field_validator("ollama_host", mode="after")
+    @classmethod
+    def _hosts(cls, value: str, info: ValidationInfo) -> str:
+        hosts = [h.strip() for h in value.split(",")]
+        if not all(h.startswith(("http://", "https://")) or (h and "://" not in h) for h in hosts if h):
+            raise _refused(info, value, ": each server as http://host:port, several separated by commas")
+        return value
 
     @field_validator("benchmark", mode="before")
     @classmethod

@@ -25,7 +25,10 @@ ROUTE_HELP = ("a model name, or several separated by commas in order of preferen
 class OllamaResource(ConfigurableResource):
     """A local Ollama server, one model per task, and what to do when it cannot answer."""
 
-    host: str = Field(default=DEFAULT_HOST, description="Ollama base URL (env OLLAMA_HOST)")
+    host: str = Field(default=DEFAULT_HOST, description=(
+        "Ollama base URL, or several separated by commas (env OLLAMA_HOST)"))
+    parallel_per_host: int = Field(default=1, ge=1, le=32, description=(
+        "requests in flight at once on each server (env PM_LLM_PARALLEL_PER_HOST): its OLLAMA_NUM_PARALLEL"))
     mode: Literal["auto", "ollama", "fallback"] = Field(default="auto", description=(
         "auto: Ollama when reachable, else labelled rule-based fallback rows; ollama: fail the run "
         "when Ollama or a model is missing; fallback: never call Ollama (rows say so)"))
@@ -64,6 +67,7 @@ class OllamaResource(ConfigurableResource):
             backoff_seconds=self.backoff_seconds, keep_alive=self.keep_alive, seed=self.seed,
             max_latency_seconds=self.max_latency_seconds, retry_invalid=self.retry_invalid,
             knowledge_cutoffs=parse_cutoffs(self.knowledge_cutoffs), anonymize=self.anonymize,
+            parallel_per_host=self.parallel_per_host,
         )
 
     def client(self, slow_models: Iterable[str] = ()) -> LLMClient:
@@ -110,6 +114,7 @@ def ollama_from(config: pm_settings.Settings) -> OllamaResource:
         risk_model=config.llm_risk_model, max_latency_seconds=config.llm_max_latency_seconds,
         retry_invalid=config.llm_retry_invalid, health_min_tokens_per_second=config.llm_min_tokens_per_second,
         knowledge_cutoffs=config.llm_knowledge_cutoffs, anonymize=config.llm_anonymize,
+        parallel_per_host=config.llm_parallel_per_host,
     )
 
 

@@ -1,4 +1,4 @@
-"""llm_health: probe the configured Ollama server on an interval, store what it measured in the
+"""llm_health: probe each configured Ollama server on an interval, store what it measured in the
 `llm_health` table, and alert when it is slow, incomplete or down.
 
 It replaces the old monitoring script. The alert is a WARNING in the sensor's tick log and a
@@ -39,15 +39,18 @@ def llm_health_sensor(context: SensorEvaluationContext, ollama: OllamaResource, 
         return SkipReason(f"Ollama did not answer the last {state['failures']} probe(s); next probe in "
                           f"{state['next_probe_at'] - now:.0f} s")
     thresholds = HealthThresholds(ollama.max_latency_seconds, ollama.health_min_tokens_per_second)
-    report = probe(ollama.host, ollama.models(), ollama.probe_model(), thresholds, keep_alive=ollama.keep_alive)
+    hosts = ollama.settings().hosts
+    reports = [probe(host, ollama.models(), ollama.probe_model(), thresholds, keep_alive=ollama.keep_alive)
+               for host in hosts]
     with duckdb.get_connection() as conn:
-        upsert_rows(conn, KeyedRows("llm_health", health_rows([report]), ("checked_at", "host")))
-    failures = state["failures"] + 1 if report.status in UNANSWERED else 0
+        upsert_rows(conn, KeyedRows("llm_health", health_rows(reports), ("checked_at", "host")))
+    # Backing off is for when nothing answers; one live server of several is still probed every interval.
+    failures = state["failures"] + 1 if all(r.status in UNANSWERED for r in reports) else 0
     interval = settings.llm_health_interval_seconds()
     # The sensor ticks every interval; the next probe waits out the rest of the backoff.
     cursor = json.dumps({"failures": failures, "next_probe_at": now + probe_delay_seconds(interval, failures) - interval})
-    summary = f"{report.status} at {ollama.host} ({report.probe_model}): {report.detail}"
-    if report.alert:
+    summary = "; ".join(f"{r.status} at {r.host} ({r.probe_model}): {r.detail}" for r in reports)
+    if any(r.alert for r in reports):
         context.log.warning(f"ALERT llm_health {summary}")
         summary = f"ALERT {summary}"
     else:

@@ -1,8 +1,9 @@
 """The Ollama client the LLM stages use: structured output, retries, cache, real telemetry.
 
-Built on the official `ollama` client. One `LLMClient` serves one run: it probes the server once
-(GET /api/tags, which also gives each model's digest for the cache key), then answers requests one
-at a time. Every request ends in an `LLMCall` that says where the answer came from:
+Built on the official `ollama` client. One `LLMClient` serves one run: it probes each server once
+(GET /api/tags, which also gives each model's digest for the cache key), then answers requests,
+up to `parallel_per_host` at a time on each server. Every request ends in an `LLMCall` that says
+where the answer came from:
 
 - `ollama`: a fresh reply that validated against the task's schema;
 - `cache`: a validated reply stored earlier for the same prompt, model digest and options;
@@ -14,7 +15,14 @@ Every reply the server gives is cached, valid or not: the options (temperature 0
 make it deterministic, so asking the same prompt again would return the same bytes. An unchanged
 re-run makes no call; `retry_invalid` asks again for the replies that did not validate.
 
-Each task has an ordered list of models (routing): the first that the server has and that is not
+Several servers (`OLLAMA_HOST` as a comma-separated list) share the work: a request goes to a
+server that has its model and a free slot, the fastest measured first; a server that stops
+answering (refused, reset, or timeouts in a row) is dropped for the rest of the run and its
+requests go to the others. A model served by several hosts must have the same digest on each
+(the cache key holds it): a host with another build of a model does not serve it. Replies are
+deterministic, so which server answered changes nothing but the `host` column.
+
+Each task has an ordered list of models (routing): the first that a server has and that is not
 slow answers. A model is slow when the median latency of its replies in this run (at least
 `ROUTING_MIN_CALLS` of them) exceeds `max_latency_seconds`, or when it was given as slow (the
 health probe's last verdict); when every model is slow the fastest measured one answers. Each row
@@ -31,8 +39,10 @@ import datetime as dt
 import hashlib
 import json
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,7 +68,7 @@ class OllamaUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class OllamaSettings:
-    host: str
+    host: str  # one base URL, or several separated by commas
     models: Mapping[str, Sequence[str] | str]  # task -> model names in order of preference
     mode: Mode = "auto"
     timeout_seconds: float = 120.0
@@ -77,6 +87,8 @@ class OllamaSettings:
     knowledge_cutoffs: Mapping[str, dt.date] = field(default_factory=dict)
     # Which prompts hide ticker, date and price level: auto | always | never (PM_LLM_ANONYMIZE)
     anonymize: str = "auto"
+    # Requests in flight at once on each host (PM_LLM_PARALLEL_PER_HOST): what its OLLAMA_NUM_PARALLEL serves.
+    parallel_per_host: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -89,6 +101,15 @@ class OllamaSettings:
         if missing:
             raise ValueError(f"no Ollama model configured for task(s) {', '.join(missing)}")
         object.__setattr__(self, "models", routes)
+        if not self.hosts:
+            raise ValueError("no Ollama host configured")
+        if self.parallel_per_host < 1:
+            raise ValueError(f"parallel_per_host {self.parallel_per_host}: at least 1")
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Each server's base URL, in the order given."""
+        return tuple(dict.fromkeys(h.strip() for h in self.host.split(",") if h.strip()))
 
     def cutoff(self, model: str) -> KnowledgeCutoff:
         return knowledge_cutoff(model, self.knowledge_cutoffs)
@@ -156,6 +177,7 @@ class LLMCall:
     wall_ms: float | None = None
     new_cache_entry: CachedReply | None = None
     knowledge_cutoff: dt.date | None = None  # of `model`, the one that answered; None: unknown
+    host: str | None = None  # the server that gave the reply (the last one asked when none did)
 
     @property
     def after_cutoff(self) -> bool:
@@ -182,9 +204,26 @@ class LLMCall:
 
 @dataclass(frozen=True)
 class Availability:
-    reachable: bool
+    reachable: bool  # at least one server answered the probe
     digests: Mapping[str, str] = field(default_factory=dict)  # model name -> digest
-    error: str | None = None
+    error: str | None = None  # why no server can be used
+    notes: tuple[str, ...] = ()  # servers left out: unreachable, or another build of a model
+
+
+@dataclass
+class _Host:
+    """One server of the run: its client, the models it serves, its busy slots and its health."""
+
+    url: str
+    client: ollama.Client
+    digests: dict[str, str] = field(default_factory=dict)
+    in_flight: int = 0
+    down: str | None = None  # why it is not asked again this run
+    timeouts_in_a_row: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds, this run's replies
+
+    def median_latency(self) -> float:
+        return statistics.median(self.latencies) if self.latencies else 0.0
 
 
 def cache_key(prompt_hash: str, model: str, digest: str, options: Mapping[str, object],
@@ -198,18 +237,32 @@ def cache_key(prompt_hash: str, model: str, digest: str, options: Mapping[str, o
 
 
 class LLMClient:
-    """Answers prompts for one run. Not thread-safe: the stages call it one request at a time."""
+    """Answers prompts for one run; `ask` may be called from several threads at once (up to
+    `concurrency()`), each request holding one slot of one server while it is answered."""
 
     def __init__(self, settings: OllamaSettings, sleep: Callable[[float], None] = time.sleep,
                  slow_models: Iterable[str] = ()) -> None:
         self.settings = settings
         self._sleep = sleep
-        self._client = ollama.Client(host=settings.host, timeout=settings.timeout_seconds)
+        self._hosts = [_Host(url, ollama.Client(host=url, timeout=settings.timeout_seconds))
+                       for url in settings.hosts]
         self._availability: Availability | None = None
-        self._down: str | None = None  # set when the server stopped answering during the run
-        self._timeouts_in_a_row = 0
+        self._state = threading.Condition()  # guards slots, health and latencies across threads
         self._latencies: dict[str, list[float]] = {}  # model -> seconds of this run's replies
         self._slow: dict[str, str] = {m: "slow at the last health probe" for m in slow_models}
+
+    def concurrency(self) -> int:
+        """How many requests may be in flight at once: every reachable server's slots."""
+        if not self.availability().reachable:
+            return 1
+        return self.settings.parallel_per_host * sum(h.down is None for h in self._hosts)
+
+    def _down(self) -> str | None:
+        """Why no server is left this run (every one has stopped answering), else None."""
+        with self._state:
+            if all(h.down for h in self._hosts):
+                return "; ".join(dict.fromkeys(h.down for h in self._hosts if h.down))
+            return None
 
     def availability(self) -> Availability:
         """Probe the server once per client: reachable, and which models it has (with digests)."""
@@ -220,14 +273,33 @@ class LLMClient:
     def _probe(self) -> Availability:
         if self.settings.mode == "fallback":
             return Availability(False, error="mode=fallback: Ollama is not called")
+        with ThreadPoolExecutor(max_workers=len(self._hosts)) as pool:  # one probe timeout, however many hosts
+            listings = list(pool.map(self._list_models, self._hosts))
+        notes: list[str] = []
+        digests: dict[str, str] = {}
+        for host, listing in zip(self._hosts, listings, strict=True):
+            if isinstance(listing, str):
+                host.down = listing
+                notes.append(listing)
+                continue
+            for model, digest in listing.items():
+                if digests.setdefault(model, digest) == digest:
+                    host.digests[model] = digest
+                else:
+                    notes.append(f"{host.url} has another build of {model} (digest {digest[:12]}, not "
+                                 f"{digests[model][:12]}): not asked for it")
+        if all(h.down for h in self._hosts):
+            return Availability(False, error="; ".join(notes))
+        return Availability(True, digests, notes=tuple(notes))
+
+    def _list_models(self, host: _Host) -> dict[str, str] | str:
+        """The server's models and their digests, or why it cannot be used."""
         try:
-            probe = ollama.Client(host=self.settings.host, timeout=self.settings.probe_timeout_seconds)
-            listing = probe.list()
+            listing = ollama.Client(host=host.url, timeout=self.settings.probe_timeout_seconds).list()
         except (ConnectionError, httpx.HTTPError, ollama.ResponseError, ValueError) as exc:
             # ValueError covers a body that is not Ollama's JSON (another service at that address)
-            return Availability(False, error=f"Ollama unreachable at {self.settings.host}: {_describe(exc)}")
-        digests = {m.model: m.digest or "" for m in listing.models if m.model}
-        return Availability(True, digests)
+            return f"Ollama unreachable at {host.url}: {_describe(exc)}"
+        return {m.model: m.digest or "" for m in listing.models if m.model}
 
     def require_available(self) -> None:
         """mode=ollama: raise OllamaUnavailableError unless the server is there with at least one
@@ -278,8 +350,9 @@ class LLMClient:
             return call
         self.require_available()
         availability = self.availability()
-        if not availability.reachable or self._down:
-            call.outcome, call.error = "unreachable", self._down or availability.error
+        down = self._down() if availability.reachable else availability.error
+        if down:
+            call.outcome, call.error = "unreachable", down
             return call
         available = [m for m in self.settings.route(stage) if m in availability.digests]
         if not available:
@@ -314,15 +387,17 @@ class LLMClient:
         return fastest, "every model of the route is slow (" + "; ".join(
             f"{m}: {self._slow[m]}" for m in available) + f"): the fastest measured, {fastest}, answers"
 
-    def _note_latency(self, model: str, latency_ms: float | None) -> None:
+    def _note_latency(self, host: _Host, model: str, latency_ms: float | None) -> None:
         if latency_ms is None:
             return
-        seconds = self._latencies.setdefault(model, [])
-        seconds.append(latency_ms / 1e3)
-        median = statistics.median(seconds)
-        if len(seconds) >= ROUTING_MIN_CALLS and median > self.settings.max_latency_seconds:
-            self._slow[model] = (f"median latency {median:.1f} s over {len(seconds)} calls this run, "
-                                 f"over {self.settings.max_latency_seconds:g} s")
+        with self._state:
+            host.latencies.append(latency_ms / 1e3)
+            seconds = self._latencies.setdefault(model, [])
+            seconds.append(latency_ms / 1e3)
+            median = statistics.median(seconds)
+            if len(seconds) >= ROUTING_MIN_CALLS and median > self.settings.max_latency_seconds:
+                self._slow[model] = (f"median latency {median:.1f} s over {len(seconds)} calls this run, "
+                                     f"over {self.settings.max_latency_seconds:g} s")
 
     def _from_cache(self, call: LLMCall, entry: CachedReply, schema: type[BaseModel]) -> LLMCall:
         parsed = parse_reply(entry.content, schema)
@@ -340,18 +415,15 @@ class LLMClient:
     def _from_ollama(self, call: LLMCall, key: str, schema: type[BaseModel], options: dict) -> LLMCall:
         call.num_predict = int(options["num_predict"])  # type: ignore[call-overload]
         began = time.perf_counter()
-        response = self._chat_with_retries(call, schema, options)
+        response = self._chat_on_a_host(call, schema, options)
         call.wall_ms = (time.perf_counter() - began) * 1e3
         if response is None:
-            if call.outcome == "timeout":  # at least as slow as the timeout, for routing
-                self._note_latency(call.model, self.settings.timeout_seconds * 1e3)
             return call
         content = response.message.content or ""
         call.total_duration_ns, call.prompt_eval_count = response.total_duration, response.prompt_eval_count
         call.eval_count, call.eval_duration_ns = response.eval_count, response.eval_duration
         call.prompt_eval_duration_ns, call.load_duration_ns = response.prompt_eval_duration, response.load_duration
         call.done_reason = response.done_reason
-        self._note_latency(call.model, call.latency_ms)
         parsed = parse_reply(content, schema)
         call.new_cache_entry = CachedReply(
             key, call.model, call.model_digest or "", call.prompt.prompt_hash, content,
@@ -366,12 +438,63 @@ class LLMClient:
         call.source, call.outcome, call.value, call.parse_method = "ollama", "ok", parsed.value, parsed.method
         return call
 
-    def _chat_with_retries(self, call: LLMCall, schema: type[BaseModel], options: dict) -> ollama.ChatResponse | None:
+    def _chat_on_a_host(self, call: LLMCall, schema: type[BaseModel], options: dict) -> ollama.ChatResponse | None:
+        """The reply from a server that has the model, moving to the next when one stops answering."""
+        tried: set[str] = set()
+        while (host := self._take_slot(call.model, tried)) is not None:
+            call.host = host.url
+            try:
+                response = self._chat_with_retries(host, call, schema, options)
+            finally:
+                self._free_slot(host)
+            if response is not None:
+                self._note_latency(host, call.model, response.total_duration / 1e6 if response.total_duration else None)
+                return response
+            if call.outcome == "timeout":  # at least as slow as the timeout, for routing
+                self._note_latency(host, call.model, self.settings.timeout_seconds * 1e3)
+            if call.outcome != "unreachable":
+                return None
+            tried.add(host.url)  # that server is down for this run: the request goes to another
+        down = self._down()
+        if call.host is None or down:
+            call.outcome = "unreachable"
+            call.error = down or call.error or f"no server left with {call.model}"
+        if down and self.settings.mode == "ollama":
+            raise OllamaUnavailableError(f"{down} after {call.attempts} attempt(s) (mode=ollama)")
+        return None
+
+    def _take_slot(self, model: str, tried: set[str]) -> _Host | None:
+        """A free slot on a live server with the model (the fastest measured first), waiting for
+        one when all are busy; None when no such server is left."""
+        with self._state:
+            while True:
+                live = [h for h in self._hosts if h.down is None and h.url not in tried and model in h.digests]
+                if not live:
+                    return None
+                free = [h for h in live if h.in_flight < self.settings.parallel_per_host]
+                if free:
+                    host = min(free, key=lambda h: (h.median_latency(), h.in_flight))
+                    host.in_flight += 1
+                    return host
+                self._state.wait(timeout=1.0)  # re-checked: a busy server may go down meanwhile
+
+    def _free_slot(self, host: _Host) -> None:
+        with self._state:
+            host.in_flight -= 1
+            self._state.notify_all()
+
+    def _mark_down(self, host: _Host, why: str) -> None:
+        with self._state:
+            host.down = host.down or why
+            self._state.notify_all()
+
+    def _chat_with_retries(self, host: _Host, call: LLMCall, schema: type[BaseModel],
+                           options: dict) -> ollama.ChatResponse | None:
         delay = self.settings.backoff_seconds
         for attempt in range(1, self.settings.retries + 2):
-            call.attempts = attempt
+            call.attempts += 1
             try:
-                response = self._client.chat(
+                response = host.client.chat(
                     model=call.model,
                     messages=[{"role": "system", "content": call.prompt.system},
                               {"role": "user", "content": call.prompt.user}],
@@ -380,7 +503,7 @@ class LLMClient:
                     keep_alive=self.settings.keep_alive,
                     stream=False,
                 )
-                self._timeouts_in_a_row = 0
+                host.timeouts_in_a_row = 0
                 return response
             except (ConnectionError, httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
                     httpx.ReadError, httpx.WriteError) as exc:
@@ -394,7 +517,7 @@ class LLMClient:
                 # A reply slower than the timeout: asking again would only double the wait.
                 call.outcome = "timeout"
                 call.error = f"no reply within {self.settings.timeout_seconds:g} s ({type(exc).__name__})"
-                self._note_timeout()
+                self._note_timeout(host)
                 return None
             except (ValueError, httpx.HTTPError) as exc:
                 # A 200 whose body is not Ollama's JSON (ValueError, pydantic's ValidationError),
@@ -406,18 +529,19 @@ class LLMClient:
             self._sleep(delay)
             delay *= 2
         if call.outcome == "unreachable":
-            self._down = f"Ollama stopped answering at {self.settings.host}: {call.error}"
-            if self.settings.mode == "ollama":
-                raise OllamaUnavailableError(f"{self._down} after {call.attempts} attempt(s) (mode=ollama)")
+            self._mark_down(host, f"Ollama stopped answering at {host.url}: {call.error}")
         return None
 
-    def _note_timeout(self) -> None:
-        self._timeouts_in_a_row += 1
-        if self._timeouts_in_a_row >= self.settings.max_consecutive_timeouts:
-            self._down = (f"Ollama at {self.settings.host} timed out {self._timeouts_in_a_row} times in a row "
-                          f"(timeout {self.settings.timeout_seconds:g} s): not asked again this run")
-            if self.settings.mode == "ollama":
-                raise OllamaUnavailableError(f"{self._down} (mode=ollama)")
+    def _note_timeout(self, host: _Host) -> None:
+        with self._state:
+            host.timeouts_in_a_row += 1
+            if host.timeouts_in_a_row < self.settings.max_consecutive_timeouts:
+                return
+        self._mark_down(host, f"Ollama at {host.url} timed out {host.timeouts_in_a_row} times in a row "
+                              f"(timeout {self.settings.timeout_seconds:g} s): not asked again this run")
+        down = self._down()
+        if down and self.settings.mode == "ollama":
+            raise OllamaUnavailableError(f"{down} (mode=ollama)")
 
 
 def _describe(exc: BaseException) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
@@ -47,26 +49,50 @@ def answer_all(
     read_cache: Callable[[list[str]], Mapping[str, CachedReply]],
     progress: Callable[[str], None] | None = None,
 ) -> list[LLMCall]:
-    """Answer every request, one call at a time, serving what the cache holds."""
+    """Answer every request, serving what the cache holds, with up to `client.concurrency()`
+    requests in flight; the calls come back in the requests' order, whatever order they finish in."""
     cache: Mapping[str, CachedReply] = {}
     asked = [r for r in requests if r.skip is None]
     if asked and client.availability().reachable:
         keys = [key for r in asked for key in client.cache_keys_for(stage, r.prompt, schema)]
         cache = read_cache(keys)  # one read for the run
-    calls: list[LLMCall] = []
-    fresh = 0
-    for done, request in enumerate(requests, start=1):
+    tally = _Progress(stage, len(asked), progress)
+
+    def answer(request: Request) -> LLMCall:
         if request.skip is not None:
-            calls.append(client.skip(stage, request.ticker, request.date, request.prompt, request.skip))
-            continue
-        calls.append(client.ask(stage, request.ticker, request.date, request.prompt, schema, cache))
-        # Fresh calls are the slow part (seconds each on a local model): report every tenth.
-        if calls[-1].fresh:
-            fresh += 1
-            if progress and fresh % 10 == 0:
-                progress(f"{stage}: {done}/{len(requests)} rows, {fresh} Ollama calls so far, "
-                         f"last {calls[-1].wall_ms / 1e3:.1f} s")
-    return calls
+            return client.skip(stage, request.ticker, request.date, request.prompt, request.skip)
+        return tally.seen(client.ask(stage, request.ticker, request.date, request.prompt, schema, cache))
+
+    workers = min(client.concurrency(), len(asked))
+    if workers <= 1:
+        return [answer(r) for r in requests]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"llm-{stage}") as pool:
+        futures = [pool.submit(answer, r) for r in requests]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for future in futures:  # mode=ollama lost its last server: ask nothing more
+                future.cancel()
+            raise
+
+
+class _Progress:
+    """Counts the fresh calls (the slow part, seconds each on a local model) and reports every tenth."""
+
+    def __init__(self, stage: str, total: int, report: Callable[[str], None] | None) -> None:
+        self.stage, self.total, self.report = stage, total, report
+        self.done = self.fresh = 0
+        self._lock = threading.Lock()
+
+    def seen(self, call: LLMCall) -> LLMCall:
+        with self._lock:
+            self.done += 1
+            if call.fresh:
+                self.fresh += 1
+                if self.report and self.fresh % 10 == 0:
+                    self.report(f"{self.stage}: {self.done}/{self.total} rows to ask answered, {self.fresh} "
+                                f"Ollama calls so far, last {call.wall_ms / 1e3:.1f} s")
+        return call
 
 
 def telemetry_columns(calls: Sequence[LLMCall]) -> pl.DataFrame:
@@ -87,7 +113,7 @@ CALLS_EXTRA_SCHEMA = {
     "stage": pl.String, "model_digest": pl.String, "parse_method": pl.String, "attempts": pl.Int64,
     "wall_ms": pl.Float64, "eval_duration_ms": pl.Float64, "prompt_eval_duration_ms": pl.Float64,
     "load_duration_ms": pl.Float64, "prompt_tokens_per_second": pl.Float64, "done_reason": pl.String,
-    "num_predict": pl.Int64, "routed_from": pl.String,
+    "num_predict": pl.Int64, "routed_from": pl.String, "host": pl.String,
 }
 
 
@@ -104,6 +130,7 @@ def calls_frame(calls: Sequence[LLMCall], called_at: dt.datetime) -> pl.DataFram
         "prompt_tokens_per_second": (c.prompt_eval_count / (c.prompt_eval_duration_ns / 1e9)
                                      if c.prompt_eval_count and c.prompt_eval_duration_ns else None),
         "done_reason": c.done_reason, "num_predict": c.num_predict, "routed_from": c.routed_from,
+        "host": c.host,
     } for c in calls], schema=CALLS_EXTRA_SCHEMA)
     frame = pl.concat([telemetry_columns(calls), extra], how="horizontal")
     return frame.with_columns(pl.lit(called_at, pl.Datetime("us")).alias("called_at"))

@@ -316,6 +316,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chat(self, body: dict[str, Any]) -> None:
         fake = self.server.fake
+        with fake._lock:
+            fake.chats_in_flight += 1
+            fake.peak_chats_in_flight = max(fake.peak_chats_in_flight, fake.chats_in_flight)
+        try:
+            self._answer_chat(body)
+        finally:
+            with fake._lock:
+                fake.chats_in_flight -= 1
+
+    def _answer_chat(self, body: dict[str, Any]) -> None:
+        fake = self.server.fake
         behaviour, reply, counters, delay, fail = fake._snapshot_for_chat()
         if fail:
             self._error(500, "llama runner process has terminated: exit status 2 (fail_first)")
@@ -425,6 +436,8 @@ class FakeOllama:
         self.fail_first: int = 0
         self.version: str = "0.5.7"
         self.requests: list[dict[str, Any]] = []
+        self.chats_in_flight = 0
+        self.peak_chats_in_flight = 0  # the most /api/chat requests it was answering at once
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
         self._server: _Server | None = None

