@@ -29,8 +29,9 @@ from pm_domain.llm.records import (
 from pm_resources.ollama import FallbackNotice, OllamaResource
 from pm_resources.store import KeyedRows, PartitionRows, query, read_keyed, read_rows, table_exists, write_partitions
 
-# The LLM stages queue on the `ollama` pool (limit 1 in dagster.yaml), so one call at a time
-# reaches the server however many runs a backfill starts. Their DuckDB writes are short, and
+# The LLM stages queue on the `ollama` pool (limit 1 in dagster.yaml), so one stage at a time asks
+# the servers however many runs a backfill starts, and its client alone decides how many requests
+# are in flight (PM_LLM_PARALLEL_PER_HOST per server). Their DuckDB writes are short, and
 # DuckDBResource retries opening the file while another process holds the write lock.
 LLM_STAGE_ASSET_ARGS = {**STAGE_ASSET_ARGS, "pool": "ollama", "kinds": {"duckdb", "polars", "ollama"}}
 REPLIES_VALID_HELP = ("warn: every request the model answered gave a reply that validates against the "

@@ -64,7 +64,7 @@ class MemorizationProbeConfig(Config):
 @asset(
     group_name="evaluation",
     deps=["prices"],
-    pool="ollama",  # one call at a time reaches the server, as for the LLM stages
+    pool="ollama",  # one LLM step at a time asks the servers, as for the LLM stages
     kinds={"duckdb", "polars", "ollama"},
     check_specs=[AssetCheckSpec("no_memorization", asset="memorization_probe", description=(
         "warn: no probed model answers the named probe before its training cutoff better (or worse) "

@@ -25,6 +25,7 @@ from pm_domain.llm.prompts import BUDGET_TOKENS
 from pm_domain.llm.schemas import SCHEMAS, max_reply_tokens
 from pm_domain.llm.stages import analysis_prompt, forecasts_wide, risk_prompt, signal_prompt
 from pm_resources.ollama import OllamaResource
+from pm_resources.store import query
 from tests.support.real_ollama import INSTALL_HINT, MODEL, engine_installed, real_ollama
 from tests.support.runs import failure_message, table
 from tests.integration.test_llm_assets import _materialize
@@ -234,3 +235,44 @@ def test_anonymized_prompts_validate_as_often_as_named_ones(upstream_store, tmp_
         named, anonymous = shares[(stage, False)], shares[(stage, True)]
         assert named >= 0.95 and anonymous >= 0.95, shares
         assert anonymous >= named - 0.05, shares
+
+
+# What says when, how fast and where a reply came, not what it was: the rest must not depend on it.
+# routed_from is among them: with one model in the route it only notes that the model measured slow
+# (two one-thread servers sharing two cores pass 5 s), and that same model answers.
+TIMING_COLUMNS = {"routed_from", "latency_ms", "wall_ms", "host", "called_at", "tokens_per_second", "prompt_tokens_per_second",
+                  "eval_duration_ms", "prompt_eval_duration_ms", "load_duration_ms", "total_duration_ns",
+                  "eval_duration_ns", "prompt_eval_duration_ns", "load_duration_ns", "created_at", "ingested_at"}
+
+
+def _said(db_path: str, name: str, order: str) -> pl.DataFrame:
+    with duckdb.connect(db_path, read_only=True) as conn:
+        frame = query(conn, f"SELECT * FROM {name} ORDER BY {order}")
+    return frame.drop([c for c in frame.columns if c in TIMING_COLUMNS])
+
+
+def test_two_real_servers_in_parallel_store_what_one_server_one_at_a_time_stores(upstream_store, tmp_path):
+    """llm_analysis over 2 tickers x 6 sessions, once through one server one request at a time and
+    once spread over two servers (one llama.cpp thread each) two at a time: the rows, the llm_calls
+    rows and the cache hold the same replies, each prompt asked once. The servers evaluate every
+    prompt whole: with the prefix reuse Ollama does, a reply can depend on the prompt evaluated
+    before it on that server (docs/llm.md#several-servers), which is the engine, not the client."""
+    import shutil
+
+    stores = {}
+    with real_ollama(threads=1, reuse_prefix=False) as server, real_ollama(threads=1, reuse_prefix=False) as second:
+        for name, host, parallel in (("sequential", server.host, 1), ("parallel", f"{server.host},{second.host}", 1)):
+            stores[name] = str(tmp_path / f"{name}.duckdb")
+            shutil.copy(upstream_store, stores[name])
+            asked_before = server.requests() + second.requests()
+            with DagsterInstance.ephemeral() as instance:
+                result = _materialize(instance, stores[name], [llm_analysis], _resource(host, parallel_per_host=parallel),
+                                      START, END)
+            assert result.success, failure_message(result)
+            assert server.requests() + second.requests() - asked_before == PARTITIONS, name
+        assert second.requests() > 0  # the second server did take part
+    with duckdb.connect(stores["parallel"], read_only=True) as conn:
+        assert conn.execute("SELECT count(DISTINCT host), count(*) FROM llm_calls").fetchone() == (2, PARTITIONS)
+    for table_name, order in (("llm_analysis", "ticker, date"), ("llm_calls", "ticker, date, stage"),
+                              ("llm_cache", "cache_key")):
+        assert _said(stores["parallel"], table_name, order).equals(_said(stores["sequential"], table_name, order)), table_name

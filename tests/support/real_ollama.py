@@ -53,11 +53,12 @@ class RealOllama:
 
 @contextlib.contextmanager
 def real_ollama(names: tuple[str, ...] = (MODEL,), delays: dict[str, float] | None = None,
-                threads: int | None = None) -> Iterator[RealOllama]:
-    """Serve the Gemma 3 270M weights under `names` (with optional per-name delays, and llama.cpp
-    `threads`, by default the server's) until exit."""
+                threads: int | None = None, reuse_prefix: bool = True) -> Iterator[RealOllama]:
+    """Serve the Gemma 3 270M weights under `names` (with optional per-name delays, llama.cpp
+    `threads`, by default the server's, and the prompt-prefix reuse Ollama does) until exit."""
     port = free_port()
     args = [sys.executable, str(SERVER), "--port", str(port)] + (["--threads", str(threads)] if threads else [])
+    args += [] if reuse_prefix else ["--no-prefix-reuse"]
     args += [a for name in names for a in ("--name", name)]
     args += [a for name, seconds in (delays or {}).items() for a in ("--delay", f"{name}={seconds}")]
     with tempfile.TemporaryDirectory() as folder:
