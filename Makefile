@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 LLM_STAMP := $(VENV)/.llm-installed-stamp
 
-.PHONY: install install-llm test test-unit test-llm demo ui large-instance ui-large stop-large bench bench-scale bench-ceiling bench-forecasts bench-llm bench-probe bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
+.PHONY: install install-llm test test-unit test-llm demo ui large-instance ui-large stop-large bench bench-scale bench-ceiling bench-forecasts bench-llm bench-llm-parallel bench-probe bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -79,6 +79,11 @@ bench-forecasts: $(STAMP)
 # Against the real model over the demo's 2 tickers x 60 sessions: about 15 minutes.
 bench-llm: $(LLM_STAMP)
 	$(BIN)/python benchmarks/bench_llm.py
+
+# Requests per second against one and two real-model servers (one llama.cpp thread each), in parallel
+# vs the sequential client (docs/llm.md#two-servers-against-one), about 12 minutes.
+bench-llm-parallel: $(LLM_STAMP)
+	$(BIN)/python benchmarks/bench_llm_parallel.py
 
 # What the memorization probe costs per 100 (ticker, session) pairs against the real model (a few minutes).
 bench-probe: $(LLM_STAMP)
