@@ -102,6 +102,11 @@ def check_tickers(requested: Sequence[str], universe: Sequence[str]) -> tuple[tu
     except TickerError as exc:
         raise SelectionError(str(exc)) from None
     missing = [t for t in tickers if t not in universe]
+    meant = {t: t.upper() for t in missing if t != t.upper() and t.upper() in universe}
+    if meant:  # `aapl` for AAPL: the fix is the spelling, not adding a second, unknown ticker
+        said = ", ".join(meant)
+        raise SelectionError(f"{said}: tickers are upper case: did you mean {', '.join(meant.values())}? "
+                             f"(--tickers {','.join(t.upper() if t in meant else t for t in tickers)})")
     if missing:
         are = "is" if len(missing) == 1 else "are"
         raise SelectionError(f"{', '.join(missing)} {are} not in the universe: pm tickers add {' '.join(missing)}")

@@ -39,3 +39,16 @@ def test_a_covered_range_passes_and_other_stages_and_sources_are_not_read(csvs, 
     assert check_price_files(selection(["prices"], "2016-01-04", "2018-12-31"), sample)
     with pytest.raises(SelectionError, match=r"no file for AAA: expected .*AAA\.csv"):
         check_price_files(good, csvs)
+
+
+@pytest.mark.parametrize("requested, message", [
+    (["aapl"], "aapl: tickers are upper case: did you mean AAPL? (--tickers AAPL)"),
+    (["MSFT", "aapl"], "aapl: tickers are upper case: did you mean AAPL? (--tickers MSFT,AAPL)"),
+    (["QQQ"], "QQQ is not in the universe: pm tickers add QQQ"),
+])
+def test_a_ticker_outside_the_universe_gets_the_fix_that_applies(requested, message):
+    from pm_jobs.selection import SelectionError, check_tickers
+
+    with pytest.raises(SelectionError) as refused:
+        check_tickers(requested, ["AAPL", "MSFT"])
+    assert str(refused.value) == message
