@@ -211,29 +211,22 @@ class Settings(BaseSettings):
     @field_validator("forecast_fit_window", mode="before")
     @classmethod
     def _fit_window(cls, value: Any, info: ValidationInfo) -> int:
-        if not _whole(value) or not 250 <= int(value) <= 2520:
-            raise _refused(info, value, " must be a whole number of sessions in 250..2520")
-        return int(value)
+        return _whole_number(value, info, "sessions", 250, 2520)
 
     @field_validator("llm_health_interval", mode="before")
     @classmethod
     def _health_interval(cls, value: Any, info: ValidationInfo) -> int:
-        if not _whole(value) or int(value) < 30:
-            raise _refused(info, value, " must be a whole number of seconds, at least 30")
-        return int(value)
+        return _whole_number(value, info, "seconds", 30)
 
     @field_validator("llm_parallel_per_host", mode="before")
     @classmethod
     def _parallel(cls, value: Any, info: ValidationInfo) -> int:
-        if not _whole(value) or not 1 <= int(value) <= 32:
-            raise _refused(info, value, " must be a whole number of requests in 1..32")
-        return int(value)
+        return _whole_number(value, info, "requests", 1, 32)
 
     @field_validator("ollama_host", mode="after")
     @classmethod
     def _hosts(cls, value: str, info: ValidationInfo) -> str:
-        hosts = [h.strip() for h in value.split(",")]
-        if not all(h.startswith(("http://", "https://")) or (h and "://" not in h) for h in hosts if h):
+        if any("://" in h and not h.strip().startswith(("http://", "https://")) for h in value.split(",")):
             raise _refused(info, value, ": each server as http://host:port, several separated by commas")
         return value
 
@@ -306,6 +299,14 @@ def _number(value: Any) -> float:
 
 def _whole(value: Any) -> bool:
     return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit())
+
+
+def _whole_number(value: Any, info: ValidationInfo, unit: str, low: int, high: int | None = None) -> int:
+    """`value` as a whole number in low..high (no upper bound without `high`), or the one-line refusal."""
+    if not _whole(value) or int(value) < low or (high is not None and int(value) > high):
+        bounds = f" in {low}..{high}" if high is not None else f", at least {low}"
+        raise _refused(info, value, f" must be a whole number of {unit}{bounds}")
+    return int(value)
 
 
 def _error(message: str) -> PydanticCustomError:

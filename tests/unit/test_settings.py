@@ -41,7 +41,7 @@ BAD = [
     ("PM_NIGHTLY_TIMEZONE", "Mars/Olympus", " is not an IANA time zone (e.g. Europe/London)"),
     ("PM_LLM_HEALTH_INTERVAL", "5", " must be a whole number of seconds, at least 30"),
     ("OLLAMA_HOST", "", " must not be empty"),
-    ("OLLAMA_HOST", "http://127.0.0.1:11434,ftp://x", ": each server as http://host:port, several separated by commas"),
+    ("OLLAMA_HOST", "http://127.0.0.1:18434,ftp://x", ": each server as http://host:port, several separated by commas"),
     ("PM_LLM_PARALLEL_PER_HOST", "0", " must be a whole number of requests in 1..32"),
     ("PM_LLM_PARALLEL_PER_HOST", "2.5", " must be a whole number of requests in 1..32"),
     ("PM_LLM_MODE", "yolo", ": use one of auto, ollama, fallback"),
