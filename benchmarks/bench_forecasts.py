@@ -79,7 +79,7 @@ def main() -> int:
           f"({targets[0]} .. {targets[-1]}), 3 horizons each", flush=True)
 
     began = time.perf_counter()
-    fast = forecast_tickers(data, targets, sessions, fast_config, workers=2)
+    fast = forecast_tickers(data, targets, sessions, fast_config, workers=2).rows
     fast_seconds = time.perf_counter() - began
     processes = processes_for(n_tickers, len(targets), 2)
     print(f"  fast (refit every {fast_config.refit_every}, {processes} process(es)): {fast_seconds:7.1f} s "
@@ -90,7 +90,7 @@ def main() -> int:
     print(f"  fast, 1 process (reuse alone):      {one_process_seconds:7.1f} s "
           f"= {1000 * one_process_seconds / partitions:6.1f} ms per partition", flush=True)
     began = time.perf_counter()
-    naive = forecast_tickers(data, targets, sessions, naive_config, workers=1)
+    naive = forecast_tickers(data, targets, sessions, naive_config, workers=1).rows
     naive_seconds = time.perf_counter() - began
     print(f"  naive (refit every date, 1 process): {naive_seconds:7.1f} s "
           f"= {1000 * naive_seconds / partitions:6.1f} ms per partition")

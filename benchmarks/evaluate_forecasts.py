@@ -90,7 +90,7 @@ def main() -> int:
     targets = calendar.trading_days(start, end)
     began = time.perf_counter()
     # Forecasting reads only the prices up to each target; the outcomes are joined afterwards.
-    forecasts = forecast_tickers(histories, targets, calendar.session_numbers(end), config, workers=args.workers)
+    forecasts = forecast_tickers(histories, targets, calendar.session_numbers(end), config, workers=args.workers).rows
     elapsed = time.perf_counter() - began
     rows = forecasts.join(evaluation.realised_log_returns(histories, config.horizons), on=["ticker", "date", "horizon"])
     print(f"walk-forward evaluation of ts_forecasts on {', '.join(args.tickers)}, origins {start} .. {end}, "

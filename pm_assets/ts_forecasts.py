@@ -22,16 +22,19 @@ from pm_assets.metadata import add_plot, check_results, last_date_keys, preview_
 from pm_assets.partitions import STAGE_ASSET_ARGS, PartitionSelection, decode_partition_keys, lookback_mapping
 from pm_domain import calendar, settings
 from pm_domain.forecasting.engine import (
+    FITS_SCHEMA,
     MEAN_MODELS,
     ForecastConfig,
     default_workers,
+    fits_to_make,
     forecast_tickers,
     price_histories,
     processes_for,
 )
+from pm_domain.forecasting.kept_fits import KeptFit
 from pm_domain.plots import forecast_fan_png, png_markdown
 from pm_domain.quality import RULE_DESCRIPTIONS, forecast_rules
-from pm_resources.store import read_rows, replace_partitions
+from pm_resources.store import PartitionRows, RecentRows, query, read_rows, table_exists, write_partitions
 
 FIT_WINDOW = settings.forecast_fit_window()
 DEFAULT_FORECAST = ForecastConfig()
@@ -40,6 +43,10 @@ MAX_REFIT_EVERY = 60
 # Declared with the largest refit interval the run config allows, so the lineage covers every read.
 LOOKBACK_SESSIONS = ForecastConfig(fit_window=FIT_WINDOW, refit_every=MAX_REFIT_EVERY).lookback_sessions
 KEY_COLUMNS = ("ticker", "date", "horizon")
+FITS_TABLE = "ts_forecast_fits"
+# Fits a later night can reuse lie within warm-up + refit interval sessions of the newest; in
+# calendar days, with weekends and holidays, that is at most about 1.5 times as many.
+KEEP_FITS_DAYS = round(1.5 * (DEFAULT_FORECAST.warmup_origins + MAX_REFIT_EVERY)) + 10
 PLOT_HORIZON = 5
 PLOTTED_TICKERS = 2  # the fan draws the run's first tickers, one panel each
 
@@ -92,26 +99,36 @@ def ts_forecasts(
     if not config.allow_short_history:
         _require_lookback(prices, first_needed)
 
+    with duckdb.get_connection() as conn:
+        kept = read_kept_fits(conn, selection.tickers, first_needed, selection.end)
     workers = config.workers or default_workers()
-    processes = processes_for(len(selection.tickers), len(selection.dates), workers)
+    sessions = calendar.session_numbers(selection.end)
+    fits = sum(fits_to_make(selection.dates, sessions, forecast_config, kept.get(t, {})) for t in selection.tickers)
+    processes = processes_for(len(selection.tickers), len(selection.dates), workers, fits)
     context.log.info(
         f"forecasting {selection.describe()} from {prices.height} price rows "
-        f"(refit every {forecast_config.refit_every} sessions, {processes} process(es))"
+        f"(refit every {forecast_config.refit_every} sessions, {sum(map(len, kept.values()))} kept fits, "
+        f"about {fits} to fit, {processes} process(es))"
     )
     histories = price_histories(prices)
-    rows = forecast_tickers(histories, selection.dates,
-                            calendar.session_numbers(selection.end), forecast_config, workers,
-                            progress=context.log.info)
-    rows = rows.join(
+    forecasts = forecast_tickers(histories, selection.dates, sessions, forecast_config, workers,
+                                 progress=context.log.info, kept=kept)
+    rows = forecasts.rows.join(
         features.select("ticker", "date", "realised_vol_20d"), on=["ticker", "date"], how="left"
     )
     with duckdb.get_connection() as conn:
-        replace_partitions(conn, "ts_forecasts", rows, selection.tickers, selection.dates, KEY_COLUMNS)
-    context.log.info(f"wrote {rows.height} forecast rows")
+        write_partitions(conn, selection.tickers, selection.dates,
+                         [PartitionRows("ts_forecasts", rows, KEY_COLUMNS)],
+                         recent_rows=[RecentRows(FITS_TABLE, forecasts.fits, ("ticker", "fit_date"), "fit_date",
+                                                 KEEP_FITS_DAYS)])
+    context.log.info(f"wrote {rows.height} forecast rows; fitted {forecasts.fits_made} windows, reused "
+                     f"{forecasts.fits_reused} kept fits, kept {forecasts.fits.height} for later nights")
 
     metadata = run_metadata(context, selection, rows, ["ticker", "date", "horizon", "expected_log_return",
                                               "lower_90", "upper_90", "volatility_model"], began=began)
     metadata["weights"] = MetadataValue.md(weights_markdown(rows))
+    metadata["fits_made"] = forecasts.fits_made
+    metadata["fits_reused"] = forecasts.fits_reused
     metadata["volatility_fallback_share"] = float(rows["volatility_model"].ne("garch_t").mean())
     shown = list(selection.tickers[:PLOTTED_TICKERS])
     metadata |= add_plot(context, "plot", _plot_markdown(histories, rows, selection, shown),
@@ -122,6 +139,18 @@ def ts_forecasts(
         check_results=check_results([outcomes["ensemble_complete"]], AssetCheckSeverity.ERROR)
         + check_results([outcomes["all_models_fitted"]], AssetCheckSeverity.WARN),
     )
+
+
+def read_kept_fits(conn, tickers: list[str], first: dt.date, last: dt.date) -> dict[str, dict[dt.date, KeptFit]]:
+    """The kept fits of `tickers` anchored in [first, last], per ticker and fit date."""
+    if not table_exists(conn, FITS_TABLE):
+        return {}
+    rows = query(conn, f"SELECT {', '.join(FITS_SCHEMA)} FROM {FITS_TABLE} WHERE ticker IN "
+                       "(SELECT unnest(?::VARCHAR[])) AND fit_date BETWEEN ? AND ?", [list(tickers), first, last])
+    kept: dict[str, dict[dt.date, KeptFit]] = {}
+    for ticker, day, key, models in rows.iter_rows():
+        kept.setdefault(ticker, {})[day] = KeptFit(key, models)
+    return kept
 
 
 def _require_lookback(prices: pl.DataFrame, first_needed: dt.date) -> None:

@@ -97,6 +97,18 @@ class KeyedRows:
 
 
 @dataclass(frozen=True)
+class RecentRows:
+    """Rows upserted by key, after which each ticker keeps only the rows whose `date_column` lies
+    within `keep_days` of its newest (the fits ts_forecasts keeps for the next nights)."""
+
+    table: str
+    frame: pl.DataFrame
+    key_columns: tuple[str, ...]
+    date_column: str
+    keep_days: int
+
+
+@dataclass(frozen=True)
 class LedgerRows:
     """Rows written once and never replaced (the paper book's placed orders and amendments): a
     key already stored keeps its row, whatever the new row says."""
@@ -168,10 +180,11 @@ def write_partitions(
     keyed_rows: Sequence[KeyedRows] = (),
     ledger_rows: Sequence[LedgerRows] = (),
     scoped_rows: Sequence[ScopedRows] = (),
+    recent_rows: Sequence[RecentRows] = (),
 ) -> None:
     """Replace the run's partitions in every table of `partition_rows`, upsert `keyed_rows` and
-    replace the slices of `scoped_rows`, all in one transaction: a stage's rows and its side
-    tables land together or not at all.
+    `recent_rows` (pruning the latter), and replace the slices of `scoped_rows`, all in one
+    transaction: a stage's rows and its side tables land together or not at all.
 
     A frame may hold fewer rows than tickers x dates (a partition can legitimately be empty) but
     never a row outside them, and never two rows for one key.
@@ -180,7 +193,7 @@ def write_partitions(
         _check_partition_rows(rows, tickers, dates)
     for rows in scoped_rows:
         _check_scoped_rows(rows)
-    for rows in [*keyed_rows, *ledger_rows, *scoped_rows]:
+    for rows in [*keyed_rows, *ledger_rows, *scoped_rows, *recent_rows]:
         identifier(rows.table)
         if rows.frame.height and rows.frame.select(pl.struct(*rows.key_columns).is_duplicated().any()).item():
             raise StoreError(f"{rows.table}: rows repeat a ({', '.join(rows.key_columns)}) key")
@@ -197,6 +210,8 @@ def write_partitions(
                 _append_new(conn, rows)
             for rows in scoped_rows:
                 _replace_scoped(conn, rows)
+            for rows in recent_rows:
+                _upsert_recent(conn, rows)
             conn.execute("COMMIT")
         except BaseException:
             try:
@@ -238,6 +253,15 @@ def _replace_scoped(conn: duckdb.DuckDBPyConnection, rows: ScopedRows) -> None:
 
 def _upsert(conn: duckdb.DuckDBPyConnection, rows: KeyedRows) -> None:
     _insert_keyed(conn, rows, "INSERT OR REPLACE")
+
+
+def _upsert_recent(conn: duckdb.DuckDBPyConnection, rows: RecentRows) -> None:
+    _insert_keyed(conn, KeyedRows(rows.table, rows.frame, rows.key_columns), "INSERT OR REPLACE")
+    column = identifier(rows.date_column)
+    conn.execute(
+        f"DELETE FROM {rows.table} AS kept WHERE ticker IN (SELECT ticker FROM _pm_ticker_keys) AND {column} < "
+        f"(SELECT max(newest.{column}) FROM {rows.table} AS newest WHERE newest.ticker = kept.ticker) - ?::INTEGER",
+        [rows.keep_days])
 
 
 def _append_new(conn: duckdb.DuckDBPyConnection, rows: LedgerRows) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -32,10 +32,12 @@ from threadpoolctl import threadpool_limits
 from pm_domain.features import return_price
 from pm_domain.forecasting import baselines, garch, mssa_rl, samossa, sarimax
 from pm_domain.forecasting.ensemble import inverse_mse_weights
+from pm_domain.forecasting.kept_fits import KeptFit, ModelFits, encode, fit_key, fit_models
 
 ENGINE_VERSION = "ts_forecasts/1"
 MEAN_MODELS = ("random_walk", "drift", "sarimax", "samossa", "mssa_rl")
 PARALLEL_MIN_PARTITIONS = 1000  # below this, starting workers (~2 s) costs more than it saves
+PARALLEL_MIN_FITS = 50  # ~0.2 s each: below ~10 s of fitting, starting workers costs more than it saves
 
 
 class ForecastError(ValueError):
@@ -131,51 +133,50 @@ def _anchor(position: int, session_number: int, config: ForecastConfig) -> int |
 
 
 def _fitted_block(log_prices: np.ndarray, anchor: int, origins: np.ndarray, config: ForecastConfig,
-                  dates: Sequence[dt.date]) -> BlockForecasts:
-    """Fit every model on the window ending at `anchor`, forecast the block's `origins`."""
+                  dates: Sequence[dt.date], models: ModelFits) -> BlockForecasts:
+    """Forecast the block's `origins` with the models fitted on the window ending at `anchor`."""
     start = max(0, anchor - config.fit_window + 1)
-    window = log_prices[start : anchor + 1]
     segment = log_prices[start : origins.max() + 1]
     local = origins - start
     horizons = config.horizons
     block = BlockForecasts()
-    failed: list[str] = []
+    failed = list(models.failures)
 
-    returns = np.diff(window)
-    if not np.any(returns != 0):
-        raise ForecastError(
-            f"prices are constant over the {len(window)} sessions to {dates[anchor]}: nothing to forecast"
-        )
     segment_returns = np.diff(segment)
     last_return = local - 1  # the return ending at each origin
-    volatility = garch.fit_volatility(returns)
+    volatility = models.volatility
     next_variance = garch.conditional_variance(volatility, segment_returns)[local]
     paths = garch.variance_paths(volatility, next_variance, max(horizons))
     block.forecasts["variance"] = np.cumsum(paths, axis=1)[:, np.asarray(horizons) - 1]
 
-    try:
-        fit = sarimax.fit_sarimax(window, config.sarimax_order)
+    def forecast(name: str, run: Callable[[], None]) -> None:
+        try:
+            run()
+        except Exception as exc:  # noqa: BLE001 - a model failing is recorded, the others go on
+            failed.append(f"{name}: {type(exc).__name__}: {exc}"[:160])
+
+    def sarimax_forecast(fit: sarimax.SarimaxFit) -> None:
         block.forecasts["sarimax"] = sarimax.forecast_sarimax(fit, segment, local, horizons)
         block.numbers["sarimax_converged"] = fit.converged
         block.numbers["sarimax_ljung_box_p"] = fit.ljung_box_p
-    except Exception as exc:  # noqa: BLE001 - a model failing is recorded, the others go on
-        failed.append(f"sarimax: {type(exc).__name__}: {exc}"[:160])
-    try:
-        fit = samossa.fit_samossa(returns, config.ssa_window, config.ssa_variance_share,
-                                  config.ar_lags, max(horizons))
+
+    def samossa_forecast(fit: samossa.SamossaFit) -> None:
         block.forecasts["samossa"] = samossa.forecast_samossa(fit, segment_returns, last_return, horizons)
         block.numbers["samossa_rank"] = fit.rank
-    except Exception as exc:  # noqa: BLE001
-        failed.append(f"samossa: {type(exc).__name__}: {exc}"[:160])
-    try:
-        fit = mssa_rl.fit_mssa_rl(returns, config.ssa_window, max(horizons))
+
+    def mssa_rl_forecast(fit: mssa_rl.MssaRlFit) -> None:
         forecasts, regimes, ranks = mssa_rl.forecast_mssa_rl(fit, segment_returns, last_return, horizons)
         block.forecasts["mssa_rl"] = forecasts
         block.numbers["mssa_rank"] = ranks
         block.text["mssa_rank_table"] = fit.table_json()
         block.text["mssa_regime"] = list(regimes)
-    except Exception as exc:  # noqa: BLE001
-        failed.append(f"mssa_rl: {type(exc).__name__}: {exc}"[:160])
+
+    if models.sarimax is not None:
+        forecast("sarimax", lambda: sarimax_forecast(models.sarimax))
+    if models.samossa is not None:
+        forecast("samossa", lambda: samossa_forecast(models.samossa))
+    if models.mssa_rl is not None:
+        forecast("mssa_rl", lambda: mssa_rl_forecast(models.mssa_rl))
 
     block.text |= {"volatility_model": volatility.model, "volatility_fallback_reason": volatility.fallback_reason,
                    "models_failed": "; ".join(failed) or None, "params_fit_date": dates[anchor].isoformat()}
@@ -184,8 +185,17 @@ def _fitted_block(log_prices: np.ndarray, anchor: int, origins: np.ndarray, conf
     # The Student-t degrees of freedom of the distribution the rows' sigma belongs to (risk's
     # model VaR reads it); null when EWMA, whose rows are read as normal.
     block.numbers["garch_nu"] = np.nan if volatility.is_fallback or volatility.nu is None else volatility.nu
-    block.numbers["fit_sessions"] = len(window)
+    block.numbers["fit_sessions"] = models.fit_sessions
     return block
+
+
+def _fit_window(log_prices: np.ndarray, anchor: int, config: ForecastConfig, dates: Sequence[dt.date]) -> np.ndarray:
+    window = log_prices[max(0, anchor - config.fit_window + 1) : anchor + 1]
+    if not np.any(np.diff(window) != 0):
+        raise ForecastError(
+            f"prices are constant over the {len(window)} sessions to {dates[anchor]}: nothing to forecast"
+        )
+    return window
 
 
 def _baseline_block(log_prices: np.ndarray, origins: np.ndarray, config: ForecastConfig) -> BlockForecasts:
@@ -218,11 +228,13 @@ def forecast_series(
     session_numbers: np.ndarray,
     targets: np.ndarray,
     config: ForecastConfig,
+    kept: Mapping[dt.date, KeptFit] | None = None,
 ) -> dict[str, object]:
     """Forecasts for the target positions of one ticker's consecutive sessions.
 
     Returns arrays over the targets: per-model forecasts, ensemble mean, sigma, bounds, weights
-    (per horizon) and diagnostics.
+    (per horizon) and diagnostics; under "fits", the fits a later run can reuse (see _models_at);
+    under "fits_reused" and "fits_made", how many anchors took a kept fit or fitted afresh.
     """
     if not np.all(np.isfinite(log_prices)):
         bad = dates[int(np.argmin(np.isfinite(log_prices)))]
@@ -236,12 +248,14 @@ def forecast_series(
     blocks: dict[int | None, list[int]] = {}
     for slot, origin in enumerate(origins):
         blocks.setdefault(_anchor(int(origin), int(session_numbers[origin]), config), []).append(slot)
+    fits = _Fits(kept or {}, keep_from=len(log_prices) - 1 - config.warmup_origins - config.refit_every)
     for anchor, slot_list in sorted(blocks.items(), key=lambda item: -1 if item[0] is None else item[0]):
         slots = np.asarray(slot_list)
         if anchor is None:
             columns.put(slots, _baseline_block(log_prices, origins[slots], config))
         else:
-            columns.put(slots, _fitted_block(log_prices, anchor, origins[slots], config, dates))
+            models = fits.at(anchor, dates[anchor], _fit_window(log_prices, anchor, config, dates), config)
+            columns.put(slots, _fitted_block(log_prices, anchor, origins[slots], config, dates, models))
 
     target_slots = targets - first_origin
     z = float(norm.ppf(0.5 + config.interval_level / 2))
@@ -273,19 +287,69 @@ def forecast_series(
         models={m: columns.forecasts[m][target_slots] for m in MEAN_MODELS},
         text={k: [v[s] for s in target_slots] for k, v in columns.text.items()},
         numbers={k: v[target_slots] for k, v in columns.numbers.items()},
+        fits=fits.to_keep, fits_reused=fits.reused, fits_made=fits.made,
     )
     return result
+
+
+@dataclass
+class _Fits:
+    """The fits of one ticker's run: kept ones reused where their key matches, the rest fitted.
+
+    `to_keep` collects the fits a later run can reuse, those anchored at or after `keep_from`:
+    tomorrow's run forecasts its date and the warm-up origins before it, whose anchors lie within
+    warmup_origins + refit_every sessions of today's last price."""
+
+    kept: Mapping[dt.date, KeptFit]
+    keep_from: int
+    to_keep: dict[dt.date, KeptFit] = field(default_factory=dict)
+    reused: int = 0
+    made: int = 0
+
+    def at(self, anchor: int, day: dt.date, window: np.ndarray, config: ForecastConfig) -> ModelFits:
+        key = fit_key(window, config)
+        stored = self.kept.get(day)
+        if stored is not None and stored.key == key:
+            self.reused += 1
+            return stored.models()
+        models = fit_models(window, config)
+        self.made += 1
+        if anchor >= self.keep_from:
+            self.to_keep[day] = KeptFit(key, encode(models))
+        return models
+
+
+@dataclass(frozen=True)
+class Forecasts:
+    """A run's forecast rows, the fits later runs can reuse (FITS_SCHEMA) and how many anchors
+    took a kept fit or were fitted afresh."""
+
+    rows: pl.DataFrame
+    fits: pl.DataFrame
+    fits_reused: int
+    fits_made: int
+
+
+FITS_SCHEMA = {"ticker": pl.String, "fit_date": pl.Date, "fit_key": pl.String, "models": pl.String}
 
 
 def forecast_ticker(
     history: pl.DataFrame, targets: Sequence[dt.date], session_numbers: dict[dt.date, int],
     config: ForecastConfig,
 ) -> pl.DataFrame:
-    """Long rows (one per target date and horizon) for one ticker.
+    """Long rows (one per target date and horizon) for one ticker, every model fitted afresh.
 
     `history` holds ticker, date and price (adj_close or close) for consecutive sessions up to the
     last target; `session_numbers` maps each date to its session number since a fixed epoch.
     """
+    return forecast_with_kept_fits(history, targets, session_numbers, config, {}).rows
+
+
+def forecast_with_kept_fits(
+    history: pl.DataFrame, targets: Sequence[dt.date], session_numbers: dict[dt.date, int],
+    config: ForecastConfig, kept: Mapping[dt.date, KeptFit],
+) -> Forecasts:
+    """forecast_ticker reusing the `kept` fits (by anchor date) whose key matches the window."""
     ticker = history["ticker"][0]
     ordered = history.sort("date")
     dates = ordered["date"].to_list()
@@ -303,10 +367,14 @@ def forecast_ticker(
         raise ForecastError(f"{ticker}: no price on {unknown[0]} to forecast from")
     target_positions = np.array(sorted(position[d] for d in targets))
     try:
-        out = forecast_series(log_prices, dates, numbers, target_positions, config)
+        out = forecast_series(log_prices, dates, numbers, target_positions, config, kept)
     except ForecastError as exc:
         raise ForecastError(f"{ticker}: {exc}") from exc
-    return _to_frame(ticker, [dates[p] for p in target_positions], out, config)
+    fits = pl.DataFrame({"ticker": [ticker] * len(out["fits"]), "fit_date": list(out["fits"]),
+                         "fit_key": [f.key for f in out["fits"].values()],
+                         "models": [f.encoded for f in out["fits"].values()]}, schema=FITS_SCHEMA)
+    return Forecasts(_to_frame(ticker, [dates[p] for p in target_positions], out, config), fits,
+                     out["fits_reused"], out["fits_made"])
 
 
 def _to_frame(ticker: str, days: list[dt.date], out: dict, config: ForecastConfig) -> pl.DataFrame:
@@ -349,11 +417,11 @@ def _to_frame(ticker: str, days: list[dt.date], out: dict, config: ForecastConfi
     return frame.sort("date", "horizon")
 
 
-def _forecast_one(args: tuple) -> pl.DataFrame:
+def _forecast_one(args: tuple) -> Forecasts:
     # One BLAS thread: the matrices are small, and OpenBLAS threads spinning on two cores made a
     # ticker 1.5x slower in one process and ~6x slower with two worker processes (measured).
     with threadpool_limits(limits=1, user_api="blas"):
-        return forecast_ticker(*args)
+        return forecast_with_kept_fits(*args)
 
 
 def forecast_tickers(
@@ -363,34 +431,57 @@ def forecast_tickers(
     config: ForecastConfig,
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
-) -> pl.DataFrame:
-    """forecast_ticker for every ticker, over `workers` processes (tickers are independent).
+    kept: Mapping[str, Mapping[dt.date, KeptFit]] | None = None,
+) -> Forecasts:
+    """forecast_with_kept_fits for every ticker (`kept` per ticker), over `workers` processes
+    (tickers are independent).
 
-    Starting a worker costs seconds (it imports statsmodels and arch), so runs smaller than
-    PARALLEL_MIN_PARTITIONS stay in this process. `progress` is told as each ticker finishes.
+    Starting a worker costs seconds (it imports statsmodels and arch), so a run stays in this
+    process unless it has PARALLEL_MIN_PARTITIONS partitions or PARALLEL_MIN_FITS fits to make.
+    `progress` is told as each ticker finishes.
     """
+    kept = kept or {}
     tickers = sorted(histories)
-    jobs = [(histories[t], targets, session_numbers, config) for t in tickers]
-    frames = []
+    jobs = [(histories[t], targets, session_numbers, config, kept.get(t, {})) for t in tickers]
+    done: list[Forecasts] = []
 
-    def collect(results: Iterable[pl.DataFrame]) -> None:
-        for done, (ticker, frame) in enumerate(zip(tickers, results), start=1):
-            frames.append(frame)
+    def collect(results: Iterable[Forecasts]) -> None:
+        for count, (ticker, result) in enumerate(zip(tickers, results), start=1):
+            done.append(result)
             if progress is not None:
-                progress(f"forecast {done}/{len(tickers)} tickers ({ticker}: {frame.height} rows)")
+                progress(f"forecast {count}/{len(tickers)} tickers ({ticker}: {result.rows.height} rows, "
+                         f"{result.fits_made} fitted, {result.fits_reused} kept fits reused)")
 
-    if processes_for(len(jobs), len(targets), workers) == 1:
+    fits = sum(fits_to_make(targets, session_numbers, config, kept.get(t, {})) for t in tickers)
+    if processes_for(len(jobs), len(targets), workers, fits) == 1:
         collect(map(_forecast_one, jobs))
     else:
         # spawn, not fork: the caller (a Dagster step) runs threads that fork would copy mid-state.
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
             collect(pool.map(_forecast_one, jobs))
-    return pl.concat(frames).sort("ticker", "date", "horizon")
+    return Forecasts(pl.concat([d.rows for d in done]).sort("ticker", "date", "horizon"),
+                     pl.concat([d.fits for d in done]), sum(d.fits_reused for d in done),
+                     sum(d.fits_made for d in done))
 
 
-def processes_for(n_tickers: int, n_targets: int, workers: int) -> int:
-    """How many processes forecast_tickers uses for a run of n_tickers x n_targets partitions."""
-    if workers <= 1 or n_tickers <= 1 or n_tickers * n_targets < PARALLEL_MIN_PARTITIONS:
+def fits_to_make(targets: Sequence[dt.date], session_numbers: Mapping[dt.date, int], config: ForecastConfig,
+                 kept: Mapping[dt.date, KeptFit]) -> int:
+    """About how many fits one ticker's run makes: the grid anchors of its origins that have no
+    kept fit (a kept fit whose key no longer matches, or a young ticker's per-origin fits, are
+    not foreseen; this only chooses between one process and several)."""
+    by_number = {number: day for day, number in session_numbers.items()}
+    first = session_numbers[min(targets)] - config.warmup_origins
+    numbers = range(first, session_numbers[max(targets)] + 1)
+    anchors = {by_number.get(n - n % config.refit_every) for n in numbers}
+    return len(anchors - set(kept) - {None})
+
+
+def processes_for(n_tickers: int, n_targets: int, workers: int, fits: int = 0) -> int:
+    """How many processes forecast_tickers uses for a run of n_tickers x n_targets partitions
+    that makes about `fits` fits."""
+    if workers <= 1 or n_tickers <= 1:
+        return 1
+    if n_tickers * n_targets < PARALLEL_MIN_PARTITIONS and fits < PARALLEL_MIN_FITS:
         return 1
     return min(workers, n_tickers)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -40,8 +41,13 @@ class RankMaps:
 
 @dataclass(frozen=True)
 class MssaRlFit:
+    """What a fit learned: the leading eigenvectors (L x the largest candidate rank) and the
+    regime table. Each rank's maps are derived from the eigenvectors on first use (see SamossaFit)."""
+
     window: int
-    maps: dict[int, RankMaps]
+    eigenvectors: np.ndarray
+    candidate_ranks: tuple[int, ...]
+    max_horizon: int
     variance_terciles: tuple[float, float]
     rank_table: dict[str, int]
     cusum_window: int
@@ -49,6 +55,14 @@ class MssaRlFit:
 
     def table_json(self) -> str:
         return json.dumps(self.rank_table, sort_keys=True)
+
+    @cached_property
+    def maps(self) -> dict[int, RankMaps]:
+        return {rank: rank_maps(self.eigenvectors[:, :rank], self.max_horizon) for rank in self.candidate_ranks}
+
+
+def rank_maps(eigenvectors: np.ndarray, max_horizon: int) -> RankMaps:
+    return RankMaps(ssa.tail_map(eigenvectors), ssa.forecast_map(ssa.recurrence(eigenvectors), max_horizon))
 
 
 def _signal_forecasts(maps: RankMaps, returns: np.ndarray, origins: np.ndarray, steps: int) -> np.ndarray:
@@ -101,11 +115,8 @@ def fit_mssa_rl(
     min_visits: int = 20,
 ) -> MssaRlFit:
     basis = ssa.decompose(returns, window)
-    maps = {}
-    for rank in candidate_ranks:
-        eigenvectors = basis.leading(rank)
-        maps[rank] = RankMaps(ssa.tail_map(eigenvectors),
-                              ssa.forecast_map(ssa.recurrence(eigenvectors), max_horizon))
+    eigenvectors = np.ascontiguousarray(basis.leading(max(candidate_ranks)))
+    maps = {rank: rank_maps(eigenvectors[:, :rank], max_horizon) for rank in candidate_ranks}
     base = maps[candidate_ranks[0]]
     span = 2 * window - 2
     # Past origins of the window whose one-step outcome lies inside the window.
@@ -128,7 +139,10 @@ def fit_mssa_rl(
                 min(candidate_ranks, key=lambda r: (squared[r][visits].mean(), r))
                 if visits.sum() >= min_visits else overall
             )
-    return MssaRlFit(window, maps, terciles, table, cusum_window, variance_window)
+    fit = MssaRlFit(window, eigenvectors, tuple(candidate_ranks), max_horizon, terciles, table,
+                    cusum_window, variance_window)
+    fit.__dict__["maps"] = maps  # the cached_property's slot: the same arrays it would derive
+    return fit
 
 
 def forecast_mssa_rl(

@@ -15,6 +15,7 @@ and twice the random walk's RMSE. The h-session forecast is the sum of the next 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from statsmodels.tsa.ar_model import AutoReg
@@ -24,16 +25,28 @@ from pm_domain.forecasting import ssa
 
 @dataclass(frozen=True)
 class SamossaFit:
+    """What a fit learned: the leading eigenvectors (L x rank) and the residual's AR model. The
+    linear maps are derived from the eigenvectors on first use, so a fit kept between nights
+    stores a few hundred numbers instead of the maps' thousands and forecasts bit-identically."""
+
     rank: int
     explained_share: float
-    tail_map: np.ndarray
-    forecast_map: np.ndarray
+    eigenvectors: np.ndarray
+    max_horizon: int
     ar_intercept: float
     ar_coefficients: np.ndarray  # phi_1..phi_p
 
     @property
     def window(self) -> int:
-        return self.tail_map.shape[0] + 1
+        return self.eigenvectors.shape[0]
+
+    @cached_property
+    def tail_map(self) -> np.ndarray:
+        return ssa.tail_map(self.eigenvectors)
+
+    @cached_property
+    def forecast_map(self) -> np.ndarray:
+        return ssa.forecast_map(ssa.recurrence(self.eigenvectors), self.max_horizon)
 
 
 def fit_samossa(
@@ -41,15 +54,15 @@ def fit_samossa(
 ) -> SamossaFit:
     basis = ssa.decompose(returns, window)
     rank = min(ssa.rank_for_variance(basis.singular_values, variance_share), window - 1)
-    eigenvectors = basis.leading(rank)
+    eigenvectors = np.ascontiguousarray(basis.leading(rank))
     residual = returns - ssa.reconstruct(returns, eigenvectors)
     ar = AutoReg(residual, lags=ar_lags, trend="c").fit()
     energy = basis.singular_values**2
     return SamossaFit(
         rank=rank,
         explained_share=float(energy[:rank].sum() / energy.sum()),
-        tail_map=ssa.tail_map(eigenvectors),
-        forecast_map=ssa.forecast_map(ssa.recurrence(eigenvectors), max_horizon),
+        eigenvectors=eigenvectors,
+        max_horizon=max_horizon,
         ar_intercept=float(ar.params[0]),
         ar_coefficients=np.asarray(ar.params[1:]),
     )

@@ -110,3 +110,21 @@ def test_scoped_rows_replace_only_their_slice_and_refuse_rows_outside_it():
         write_partitions(conn, [], [], [], scoped_rows=[
             ScopedRows("probe", pl.concat([probe_rows("a", [1.0])] * 2), ("model", "period"), "model", ("a",))])
     assert query(conn, "SELECT count(*) AS n FROM probe").item() == 2  # refused writes changed nothing
+
+
+def test_recent_rows_upsert_then_keep_each_tickers_newest_days_only():
+    from pm_resources.store import RecentRows, write_partitions
+
+    def fits(ticker, days, key):
+        return pl.DataFrame({"ticker": [ticker] * len(days), "fit_date": days, "fit_key": [key] * len(days)})
+
+    conn = duckdb.connect()
+    old = [dt.date(2018, 1, 2), dt.date(2018, 6, 1)]
+    write_partitions(conn, ["A", "B"], [], [], recent_rows=[
+        RecentRows("fits", pl.concat([fits("A", old, "a1"), fits("B", old, "b1")]), ("ticker", "fit_date"), "fit_date", 30)])
+    assert query(conn, "SELECT count(*) AS n FROM fits").item() == 2  # each ticker's January fit is 150 days too old
+    write_partitions(conn, ["A"], [], [], recent_rows=[
+        RecentRows("fits", fits("A", [dt.date(2018, 6, 1), dt.date(2018, 6, 20)], "a2"), ("ticker", "fit_date"),
+                   "fit_date", 30)])
+    rows = query(conn, "SELECT ticker, fit_date, fit_key FROM fits ORDER BY ALL").rows()
+    assert rows == [("A", dt.date(2018, 6, 1), "a2"), ("A", dt.date(2018, 6, 20), "a2"), ("B", dt.date(2018, 6, 1), "b1")]

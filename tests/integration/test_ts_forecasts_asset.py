@@ -3,8 +3,10 @@
 import datetime as dt
 
 import duckdb
+import polars as pl
 
 from pm_assets import features, prices, ts_forecasts
+from pm_assets.ts_forecasts import FITS_TABLE
 from pm_domain.calendar import trading_days
 from pm_resources.store import table_exists
 from tests.integration.test_assets import run
@@ -68,3 +70,26 @@ def materialize_with_config(instance, db_path, config, start, end):
     return materialize([ts_forecasts], instance=instance, resources={"duckdb": DuckDBResource(database=db_path)},
                        tags=range_tags(["^GSPC"], start, end), raise_on_error=False,
                        run_config={"ops": {"ts_forecasts": {"config": config}}})
+
+
+def test_the_next_night_reuses_kept_fits_and_writes_what_a_fresh_run_writes(instance, db_path):
+    assert run(instance, db_path, [prices], "2016-01-04", "2018-12-31", tickers=["^GSPC"]).success
+    assert run(instance, db_path, [features], "2018-12-27", "2018-12-28", tickers=["^GSPC"]).success
+    first = run(instance, db_path, [ts_forecasts], "2018-12-27", "2018-12-27", tickers=["^GSPC"])
+    assert first.success, failure_message(first)
+    with duckdb.connect(db_path, read_only=True) as conn:
+        fit_dates = [row[0] for row in conn.execute(f"SELECT fit_date FROM {FITS_TABLE}").fetchall()]
+    assert len(fit_dates) >= 4 and max(fit_dates) <= dt.date(2018, 12, 27)
+
+    night = run(instance, db_path, [ts_forecasts], "2018-12-28", "2018-12-28", tickers=["^GSPC"])
+    assert night.success, failure_message(night)
+    metadata = night.asset_materializations_for_node("ts_forecasts")[0].metadata
+    assert metadata["fits_reused"].value >= 4 and metadata["fits_made"].value <= 1
+    kept_night = table(db_path, "ts_forecasts").filter(pl.col("date") == dt.date(2018, 12, 28))
+
+    with duckdb.connect(db_path) as conn:
+        conn.execute(f"DROP TABLE {FITS_TABLE}")
+    fresh = run(instance, db_path, [ts_forecasts], "2018-12-28", "2018-12-28", tickers=["^GSPC"])
+    assert fresh.asset_materializations_for_node("ts_forecasts")[0].metadata["fits_reused"].value == 0
+    fresh_night = table(db_path, "ts_forecasts").filter(pl.col("date") == dt.date(2018, 12, 28))
+    assert fresh_night.equals(kept_night)

@@ -248,9 +248,9 @@ def test_worker_processes_give_the_rows_of_one_process(gspc, monkeypatch):
         "ticker", "date", pl.col("adj_close").alias("price"))
     histories = {"^GSPC": gspc, "^IXIC": ixic}
     targets = gspc["date"].to_list()[-2:]
-    one = engine.forecast_tickers(histories, targets, SESSIONS, FAST, workers=1)
+    one = engine.forecast_tickers(histories, targets, SESSIONS, FAST, workers=1).rows
     monkeypatch.setattr(engine, "PARALLEL_MIN_PARTITIONS", 0)
-    two = engine.forecast_tickers(histories, targets, SESSIONS, FAST, workers=2)
+    two = engine.forecast_tickers(histories, targets, SESSIONS, FAST, workers=2).rows
     assert one.equals(two) and one["ticker"].unique(maintain_order=True).to_list() == ["^GSPC", "^IXIC"]
 
 
