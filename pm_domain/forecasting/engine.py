@@ -38,6 +38,7 @@ ENGINE_VERSION = "ts_forecasts/1"
 MEAN_MODELS = ("random_walk", "drift", "sarimax", "samossa", "mssa_rl")
 PARALLEL_MIN_PARTITIONS = 1000  # below this, starting workers (~2 s) costs more than it saves
 PARALLEL_MIN_FITS = 50  # ~0.2 s each: below ~10 s of fitting, starting workers costs more than it saves
+PARALLEL_MIN_TICKERS = 150  # a ticker's night from kept fits is ~0.07 s of filters and maps
 
 
 class ForecastError(ValueError):
@@ -437,7 +438,8 @@ def forecast_tickers(
     (tickers are independent).
 
     Starting a worker costs seconds (it imports statsmodels and arch), so a run stays in this
-    process unless it has PARALLEL_MIN_PARTITIONS partitions or PARALLEL_MIN_FITS fits to make.
+    process unless it has PARALLEL_MIN_PARTITIONS partitions, PARALLEL_MIN_FITS fits to make or
+    PARALLEL_MIN_TICKERS tickers.
     `progress` is told as each ticker finishes.
     """
     kept = kept or {}
@@ -481,7 +483,7 @@ def processes_for(n_tickers: int, n_targets: int, workers: int, fits: int = 0) -
     that makes about `fits` fits."""
     if workers <= 1 or n_tickers <= 1:
         return 1
-    if n_tickers * n_targets < PARALLEL_MIN_PARTITIONS and fits < PARALLEL_MIN_FITS:
+    if n_tickers * n_targets < PARALLEL_MIN_PARTITIONS and fits < PARALLEL_MIN_FITS and n_tickers < PARALLEL_MIN_TICKERS:
         return 1
     return min(workers, n_tickers)
 

@@ -56,13 +56,14 @@ def forecast_sarimax(
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        filtered = _model(log_prices[: origins.max() + 1], fit.order, fit.trend).filter(fit.params)
-    system = filtered.filter_results
+        # The Kalman filter's own results: statsmodels' wrapper would also estimate the
+        # parameters' covariance (half the time of a forecast), which a forecast does not read.
+        system = _model(log_prices[: origins.max() + 1], fit.order, fit.trend).filter(fit.params, return_ssm=True)
     transition = system.transition[:, :, 0]
     state_intercept = system.state_intercept[:, 0]
     design = system.design[0, :, 0]
     obs_intercept = float(system.obs_intercept[0, 0])
-    state = filtered.filtered_state[:, origins]  # k_states x n_origins
+    state = system.filtered_state[:, origins]  # k_states x n_origins
     forecasts = np.empty((len(origins), len(horizons)))
     wanted = {h: i for i, h in enumerate(horizons)}
     for step in range(1, max(horizons) + 1):
