@@ -177,11 +177,13 @@ def record_failure(instance: DagsterInstance, result: ExecuteInProcessResult,
 
     from pm_sensors.run_failures import record_failed_run
 
+    from pm_resources.database import store_connection
+
     run = instance.get_run_by_id(result.run_id)
     failure_events = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     run_error = next((e.message or "" for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE"), "")
     try:
-        with duckdb.connect((config or settings.current()).duckdb_path) as conn:
+        with store_connection((config or settings.current()).duckdb_path) as conn:
             rows = record_failed_run(conn, run, failure_events, run_error)
     except duckdb.Error as exc:  # the store is locked or unwritable: still tell the person what failed
         from pm_sensors.run_failures import step_failure_causes
@@ -196,9 +198,8 @@ def record_failure(instance: DagsterInstance, result: ExecuteInProcessResult,
 def ensure_store_tables(config: settings.Settings | None = None) -> None:
     """The tables a person queries before anything has gone wrong (`run_failures`) exist from
     the first run on (in the store of `config`, default the environment's)."""
-    import duckdb
-
+    from pm_resources.database import store_connection
     from pm_sensors.run_failures import ensure_failures_table
 
-    with duckdb.connect((config or settings.current()).duckdb_path) as conn:
+    with store_connection((config or settings.current()).duckdb_path) as conn:
         ensure_failures_table(conn)
