@@ -7,8 +7,9 @@ around; when an upgrade makes a part unnecessary, delete it and its test.
 
 1. `GroupedLookbackMapping`: Dagster's MultiPartitionMapping computed per group of tickers
    (`dagster._core` partition-subset internals; Dagster serializes it under its own class name).
-2. `pool_slot_usage`, `free_pool_slots`: who holds the concurrency pools' slots, and freeing a
-   dead run's (the event-log storage's concurrency methods, not part of Dagster's public API).
+2. `pool_slot_usage`, `pool_limit`, `set_pool_limit`, `free_pool_slots`: who holds the
+   concurrency pools' slots, a pool's limit, and freeing a dead run's (the event-log storage's
+   concurrency methods, not part of Dagster's public API).
 3. `webserver_graphql` and the backfill queries: what the UI's backfill dialog sends (the
    webserver's GraphQL schema, which Dagster versions with the UI, not as an API).
 4. `materialized_partitions`, `run_events`, `run_step_successes`, `mark_run_failed`, `tag_run`:
@@ -187,6 +188,19 @@ def pool_slot_usage(instance: DagsterInstance) -> list[PoolUsage]:
         info = storage.get_concurrency_info(pool)
         usage.append(PoolUsage(pool, info.slot_count, frozenset(info.active_run_ids)))
     return usage
+
+
+def pool_limit(instance: DagsterInstance, pool: str) -> int:
+    """How many steps of `pool` may run at once (the instance's default for a pool not yet used)."""
+    storage = instance.event_log_storage
+    if pool in storage.get_concurrency_keys():
+        return storage.get_concurrency_info(pool).slot_count
+    return storage.get_pool_config().default_pool_limit or 1
+
+
+def set_pool_limit(instance: DagsterInstance, pool: str, limit: int) -> None:
+    """What `dagster instance concurrency set POOL LIMIT` does."""
+    instance.event_log_storage.set_concurrency_slots(pool, limit)
 
 
 def free_pool_slots(instance: DagsterInstance, run_id: str) -> None:

@@ -42,6 +42,32 @@ class Selection:
     def sessions(self) -> int:
         return len(calendar.trading_days(self.start, self.end)) if self.start else 0
 
+    @property
+    def tickers(self) -> list[str]:
+        return [t for block in self.ticker_blocks for t in block]
+
+    def shares(self, parts: int) -> list[list[str]]:
+        """The tickers cut into at most `parts` shares of adjacent tickers, as even as they allow
+        (a share that spans two blocks still runs as two ranged runs)."""
+        tickers = self.tickers
+        parts = max(1, min(parts, len(tickers)))
+        return [tickers[len(tickers) * k // parts : len(tickers) * (k + 1) // parts] for k in range(parts)]
+
+    def share_blocks(self, parts: int) -> list[tuple[str, ...]]:
+        """The ticker blocks, each cut where a share of `shares(parts)` ends: one ranged run each."""
+        ends = {share[-1] for share in self.shares(parts)}
+        cut: list[tuple[str, ...]] = []
+        for block in self.ticker_blocks:
+            current: list[str] = []
+            for ticker in block:
+                current.append(ticker)
+                if ticker in ends:
+                    cut.append(tuple(current))
+                    current = []
+            if current:
+                cut.append(tuple(current))
+        return cut
+
     def describe(self) -> str:
         if self.start is None:
             return ", ".join(self.assets)

@@ -23,6 +23,9 @@ def add_parser(commands) -> None:
     materialize.add_argument("--config-json", default=None, metavar="JSON",
                              help="run config, as the launchpad takes it, e.g. "
                                   "'{\"ops\": {\"ts_forecasts\": {\"config\": {\"refit_every\": 20}}}}'")
+    materialize.add_argument("--parallel", type=parallel_processes, default=1, metavar="N",
+                             help="run the tickers as N processes at once, each its share of adjacent tickers "
+                                  "(default 1; use the cores for a long range: docs/scale.md)")
     materialize.set_defaults(func=run_materialize)
     backfill = commands.add_parser("backfill", help="launch a backfill on the running webserver (as the UI does)",
                                    description="Launch an asset backfill through the running webserver (make ui); "
@@ -30,6 +33,9 @@ def add_parser(commands) -> None:
     selection_arguments(backfill)
     backfill.add_argument("--url", default=None,
                           help="the webserver (default: the one `make ui` started, else http://127.0.0.1:3000)")
+    backfill.add_argument("--parallel", type=parallel_processes, default=1, metavar="N",
+                          help="split the tickers into N ranges of adjacent tickers, one run each, which the daemon "
+                               "runs side by side (default 1)")
     backfill.add_argument("--wait", type=float, default=0, metavar="SECONDS",
                           help="follow the backfill until it finishes, at most this long; print failed steps' errors")
     backfill.set_defaults(func=run_backfill)
@@ -78,6 +84,16 @@ class TerminalLines(io.TextIOBase):
         return f"{indent}{name}: {level or ''}{message}"
 
 
+def parallel_processes(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 32:
+        raise argparse.ArgumentTypeError(f"{value!r}: a whole number of processes from 1 to 32")
+    return number
+
+
 def selection_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--assets", required=True, help="comma-separated asset names, e.g. prices,features")
     command.add_argument("--tickers", default=None,
@@ -108,6 +124,8 @@ def run_materialize(args: argparse.Namespace) -> int:
     progress = Progress(stream=TerminalLines())
     ensure_store_tables()
     progress.line(f"materializing {selection.describe()} ...")
+    if args.parallel > 1 and len(selection.tickers) > 1:
+        return run_in_processes(instance, selection, args.parallel, args.config_json, progress.line)
     for outcome in run_selection(instance, selection, progress, run_config):
         if not outcome.success:
             print(f"pm: run {outcome.run_id[:8]} failed at {outcome.failure} "
@@ -115,6 +133,20 @@ def run_materialize(args: argparse.Namespace) -> int:
             return 1
         progress.line(f"run {outcome.run_id[:8]} succeeded in {outcome.seconds:.1f} s")
     return 0
+
+
+def run_in_processes(instance, selection, parts: int, config_json: str | None, say) -> int:
+    from pm_jobs.parallel import make_room, run_shares
+
+    make_room(instance, parts, say)
+    outcomes = run_shares(selection, parts, config_json, say)
+    failed = [o for o in outcomes if o.returncode != 0]
+    for outcome in failed:
+        print(f"pm: share {outcome.share} ({outcome.tickers[0]}..{outcome.tickers[-1]}) failed: {outcome.last_line}",
+              file=sys.stderr)
+    if not failed:
+        say(f"{len(outcomes)} processes succeeded")
+    return 1 if failed else 0
 
 
 def run_backfill(args: argparse.Namespace) -> int:
@@ -127,12 +159,19 @@ def run_backfill(args: argparse.Namespace) -> int:
 
     url = args.url or ui_url()
     try:
-        selection = plan_selection(dagster_instance(), names(args.assets), names(args.tickers), args.start, args.end)
+        instance = dagster_instance()
+        selection = plan_selection(instance, names(args.assets), names(args.tickers), args.start, args.end)
         if selection.start is None:
             raise SelectionError(f"{', '.join(selection.assets)}: not partitioned, nothing to backfill "
                                  "(pm materialize builds them)")
+        blocks = selection.ticker_blocks
+        if args.parallel > 1 and selection.partitioning != BY_DATE:
+            from pm_jobs.parallel import make_room
+
+            make_room(instance, args.parallel, lambda line: print(line, flush=True))
+            blocks = tuple(selection.share_blocks(args.parallel))
         ranges = []
-        for block in selection.ticker_blocks:
+        for block in blocks:
             tags = range_tags(None if selection.partitioning == BY_DATE else block, selection.start, selection.end)
             ranges.append((tags[RANGE_START_TAG], tags[RANGE_END_TAG]))
         backfill_id = launch_backfill(url, list(selection.assets), ranges)

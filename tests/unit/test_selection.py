@@ -52,3 +52,12 @@ def test_a_ticker_outside_the_universe_gets_the_fix_that_applies(requested, mess
     with pytest.raises(SelectionError) as refused:
         check_tickers(requested, ["AAPL", "MSFT"])
     assert str(refused.value) == message
+
+
+def test_shares_cut_the_tickers_evenly_and_the_blocks_where_a_share_ends():
+    blocks = Selection(("prices",), BY_DATE_AND_TICKER, (("A", "B", "C"), ("E", "F")), dt.date(2018, 12, 3),
+                       dt.date(2018, 12, 31))
+    assert blocks.shares(2) == [["A", "B"], ["C", "E", "F"]]
+    assert blocks.share_blocks(2) == [("A", "B"), ("C",), ("E", "F")]  # C and E are not adjacent: two ranges
+    assert blocks.shares(9) == [["A"], ["B"], ["C"], ["E"], ["F"]]  # never an empty share
+    assert blocks.share_blocks(1) == [("A", "B", "C"), ("E", "F")]
