@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 LLM_STAMP := $(VENV)/.llm-installed-stamp
 
-.PHONY: install install-llm test test-unit test-llm demo ui large-instance ui-large stop-large bench bench-scale bench-ceiling bench-forecasts bench-llm bench-llm-parallel bench-probe bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
+.PHONY: install install-llm test test-unit test-llm demo ui large-instance ui-large stop-large bench bench-scale bench-sp500 bench-ceiling bench-forecasts bench-llm bench-llm-parallel bench-probe bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -108,6 +108,11 @@ bench-sensors: $(STAMP)
 # large-backfill instance (docs/scale.md); needs Debian's postgresql package. About 19 minutes.
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/bench_scale.py
+
+# 500 synthetic tickers: 20 sessions through every stage (own work vs Dagster's, extrapolated to
+# 10 years), then the night after them (docs/scale.md#the-sp-500); about 25 minutes.
+bench-sp500: $(STAMP)
+	$(BIN)/python benchmarks/bench_sp500.py
 
 # What the UI, the daemon and the sensor cost at 100k / 250k / 500k partitions per asset (docs/scale.md).
 bench-ceiling: $(STAMP)
