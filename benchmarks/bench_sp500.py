@@ -90,7 +90,9 @@ def bench_range(n_tickers: int, sessions: int) -> list[tuple[str, int, float, fl
 def extrapolate(rows: list[tuple[str, int, float, float]], n_tickers: int, sessions: int) -> None:
     """Each stage's own work and Dagster share scaled by partitions to 2,520 sessions."""
     scale = FULL_SESSIONS / sessions
-    print(f"\n    linear extrapolation to {n_tickers} x {FULL_SESSIONS:,} sessions (prices: + the lookback):")
+    print(f"\n    linear extrapolation to {n_tickers} x {FULL_SESSIONS:,} sessions (prices: + the lookback). An upper "
+          "bound: a short range's per-partition figures carry each run's fixed costs (step start, and for "
+          "ts_forecasts each ticker's warm-up fits), which a long range pays once:")
     total_own = total_dagster = 0.0
     for asset, partitions, wall, own in rows:
         # prices also covers the lookback before the range, which does not grow with it
