@@ -310,10 +310,7 @@ def nightly_dates() -> tuple[dt.date, dt.date, dt.date, dt.date]:
 
 def bench_nightly(n_tickers: int) -> None:
     """The nightly shape: history set up first, then the schedule's run and the sensor's runs, timed."""
-    from dagster import DagsterInstance, build_schedule_context, build_sensor_context
-
-    from pm_jobs.schedules import nightly_research_schedule
-    from pm_sensors.signal_validation import WATCHED, signal_validation_sensor
+    from dagster import DagsterInstance
 
     tickers = tickers_named(n_tickers)
     first_price, signals_from, history_end, night = nightly_dates()
@@ -328,30 +325,40 @@ def bench_nightly(n_tickers: int) -> None:
             run_in_process(instance, assets, tickers, str(signals_from), str(history_end), TS_CONFIG)
         print(f"    setup (not timed below): prices {first_price}..{history_end}, research stages "
               f"{signals_from}..{history_end}: {time.perf_counter() - began:.0f} s", flush=True)
-        cursor = json.dumps(dict.fromkeys(WATCHED, instance.event_log_storage.get_maximum_record_id() or 0))
+        time_night(instance, night, run_env, "under 30 s")
 
-        tick_time = dt.datetime.combine(night, dt.time(18, 0), tzinfo=dt.timezone(dt.timedelta(hours=-5)))
-        with build_schedule_context(instance=instance, scheduled_execution_time=tick_time) as context:
-            request = nightly_research_schedule.evaluate_tick(context).run_requests[0]
-        launched, launched_at = time.perf_counter(), time.time()
-        execute_job("daily_research", request.tags, run_env, TS_CONFIG)
-        research_done = time.perf_counter()
-        sensor_began = time.perf_counter()
-        result = signal_validation_sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=cursor))
-        sensor_seconds = time.perf_counter() - sensor_began
-        # The daemon's queue starts up to max_concurrent_runs (3) at once; the pool serialises their writes.
-        requests = list(result.run_requests or [])
-        while requests:
-            batch, requests = requests[:3], requests[3:]
-            processes = [start_job(r.job_name or "signal_evaluation", r.tags, run_env,
-                                   [key.path[-1] for key in r.asset_selection or []]) for r in batch]
-            for process in processes:
-                out, err = process.communicate(timeout=1800)
-                if process.returncode != 0:
-                    raise SystemExit(f"dagster job execute: {(err or out).strip()[-3000:]}")
-        finished = time.perf_counter()
-        runs = [(record.dagster_run, step_breakdown(instance, record.dagster_run.run_id))
-                for record in night_runs(instance, launched_at)]
+
+def time_night(instance, night: dt.date, env: dict[str, str], target: str) -> None:
+    """The night as the daemon runs it, timed from launch to the last materialization: the
+    schedule's daily_research run through `dagster job execute`, then the signal_validation tick
+    from the events before the night, and the runs it requests, started as the daemon's queue does
+    (up to max_concurrent_runs, 3, at once). Prints every run's steps."""
+    from dagster import build_schedule_context, build_sensor_context
+
+    from pm_jobs.schedules import nightly_research_schedule
+    from pm_sensors.signal_validation import WATCHED, signal_validation_sensor
+
+    cursor = json.dumps(dict.fromkeys(WATCHED, instance.event_log_storage.get_maximum_record_id() or 0))
+    tick_time = dt.datetime.combine(night, dt.time(18, 0), tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+    with build_schedule_context(instance=instance, scheduled_execution_time=tick_time) as context:
+        request = nightly_research_schedule.evaluate_tick(context).run_requests[0]
+    launched, launched_at = time.perf_counter(), time.time()
+    execute_job("daily_research", request.tags, env, TS_CONFIG)
+    research_done = time.perf_counter()
+    result = signal_validation_sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=cursor))
+    sensor_seconds = time.perf_counter() - research_done
+    requests = list(result.run_requests or [])
+    while requests:
+        batch, requests = requests[:3], requests[3:]
+        processes = [start_job(r.job_name or "signal_evaluation", r.tags, env,
+                               [key.path[-1] for key in r.asset_selection or []]) for r in batch]
+        for process in processes:
+            out, err = process.communicate(timeout=3600)
+            if process.returncode != 0:
+                raise SystemExit(f"dagster job execute: {(err or out).strip()[-3000:]}")
+    finished = time.perf_counter()
+    runs = [(record.dagster_run, step_breakdown(instance, record.dagster_run.run_id))
+            for record in night_runs(instance, launched_at)]
     print(f"    daily_research run                       {research_done - launched:6.1f} s")
     print(f"    signal_validation tick                   {sensor_seconds:6.1f} s -> "
           f"{len(result.run_requests or [])} run(s): {', '.join(r.job_name for r in result.run_requests or [])}")
@@ -360,7 +367,7 @@ def bench_nightly(n_tickers: int) -> None:
         print(f"    {run.job_name} {run.run_id[:8]}: {before_steps:5.1f} s from run start to its first step")
         for step, wall, own in steps:
             print(f"        {step:<20} step {wall:5.1f} s, own work {own:5.1f} s")
-    print(f"    launch to last materialization           {finished - launched:6.1f} s (target: under 60 s)")
+    print(f"    launch to last materialization           {finished - launched:6.1f} s (target: {target})", flush=True)
 
 
 def step_breakdown(instance, run_id: str) -> tuple[float, list[tuple[str, float, float]]]:

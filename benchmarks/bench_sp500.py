@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import subprocess
 import sys
@@ -38,13 +37,10 @@ from benchmarks.bench_scale import (  # noqa: E402
     GRAPH_STAGES,
     TS_CONFIG,
     base_env,
-    execute_job,
     large_instance,
-    night_runs,
     run_in_process,
-    start_job,
-    step_breakdown,
     tickers_named,
+    time_night,
 )
 
 FULL_SESSIONS = 2520
@@ -108,46 +104,14 @@ def extrapolate(rows: list[tuple[str, int, float, float]], n_tickers: int, sessi
 
 
 def bench_night(n_tickers: int, sessions: int) -> None:
-    """The schedule's run for the night after the range, then the sensor's tick and its runs."""
-    from dagster import DagsterInstance, build_schedule_context, build_sensor_context
-
-    from pm_jobs.schedules import nightly_research_schedule
-    from pm_sensors.signal_validation import WATCHED, signal_validation_sensor
+    """The night after the range: its prices, then the night as bench-scale times it."""
+    from dagster import DagsterInstance
 
     _, _, _, night = dates(sessions)
-    env = dict(os.environ)
     print(f"\n(nightly) {n_tickers} tickers x 1 date ({night}), after the range above", flush=True)
     with DagsterInstance.get() as instance:
         run_in_process(instance, ["prices"], tickers_named(n_tickers), str(night), str(night))  # as the range's
-        cursor = json.dumps(dict.fromkeys(WATCHED, instance.event_log_storage.get_maximum_record_id() or 0))
-        tick_time = dt.datetime.combine(night, dt.time(18, 0), tzinfo=dt.timezone(dt.timedelta(hours=-5)))
-        with build_schedule_context(instance=instance, scheduled_execution_time=tick_time) as context:
-            request = nightly_research_schedule.evaluate_tick(context).run_requests[0]
-        launched, launched_at = time.perf_counter(), time.time()
-        execute_job("daily_research", request.tags, env, TS_CONFIG)
-        research_done = time.perf_counter()
-        result = signal_validation_sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=cursor))
-        sensor_seconds = time.perf_counter() - research_done
-        requests = list(result.run_requests or [])
-        while requests:  # the daemon's queue starts up to max_concurrent_runs (3) at once
-            batch, requests = requests[:3], requests[3:]
-            processes = [start_job(r.job_name or "signal_evaluation", r.tags, env,
-                                   [key.path[-1] for key in r.asset_selection or []]) for r in batch]
-            for process in processes:
-                out, err = process.communicate(timeout=3600)
-                if process.returncode != 0:
-                    raise SystemExit(f"dagster job execute: {(err or out).strip()[-3000:]}")
-        finished = time.perf_counter()
-        runs = [(r.dagster_run, step_breakdown(instance, r.dagster_run.run_id)) for r in night_runs(instance, launched_at)]
-    print(f"    daily_research run                       {research_done - launched:6.1f} s")
-    print(f"    signal_validation tick                   {sensor_seconds:6.1f} s -> {len(result.run_requests or [])} run(s)")
-    print(f"    its runs                                 {finished - research_done - sensor_seconds:6.1f} s")
-    for run, (before_steps, steps) in runs:
-        print(f"    {run.job_name} {run.run_id[:8]}: {before_steps:5.1f} s from run start to its first step")
-        for step, wall, own in steps:
-            print(f"        {step:<20} step {wall:5.1f} s, own work {own:5.1f} s")
-    print(f"    launch to last materialization           {finished - launched:6.1f} s (target: under 2 minutes)",
-          flush=True)
+        time_night(instance, night, dict(os.environ), "under 2 minutes")
 
 
 def main() -> None:
