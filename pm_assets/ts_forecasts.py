@@ -26,10 +26,8 @@ from pm_domain.forecasting.engine import (
     MEAN_MODELS,
     ForecastConfig,
     default_workers,
-    fits_to_make,
     forecast_tickers,
     price_histories,
-    processes_for,
 )
 from pm_domain.forecasting.kept_fits import KeptFit
 from pm_domain.plots import forecast_fan_png, png_markdown
@@ -101,18 +99,13 @@ def ts_forecasts(
 
     with duckdb.get_connection() as conn:
         kept = read_kept_fits(conn, selection.tickers, first_needed, selection.end)
-    workers = config.workers or default_workers()
-    sessions = calendar.session_numbers(selection.end)
-    fits = sum(fits_to_make(selection.dates, sessions, forecast_config, kept.get(t, {})) for t in selection.tickers)
-    processes = processes_for(len(selection.tickers), len(selection.dates), workers, fits)
     context.log.info(
         f"forecasting {selection.describe()} from {prices.height} price rows "
-        f"(refit every {forecast_config.refit_every} sessions, {sum(map(len, kept.values()))} kept fits, "
-        f"about {fits} to fit, {processes} process(es))"
+        f"(refit every {forecast_config.refit_every} sessions, {sum(map(len, kept.values()))} kept fits)"
     )
     histories = price_histories(prices)
-    forecasts = forecast_tickers(histories, selection.dates, sessions, forecast_config, workers,
-                                 progress=context.log.info, kept=kept)
+    forecasts = forecast_tickers(histories, selection.dates, calendar.session_numbers(selection.end), forecast_config,
+                                 config.workers or default_workers(), progress=context.log.info, kept=kept)
     rows = forecasts.rows.join(
         features.select("ticker", "date", "realised_vol_20d"), on=["ticker", "date"], how="left"
     )

@@ -71,7 +71,7 @@ class Selection:
     def describe(self) -> str:
         if self.start is None:
             return ", ".join(self.assets)
-        tickers = [t for block in self.ticker_blocks for t in block]
+        tickers = self.tickers
         scope = f" for {', '.join(tickers)}" if tickers else ""
         sessions = self.sessions
         return f"{', '.join(self.assets)}{scope} {self.start}..{self.end} ({sessions} session{'s' * (sessions != 1)})"
@@ -171,7 +171,7 @@ def check_price_files(selection: Selection, config: settings.Settings | None = N
     config = config or settings.current()
     if config.price_source != "csv" or "prices" not in selection.assets or selection.start is None:
         return selection
-    tickers = [t for block in selection.ticker_blocks for t in block]
+    tickers = selection.tickers
     try:
         check_csv_files(config.csv_dir, tickers, selection.start, selection.end, "--from", "--to")
     except PriceSourceError as exc:

@@ -455,7 +455,10 @@ def forecast_tickers(
                          f"{result.fits_made} fitted, {result.fits_reused} kept fits reused)")
 
     fits = sum(fits_to_make(targets, session_numbers, config, kept.get(t, {})) for t in tickers)
-    if processes_for(len(jobs), len(targets), workers, fits) == 1:
+    processes = processes_for(len(jobs), len(targets), workers, fits)
+    if progress is not None:
+        progress(f"about {fits} windows to fit over {len(tickers)} tickers: {processes} process(es)")
+    if processes == 1:
         collect(map(_forecast_one, jobs))
     else:
         # spawn, not fork: the caller (a Dagster step) runs threads that fork would copy mid-state.

@@ -45,7 +45,7 @@ def store(env: dict[str, str]) -> str:
 
 def pm(env: dict[str, str], *args: str) -> str:
     done = subprocess.run([PM, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"pm {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"pm {' '.join(args)}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done.stdout + done.stderr
 
 
