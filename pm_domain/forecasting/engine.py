@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
+from multiprocessing import current_process, get_context
 
 import arch
 import numpy as np
@@ -483,8 +483,9 @@ def fits_to_make(targets: Sequence[dt.date], session_numbers: Mapping[dt.date, i
 
 def processes_for(n_tickers: int, n_targets: int, workers: int, fits: int = 0) -> int:
     """How many processes forecast_tickers uses for a run of n_tickers x n_targets partitions
-    that makes about `fits` fits."""
-    if workers <= 1 or n_tickers <= 1:
+    that makes about `fits` fits. One in a daemonic process (a Celery worker's pool process, on the
+    cluster), which may not start children: there the cluster's workers are the parallelism."""
+    if workers <= 1 or n_tickers <= 1 or current_process().daemon:
         return 1
     if n_tickers * n_targets < PARALLEL_MIN_PARTITIONS and fits < PARALLEL_MIN_FITS and n_tickers < PARALLEL_MIN_TICKERS:
         return 1

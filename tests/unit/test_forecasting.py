@@ -254,6 +254,18 @@ def test_worker_processes_give_the_rows_of_one_process(gspc, monkeypatch):
     assert one.equals(two) and one["ticker"].unique(maintain_order=True).to_list() == ["^GSPC", "^IXIC"]
 
 
+def test_a_daemonic_process_forecasts_in_itself(monkeypatch):
+    """A Celery worker's pool process is daemonic and may not start children (it failed with
+    'daemonic processes are not allowed to have children' on the cluster)."""
+    from types import SimpleNamespace
+
+    from pm_domain.forecasting import engine
+
+    assert engine.processes_for(500, 1, workers=2, fits=500) == 2
+    monkeypatch.setattr(engine, "current_process", lambda: SimpleNamespace(daemon=True))
+    assert engine.processes_for(500, 1, workers=2, fits=500) == 1
+
+
 def test_skill_gate_compares_a_model_and_the_random_walk_on_the_same_origins():
     realised = np.r_[np.full(30, 0.1), np.full(30, 2.0)]  # calm outcomes, then violent ones
     # The model forecast only the calm origins (and the target), each 0.15 off where the RW is 0.1
