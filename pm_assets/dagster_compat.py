@@ -7,13 +7,18 @@ around; when an upgrade makes a part unnecessary, delete it and its test.
 
 1. `GroupedLookbackMapping`: Dagster's MultiPartitionMapping computed per group of tickers
    (`dagster._core` partition-subset internals; Dagster serializes it under its own class name).
-2. `pool_slot_usage`, `pool_limit`, `set_pool_limit`, `free_pool_slots`: who holds the
-   concurrency pools' slots, a pool's limit, and freeing a dead run's (the event-log storage's
-   concurrency methods, not part of Dagster's public API).
+2. `pool_slot_usage`, `pool_limit`, `set_pool_limit`, `ensure_pool`, `free_pool_slots`: who holds
+   the concurrency pools' slots, a pool's limit, creating a pool's row before runs race to, and
+   freeing a dead run's (the event-log storage's concurrency methods, not Dagster's public API).
 3. `webserver_graphql` and the backfill queries: what the UI's backfill dialog sends (the
    webserver's GraphQL schema, which Dagster versions with the UI, not as an API).
 4. `materialized_partitions`, `run_events`, `run_step_successes`, `mark_run_failed`, `tag_run`:
    DagsterInstance methods the sensors and stages need that Dagster does not mark @public.
+5. `reconstructable_asset_job`: the implicit job of some assets as a ReconstructableJob, which an
+   executor that runs steps in other processes (the cluster's Celery workers) needs. Public
+   `dagster.reconstructable` wraps a job-returning function in a repository of its own and refuses
+   the implicit job's reserved name; this is what `dagster asset materialize` itself does
+   (dagster/_cli/asset.py: the module's repository, then its implicit job for the assets).
 """
 
 from __future__ import annotations
@@ -203,6 +208,15 @@ def set_pool_limit(instance: DagsterInstance, pool: str, limit: int) -> None:
     instance.event_log_storage.set_concurrency_slots(pool, limit)
 
 
+def ensure_pool(instance: DagsterInstance, pool: str) -> None:
+    """Give `pool` its row at the instance's default limit if it has none yet. Dagster creates the
+    row when a step first takes a slot of the pool; two runs doing so at once on PostgreSQL collide
+    on its unique key (`UniqueViolation ... concurrency_limits_concurrency_key_key`, which failed
+    one of two `pm materialize --parallel 2` shares at their first LLM stage, Dagster 1.13.27)."""
+    if pool not in instance.event_log_storage.get_concurrency_keys():
+        set_pool_limit(instance, pool, pool_limit(instance, pool))
+
+
 def free_pool_slots(instance: DagsterInstance, run_id: str) -> None:
     """Free every pool slot the run holds (nothing when it holds none)."""
     instance.event_log_storage.free_concurrency_slots_for_run(run_id)
@@ -320,3 +334,13 @@ def mark_run_failed(instance: DagsterInstance, run: DagsterRun, message: str) ->
 def tag_run(instance: DagsterInstance, run_id: str, tags: Mapping[str, str]) -> None:
     """Add tags to a run (existing keys are overwritten)."""
     instance.add_run_tags(run_id, dict(tags))
+
+
+def reconstructable_asset_job(module: str, attribute: str, assets: Sequence[AssetKey]):
+    """The implicit asset job of `module.attribute` (a Definitions) that covers `assets` (which
+    pm_jobs.selection has checked are partitioned alike), reconstructable in another process by
+    importing `module` there."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    repository = ReconstructableRepository.for_module(module, attribute)
+    return repository.get_reconstructable_job(repository.get_definition().get_implicit_job_def_for_assets(list(assets)).name)

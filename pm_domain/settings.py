@@ -155,6 +155,11 @@ class Settings(BaseSettings):
     pg_bin_dir: Path | None = _setting(
         "PG_BIN_DIR", None, "where `pm postgres start` finds `initdb`, `pg_ctl` and `postgres`",
         doc_default="Debian's `/usr/lib/postgresql/<newest>/bin`, then the PATH")
+    # -- the cluster -----------------------------------------------------------------------------
+    celery_broker: str | None = _setting(
+        "PM_CELERY_BROKER", None, "the cluster's Redis broker (`redis://host:port/0`; `pm cluster start` writes it "
+        "into the cluster's instance.env): set, every run executes its steps on the cluster's Celery workers "
+        "([docs/deploy.md](deploy.md))", doc_default="none: steps run in the run's own process(es)")
 
     # -- validation: each check's message is the one line a person reads -------------------------
     @field_validator("price_source", "llm_mode", "llm_anonymize", "paper_weights", mode="before")
@@ -228,6 +233,13 @@ class Settings(BaseSettings):
     def _hosts(cls, value: str, info: ValidationInfo) -> str:
         if any("://" in h and not h.strip().startswith(("http://", "https://")) for h in value.split(",")):
             raise _refused(info, value, ": each server as http://host:port, several separated by commas")
+        return value
+
+    @field_validator("celery_broker", mode="after")
+    @classmethod
+    def _broker(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://")):
+            raise _refused(info, value, ": a Redis URL, redis://host:port/0")
         return value
 
     @field_validator("benchmark", mode="before")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, define_asset_job, in_process_executor
+from dagster import AssetSelection, define_asset_job
 
 from pm_assets.partitions import daily_ticker_partitions, trading_day_partitions
+from pm_domain import settings
+from pm_jobs.executors import automated_jobs_executor
 
-# The automated jobs run their steps in the run's own process: their stages form a chain that the
-# `duckdb` pool serialises anyway, and a process per step cost 3-5 s of imports each (measured by
-# benchmarks/bench_scale.py's nightly part), more than a night's own work for a small universe.
-AUTOMATED_JOB_EXECUTOR = in_process_executor
+# Read at import, like everything that shapes the graph: the run's own process, or the cluster's workers.
+AUTOMATED_JOB_EXECUTOR = automated_jobs_executor(settings.current())
 
 EVALUATION_GROUP = "evaluation"
 MARTS_GROUP = "marts"

@@ -78,10 +78,10 @@ def load_instance_env(home: Path) -> list[str]:
     return loaded
 
 
-def start(home: Path) -> list[str]:
+def start(home: Path, extra_env: dict[str, str] | None = None) -> list[str]:
     """Build the instance at `home` if needed and start its PostgreSQL (idempotent): initdb once, a
     free loopback port each start (the previous one when it is free), the database, dagster.yaml and
-    instance.env. Returns what to print."""
+    instance.env (with `extra_env`: the cluster's broker). Returns what to print."""
     home = home.resolve()
     env_path = home / ENV_FILE
     if (home / "dagster.yaml").is_file() and not env_path.is_file():
@@ -114,7 +114,7 @@ def start(home: Path) -> list[str]:
     _write_env(env_path, {
         "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_USER": USER,
         "DAGSTER_PG_PASSWORD": password, "DAGSTER_PG_DB": DBNAME, **DAGSTER_SETTINGS,
-        "PM_DUCKDB_PATH": str(home / "pm.duckdb")})
+        "PM_DUCKDB_PATH": str(home / "pm.duckdb"), **(extra_env or {})})
     lines.append(f"instance {home}: dagster.yaml + {ENV_FILE} (event batching {BATCH_SIZE}, ranged planned events)")
     lines.append(f"use it: DAGSTER_HOME={home} pm ... | make ui-large | "
                  f"for the dagster CLI: set -a; . {env_path}; set +a")
@@ -144,7 +144,7 @@ def _version(cluster: Cluster) -> str:
 
 
 def _write_env(path: Path, values: dict[str, str]) -> None:
-    text = ("# Written by `pm postgres start`; pm loads it when DAGSTER_HOME is this folder.\n"
+    text = ("# Written by `pm postgres start` (or `pm cluster start`); pm loads it when DAGSTER_HOME is this folder.\n"
             + "".join(f"{key}={value}\n" for key, value in values.items()))
     path.write_text(text)
     path.chmod(0o600)  # it holds the database password

@@ -52,7 +52,10 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server can listen on 127.0.0.1:`port`. With SO_REUSEADDR, as PostgreSQL and Redis
+    bind: a port whose last server was killed is in TIME_WAIT for a minute, free to them."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from dagster import AssetKey, DagsterInstance, Definitions, ExecuteInProcessResult, logger
+from dagster import AssetKey, DagsterInstance, Definitions, ExecuteInProcessResult, JobExecutionResult, logger
 
 from pm_domain import settings
 from pm_jobs.selection import BY_DATE, BY_DATE_AND_TICKER, UNPARTITIONED, Selection, check_price_files, plan
@@ -114,7 +114,13 @@ def progress_logger(progress: Progress):
 
 def execute(instance: DagsterInstance, assets: tuple[str, ...], tags: dict[str, str], progress: Progress,
             run_config: dict | None = None, config: settings.Settings | None = None) -> ExecuteInProcessResult:
-    """One in-process run; `config` (default: the environment's settings) chooses its resources."""
+    """One in-process run; `config` (default: the environment's settings) chooses its resources.
+    On a cluster (PM_CELERY_BROKER), the run's steps execute on its workers instead."""
+    if config is None and settings.current().celery_broker:
+        from pm_jobs.cluster import require_workers
+
+        require_workers(settings.current().celery_broker)
+        return execute_on_workers(instance, assets, tags, progress, run_config)
     from pm_jobs.definitions import defs
 
     chosen = defs if config is None else definitions_for(config)
@@ -126,6 +132,33 @@ def execute(instance: DagsterInstance, assets: tuple[str, ...], tags: dict[str, 
         run_config={**(run_config or {}), "loggers": {"console": {}}},
         raise_on_error=False,
     )
+
+
+def execute_on_workers(instance: DagsterInstance, assets: tuple[str, ...], tags: dict[str, str], progress: Progress,
+                       run_config: dict | None = None) -> JobExecutionResult:
+    """One run whose steps are Celery tasks on the cluster's workers (this process plans and waits,
+    as `dagster asset materialize` does); then each step's worker and outcome, one line each."""
+    from dagster import execute_job
+
+    from pm_assets.dagster_compat import free_pool_slots, reconstructable_asset_job
+
+    keys = [AssetKey(a) for a in assets]
+    result = execute_job(reconstructable_asset_job("pm_jobs.definitions", "defs", keys), instance=instance,
+                         asset_selection=keys, tags=tags, raise_on_error=False,
+                         # the lines below say what a person needs; the run's page has every event
+                         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}, **(run_config or {})})
+    # A step whose Celery task was lost (its worker's process killed, Redis gone) never recorded its
+    # end, so its pool slot would stay taken and every later step of the pool wait; the run is over.
+    free_pool_slots(instance, result.run_id)
+    workers = {}
+    for event in result.all_events:
+        worker = event.event_specific_data and getattr(event.event_specific_data, "metadata", {}).get("Celery worker")
+        if event.step_key and worker is not None:
+            workers[event.step_key] = getattr(worker, "value", worker)
+        if event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+            outcome = "done" if event.event_type_value == "STEP_SUCCESS" else "FAILED"
+            progress.line(f"  {event.step_key}: {outcome} on {workers.get(event.step_key, 'a worker')}")
+    return result
 
 
 @functools.lru_cache(maxsize=4)
@@ -175,20 +208,21 @@ def record_failure(instance: DagsterInstance, result: ExecuteInProcessResult,
     and return its first failed step in one line."""
     import duckdb
 
-    from pm_sensors.run_failures import record_failed_run
+    from pm_sensors.run_failures import record_failed_run, run_failure_text
 
     from pm_resources.database import store_connection
 
     run = instance.get_run_by_id(result.run_id)
     failure_events = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    run_error = next((e.message or "" for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE"), "")
+    run_error = run_failure_text(next((e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE"), None))
     try:
         with store_connection((config or settings.current()).duckdb_path) as conn:
             rows = record_failed_run(conn, run, failure_events, run_error)
     except duckdb.Error as exc:  # the store is locked or unwritable: still tell the person what failed
-        from pm_sensors.run_failures import step_failure_causes
+        from pm_sensors.run_failures import step_failure_causes, steps_lost_by_workers
 
-        step, _, message = (step_failure_causes(failure_events) or [("(run)", None, run_error)])[0]
+        step, _, message = (step_failure_causes(failure_events) or steps_lost_by_workers(run_error)
+                            or [("(run)", None, run_error)])[0]
         return f"{step}: {message.strip().splitlines()[0] if message.strip() else 'failed'} (not recorded: {exc})"
     first = rows.row(0, named=True)
     message = first["error"].strip().splitlines()

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 from dagster import DagsterInstance
 
-from pm_assets.dagster_compat import pool_limit, set_pool_limit
+from pm_assets.dagster_compat import ensure_pool, pool_limit, set_pool_limit
 from pm_jobs.selection import Selection
 
 STORE_POOL = "duckdb"
+OTHER_POOLS = ("ollama",)  # the LLM stages' (pm_assets/llm_stage.py)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,10 @@ def share_command(selection: Selection, tickers: list[str], config_json: str | N
 
 def make_room(instance: DagsterInstance, parts: int, say: Callable[[str], None]) -> None:
     """Raise the store pool's limit to `parts` when it is lower (kept afterwards: the store's lock
-    makes any limit safe, and the limit only bounds how many stages compute at once)."""
+    makes any limit safe, and the limit only bounds how many stages compute at once); and give every
+    pool its row before the shares' runs would race to create it (dagster_compat.ensure_pool)."""
+    for pool in OTHER_POOLS:
+        ensure_pool(instance, pool)
     limit = pool_limit(instance, STORE_POOL)
     if limit < parts:
         set_pool_limit(instance, STORE_POOL, parts)

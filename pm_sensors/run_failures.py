@@ -11,6 +11,7 @@ morning's to-do list; the UI's run page has the full logs.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import polars as pl
 from collections.abc import Sequence
@@ -44,7 +45,7 @@ def failure_rows(run_id: str, job_name: str, tags: dict[str, str], failed_at: dt
                  step_failures: list[tuple[str, str | None, str]], run_error: str, assets: set[str]) -> pl.DataFrame:
     """One row per failed step (step key, error class, message); a run that failed outside any
     step (it could not start, or was killed) gets one row with step `(run)`."""
-    failures = step_failures or [("(run)", None, run_error)]
+    failures = step_failures or steps_lost_by_workers(run_error) or [("(run)", None, run_error)]
     return pl.DataFrame(
         [{"run_id": run_id, "step": step, "job_name": job_name, "failed_at": failed_at,
           # an asset's op is named after the asset; a check's step is not an asset
@@ -54,6 +55,28 @@ def failure_rows(run_id: str, job_name: str, tags: dict[str, str], failed_at: dt
          for step, error_class, message in failures],
         schema=FAILURE_SCHEMA,
     )
+
+
+def steps_lost_by_workers(run_error: str) -> list[tuple[str, str | None, str]]:
+    """(step, error class, message) of each step whose Celery task failed outside the step, as
+    dagster-celery's run error lists them (`[ts_forecasts]: billiard.exceptions.WorkerLostError:
+    Worker exited prematurely: signal 9 (SIGKILL)`): the step never recorded a failure of its own."""
+    found = []
+    for line in run_error.splitlines():
+        match = WORKER_STEP_ERROR.match(line.strip())
+        if match:
+            step, qualified, message = match.groups()
+            found.append((step, qualified.split(".")[-1], message))
+    return found
+
+
+WORKER_STEP_ERROR = re.compile(r"^\[([\w.-]+)\]: ([\w.]+): (.+)$")
+
+
+def run_failure_text(failure_event) -> str:
+    """The run failure's error (dagster-celery's names the lost steps), else its message."""
+    error = getattr(failure_event.event_specific_data, "error", None) if failure_event else None
+    return error.message if error is not None else (failure_event.message or "" if failure_event else "")
 
 
 def without_class(message: str, cls_name: str | None) -> str:
@@ -103,7 +126,7 @@ def record_failed_run(conn: duckdb_module.DuckDBPyConnection, run: DagsterRun, s
 def run_failures_sensor(context: RunFailureSensorContext, duckdb: DuckDBResource):
     with duckdb.get_connection() as conn:
         rows = record_failed_run(conn, context.dagster_run, context.get_step_failure_events(),
-                                 context.failure_event.message or "")
+                                 run_failure_text(context.failure_event))
     for row in rows.iter_rows(named=True):
         context.log.warning(f"run {row['run_id'][:8]} ({row['job_name']}) failed at {row['step']} "
                             f"on {row['partitions']}: {row['error_class']}: {row['error'].splitlines()[0][:200]}")

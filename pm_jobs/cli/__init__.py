@@ -10,6 +10,7 @@
     pm ui [--port PORT]
     pm summary
     pm postgres start | stop | status [--home PATH]
+    pm cluster start [--workers N] | stop | status [--home PATH]
     pm book [--date DATE] [--amendments N]
 
 With DAGSTER_HOME unset, `pm` uses the project's own instance, `.dagster_home/` beside
@@ -26,10 +27,11 @@ from collections.abc import Sequence
 import duckdb
 
 from pm_domain import settings
-from pm_jobs.cli import book, demo, instance, materialize, postgres, reports, runs, tickers, ui
+from pm_jobs.cli import book, cluster, demo, instance, materialize, postgres, reports, runs, tickers, ui
+from pm_jobs.cluster import ClusterError
 from pm_jobs.large_instance import LargeInstanceError
 
-COMMANDS = (demo, materialize, tickers, reports, runs, ui, book, postgres)
+COMMANDS = (demo, materialize, tickers, reports, runs, ui, book, postgres, cluster)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # The mistakes `pm` answers in one line with exit code 2: a bad ticker (TickerError), setting
 # (settings.SettingsError), date (pm_domain.calendar.CalendarError) or selection
-# (pm_jobs.selection.SelectionError), all ValueErrors; no instance; a missing file.
-REFUSALS = (ValueError, FileNotFoundError, instance.InstanceError, LargeInstanceError)
+# (pm_jobs.selection.SelectionError), all ValueErrors; no instance; a missing file; a cluster
+# without its broker or workers.
+REFUSALS = (ValueError, FileNotFoundError, instance.InstanceError, LargeInstanceError, ClusterError)
 
 
 def dagster_errors() -> type[Exception]:

@@ -17,6 +17,7 @@ import socket
 
 import pytest
 from dagster import (
+    AssetKey,
     DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
@@ -153,6 +154,15 @@ def test_an_instance_without_pools_has_no_usage():
         assert compat.pool_slot_usage(instance) == []
 
 
+def test_ensure_pool_creates_the_row_at_the_default_and_keeps_a_set_limit():
+    with instance_for_test() as instance:
+        compat.ensure_pool(instance, "ollama")
+        assert compat.pool_slot_usage(instance) == [compat.PoolUsage("ollama", 1, frozenset())]
+        compat.set_pool_limit(instance, "ollama", 3)
+        compat.ensure_pool(instance, "ollama")
+        assert compat.pool_limit(instance, "ollama") == 3
+
+
 # --------------------------------------------------------------------------------------------
 # 3. the webserver's GraphQL
 
@@ -221,3 +231,15 @@ def test_the_instance_methods_answer_on_a_real_run():
         assert instance.get_run_by_id(stuck.run_id).status == DagsterRunStatus.FAILURE
         [failure] = compat.run_events(instance, stuck.run_id, {DagsterEventType.RUN_FAILURE})
         assert "released by a test" in failure.dagster_event.message
+
+
+# --------------------------------------------------------------------------------------------
+# 5. the reconstructable asset job (the cluster's runs)
+
+
+def test_the_asset_job_rebuilds_in_another_process_from_its_pointer():
+    from dagster._core.definitions.reconstruct import ReconstructableJob
+
+    job = compat.reconstructable_asset_job("pm_jobs.definitions", "defs", [AssetKey("prices"), AssetKey("features")])
+    rebuilt = ReconstructableJob.from_dict(job.to_dict())  # what a Celery worker receives
+    assert {AssetKey("prices"), AssetKey("features")} <= set(rebuilt.get_definition().asset_layer.asset_graph.get_all_asset_keys())

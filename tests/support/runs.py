@@ -75,6 +75,15 @@ def require_postgres_binaries() -> None:
         pytest.skip(f"PostgreSQL binaries not found: install postgresql (the CI script does) ({exc})")
 
 
+def require_redis() -> None:
+    """Skip the test, saying why, on a machine without Debian's redis-server (the cluster's broker)."""
+    import shutil
+    from pathlib import Path
+
+    if not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
+        pytest.skip("redis-server not found: install redis-server (the CI script does)")
+
+
 def failure_message(result) -> str:
     """The user-code error of the first failed step (dagster wraps it as the cause)."""
     error = result.get_step_failure_events()[0].event_specific_data.error

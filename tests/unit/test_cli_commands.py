@@ -36,7 +36,7 @@ def every_command_line() -> list[list[str]]:
 def test_every_command_and_action_is_registered_with_its_function():
     lines = every_command_line()
     assert {line[0] for line in lines} == {"demo", "materialize", "backfill", "tickers", "partitions", "failures",
-                                           "runs", "ui", "summary", "book", "postgres"}
+                                           "runs", "ui", "summary", "book", "postgres", "cluster"}
     required = {"materialize": ["--assets", "prices"], "backfill": ["--assets", "prices"], "add": ["AAPL"],
                 "remove": ["AAPL"], "release": ["0123abcd"]}
     for line in lines:

@@ -24,7 +24,7 @@ DEFAULTS = {
     "llm_max_latency_seconds": 5.0, "llm_min_tokens_per_second": 5.0, "paper_book": "paper",
     "paper_initial_cash": 1_000_000.0, "paper_slippage_bps": 5.0, "paper_commission_per_share": 0.005,
     "paper_commission_minimum": 1.0, "paper_commission_bps": 0.0, "paper_fractional": False, "paper_margin": False,
-    "paper_weights": "signal_kelly", "paper_alert_bps": 100.0, "pg_bin_dir": None,
+    "paper_weights": "signal_kelly", "paper_alert_bps": 100.0, "pg_bin_dir": None, "celery_broker": None,
 }
 
 # A malformed value of every variable that has one, and what the refusal says.
@@ -42,6 +42,7 @@ BAD = [
     ("PM_LLM_HEALTH_INTERVAL", "5", " must be a whole number of seconds, at least 30"),
     ("OLLAMA_HOST", "", " must not be empty"),
     ("OLLAMA_HOST", "http://127.0.0.1:18434,ftp://x", ": each server as http://host:port, several separated by commas"),
+    ("PM_CELERY_BROKER", "amqp://127.0.0.1:5672//", ": a Redis URL, redis://host:port/0"),
     ("PM_LLM_PARALLEL_PER_HOST", "0", " must be a whole number of requests in 1..32"),
     ("PM_LLM_PARALLEL_PER_HOST", "2.5", " must be a whole number of requests in 1..32"),
     ("PM_LLM_MODE", "yolo", ": use one of auto, ollama, fallback"),
@@ -192,8 +193,9 @@ def test_the_configuration_doc_is_the_table_generated_from_the_settings():
 
 ENVIRONMENT_READ = re.compile(r"os\.environ|os\.getenv|getenv\(")
 # The exceptions, each commented where it is: the instance.env loader
-# puts Dagster's variables into the process for Dagster; the PostgreSQL tools inherit the environment.
-EXCEPTIONS = {"pm_jobs/large_instance.py", "pm_jobs/local_postgres.py"}
+# puts Dagster's variables into the process for Dagster; the PostgreSQL tools and the cluster's
+# Celery workers inherit the environment.
+EXCEPTIONS = {"pm_jobs/large_instance.py", "pm_jobs/local_postgres.py", "pm_jobs/cluster.py"}
 
 
 def _environment_lines(folder_filter):
