@@ -1,0 +1,154 @@
+"""The cluster against one machine, in one run of this script (synthetic source, LLM stages in
+fallback mode).
+
+(range)  TICKERS synthetic tickers x SESSIONS sessions through prices, features, ts_forecasts and
+         the LLM stages, as a person launches them (`pm materialize`, two commands: the prices,
+         then the rest), wall time of the two commands:
+         - one machine: the large-backfill instance (`pm postgres start`), steps in the command's process;
+         - cluster, 1 worker: `pm cluster start --workers 1`, the steps on the worker;
+         - cluster, 2 workers: `pm cluster start --workers 2` and `pm materialize --parallel 2`,
+           two runs at once, their steps on the two workers.
+(writes) the store's write throughput: N processes at once (1, 2, 4), each replacing its own
+         tickers' partitions of one table the way every stage writes (write_partitions: DELETE and
+         INSERT in one transaction, under the store's lock), rows/s and partitions/s.
+
+    make bench-cluster                                        # 20 x 250: about 15 minutes
+    .venv/bin/python benchmarks/bench_cluster.py --tickers 8 --sessions 60 --parts range
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_scale import tickers_named  # noqa: E402
+
+PM = str(ROOT / ".venv" / "bin" / "pm")
+LLM_STAGES = "llm_analysis,llm_signals,risk_assessments"
+LOOKBACK = 300  # sessions of prices before the range: features read 250, ts_forecasts fits on what there is
+WRITE_BATCHES = 20  # each writer's transactions
+WRITE_SESSIONS = 250  # partitions per ticker per transaction
+
+
+def pm(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([PM, *args], env=env, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"pm {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def range_dates(sessions: int) -> tuple[dt.date, dt.date, dt.date]:
+    from pm_domain import calendar
+
+    last = dt.date(2018, 12, 31)
+    first = calendar.shift_trading_days(last, -(sessions - 1))
+    return calendar.shift_trading_days(first, -LOOKBACK), first, last
+
+
+def time_range(variant: str, n_tickers: int, sessions: int) -> float:
+    """Wall seconds of the two `pm materialize` commands on a fresh instance of `variant`."""
+    from pm_jobs.large_instance import throwaway_home
+
+    start, first, last = range_dates(sessions)
+    kind, workers = variant.split(":") if ":" in variant else (variant, "0")
+    with throwaway_home(f"pm-bench-cluster-{kind}-") as home:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PM_", "OLLAMA", "DAGSTER_"))} | {
+            "DAGSTER_DISABLE_TELEMETRY": "1", "PM_WATCHLIST": str(home.parent / "watchlist.txt"),
+            "PM_PRICE_SOURCE": "synthetic", "PM_LLM_MODE": "fallback", "PM_START_DATE": str(start)}
+        if kind == "cluster":
+            pm(env, "cluster", "start", "--home", str(home), "--workers", workers)
+        else:
+            pm(env, "postgres", "start", "--home", str(home))
+        try:
+            env["DAGSTER_HOME"] = str(home)
+            pm(env, "tickers", "add", *tickers_named(n_tickers))
+            parallel = ["--parallel", workers] if int(workers) > 1 else []
+            began = time.perf_counter()
+            pm(env, "materialize", "--assets", "prices", "--from", str(start), "--to", str(last), *parallel)
+            pm(env, "materialize", "--assets", f"features,ts_forecasts,{LLM_STAGES}", "--from", str(first),
+               "--to", str(last), *parallel)
+            return time.perf_counter() - began
+        finally:
+            if kind == "cluster":
+                pm({**os.environ}, "cluster", "stop", "--home", str(home))
+
+
+def bench_range(n_tickers: int, sessions: int) -> None:
+    print(f"\n(range) {n_tickers} tickers x {sessions} sessions: prices ({sessions + LOOKBACK} sessions), then "
+          f"features, ts_forecasts, {LLM_STAGES} (fallback); wall time of the two pm materialize commands")
+    rows = [("one machine (large-backfill instance, steps in the process)", "postgres"),
+            ("cluster, 1 worker", "cluster:1"), ("cluster, 2 workers (--parallel 2)", "cluster:2")]
+    seconds = {}
+    for label, variant in rows:
+        seconds[variant] = time_range(variant, n_tickers, sessions)
+        print(f"  {label:<62} {seconds[variant]:8.1f} s   x{seconds['postgres'] / seconds[variant]:.2f} "
+              "of one machine's speed", flush=True)
+
+
+def _writer(database: str, tickers: list[str], barrier) -> tuple[float, float, int, int]:
+    """Replace `tickers`' partitions WRITE_BATCHES times, shaped as ts_forecasts' (three horizons a
+    partition); (start, end, rows, partitions)."""
+    import polars as pl
+
+    from pm_domain import calendar
+    from pm_resources.database import store_connection
+    from pm_resources.store import PartitionRows, write_partitions
+
+    dates = [calendar.shift_trading_days(dt.date(2018, 12, 31), -i) for i in range(WRITE_SESSIONS)][::-1]
+    keys = pl.DataFrame({"ticker": tickers}).join(pl.DataFrame({"date": dates}), how="cross").join(
+        pl.DataFrame({"horizon": [1, 5, 20]}), how="cross")
+    frame = keys.with_columns(*(pl.lit(float(i)).alias(f"value_{i}") for i in range(20)))
+    rows = PartitionRows("bench_writes", frame, key_columns=("ticker", "date", "horizon"))
+    barrier.wait()
+    began = time.perf_counter()
+    for _ in range(WRITE_BATCHES):
+        with store_connection(database) as conn:
+            write_partitions(conn, tickers, dates, [rows])
+    return began, time.perf_counter(), WRITE_BATCHES * frame.height, WRITE_BATCHES * len(tickers) * len(dates)
+
+
+def bench_writes(workdir: Path) -> None:
+    print(f"\n(writes) N processes at once, each replacing 5 tickers x {WRITE_SESSIONS} sessions x 3 horizons of one "
+          f"table (23 columns) {WRITE_BATCHES} times, a connection each time, under the store's lock")
+    print(f"  {'writers':>7} {'seconds':>8} {'rows/s':>10} {'partitions/s':>13}   vs 1 writer")
+    context = multiprocessing.get_context("spawn")
+    one = None
+    for writers in (1, 2, 4):
+        database = str(workdir / f"writes-{writers}.duckdb")
+        barrier = context.Manager().Barrier(writers)
+        with context.Pool(writers) as pool:
+            results = pool.starmap(_writer, [(database, [f"W{w}T{i}" for i in range(5)], barrier)
+                                             for w in range(writers)])
+        seconds = max(end for _, end, _, _ in results) - min(start for start, _, _, _ in results)
+        rows, partitions = sum(r[2] for r in results) / seconds, sum(r[3] for r in results) / seconds
+        one = one or rows
+        print(f"  {writers:>7} {seconds:8.2f} {rows:10.0f} {partitions:13.0f}   x{rows / one:.2f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tickers", type=int, default=20)
+    parser.add_argument("--sessions", type=int, default=250)
+    parser.add_argument("--parts", default="range,writes")
+    args = parser.parse_args()
+    parts = args.parts.split(",")
+    print(f"bench-cluster on {os.cpu_count()} cores")
+    if "range" in parts:
+        bench_range(args.tickers, args.sessions)
+    if "writes" in parts:
+        with tempfile.TemporaryDirectory(prefix="pm-bench-writes-") as workdir:
+            bench_writes(Path(workdir))
+
+
+if __name__ == "__main__":
+    main()
