@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 LLM_STAMP := $(VENV)/.llm-installed-stamp
 
-.PHONY: install install-llm test test-unit test-llm demo ui large-instance ui-large stop-large bench bench-scale bench-sp500 bench-ceiling bench-forecasts bench-llm bench-llm-parallel bench-probe bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
+.PHONY: install install-llm test test-unit test-llm demo ui large-instance ui-large stop-large cluster ui-cluster stop-cluster bench-cluster bench bench-scale bench-sp500 bench-ceiling bench-forecasts bench-llm bench-llm-parallel bench-probe bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -63,12 +63,30 @@ ui-large: large-instance
 stop-large: $(STAMP)
 	$(BIN)/pm postgres stop --home $(LARGE_HOME)
 
+# The cluster on loopback (docs/deploy.md): the large-backfill instance's PostgreSQL, a Redis broker
+# (Debian's redis-server) and WORKERS Celery workers, in .dagster_cluster/; runs on its instance execute
+# their steps on the workers, which read the settings this command runs with. About 15 s.
+CLUSTER_HOME := $(CURDIR)/.dagster_cluster
+WORKERS ?= 2
+cluster: $(STAMP)
+	PM_PRICE_SOURCE=$(PM_PRICE_SOURCE) $(BIN)/pm cluster start --home $(CLUSTER_HOME) --workers $(WORKERS)
+
+ui-cluster: cluster
+	DAGSTER_HOME=$(CLUSTER_HOME) PM_PRICE_SOURCE=$(PM_PRICE_SOURCE) $(BIN)/pm ui --port $(PORT)
+
+stop-cluster: $(STAMP)
+	$(BIN)/pm cluster stop --home $(CLUSTER_HOME)
+
 # docs/images/*.png from the real UI on the demo's instance (run `make demo` first; needs Debian's chromium).
 screenshots: $(STAMP)
 	$(BIN)/python scripts/ui_screenshots.py
 
 validate: $(STAMP)
 	$(BIN)/dagster definitions validate -w workspace.yaml
+
+# One machine against the cluster on 1 and 2 workers (20 x 250), and the store's concurrent writes: ~15 min.
+bench-cluster: $(STAMP)
+	$(BIN)/python benchmarks/bench_cluster.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_foundation.py
