@@ -26,9 +26,11 @@ $(LLM_STAMP): $(STAMP)
 
 install-llm: $(LLM_STAMP)
 
-# The whole suite, a worker per core (pytest-xdist; idle workers take tests from busy ones).
+# The whole suite, a worker per core (pytest-xdist), a test file at a time per worker: a file's
+# shared fixture (a cluster, a 20 x 250 store) is built once, never again by a worker that took one
+# of its tests, and a worker takes the next file when it finishes one.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not real_llm' -n auto --dist worksteal
+	$(BIN)/python -m pytest -q -m 'not real_llm' -n auto --dist loadfile
 	@$(BIN)/python -c 'import llama_cpp' 2>/dev/null && echo "real-model tests: make test-llm" || \
 		echo "real-model tests not run here: make test-llm installs the llm extra (llama.cpp, compiled once, ~9 min) and runs them"
 

@@ -14,8 +14,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -27,7 +25,7 @@ from pm_jobs.cluster import Workers
 from pm_jobs.large_instance import read_env_file, throwaway_home
 from pm_resources.database import store_connection
 from tests.support.dagster_dev import STARTUP_SECONDS, dagster_dev
-from tests.support.runs import require_postgres_binaries, require_redis
+from tests.support.runs import large_instance_at, require_postgres_binaries, require_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 PM = str(ROOT / ".venv" / "bin" / "pm")
@@ -90,26 +88,11 @@ def start_forecasts(env: dict[str, str]) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
-@contextmanager
-def instance_of(home: Path) -> Iterator:
-    from dagster import DagsterInstance
-
-    credentials = {k: v for k, v in read_env_file(home / "instance.env").items() if k.startswith("DAGSTER_PG_")}
-    previous = {k: os.environ.get(k) for k in credentials}
-    os.environ.update(credentials)  # the instance's dagster.yaml reads them
-    try:
-        with DagsterInstance.from_config(str(home)) as instance:
-            yield instance
-    finally:
-        for key, value in previous.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-
-
 def fitting_worker(home: Path, runs_before: int, seconds: float = 120) -> int:
     """The number of the worker running a new run's ts_forecasts step once the step says it is
     fitting (its log line, in the run's events)."""
     deadline = time.monotonic() + seconds
-    with instance_of(home) as instance:
+    with large_instance_at(home) as instance:
         while time.monotonic() < deadline:
             runs = instance.get_runs()
             for run in runs[:len(runs) - runs_before]:  # newest first
@@ -126,7 +109,7 @@ def fitting_worker(home: Path, runs_before: int, seconds: float = 120) -> int:
 
 
 def run_count(home: Path) -> int:
-    with instance_of(home) as instance:
+    with large_instance_at(home) as instance:
         return len(instance.get_runs())
 
 
@@ -146,7 +129,7 @@ def assert_whole_partitions_of(rows: pl.DataFrame, clean: pl.DataFrame) -> None:
 
 def assert_no_pool_slot_held(home: Path) -> None:
     """The failed run gave its pool slots back (else every later step of the pool would wait)."""
-    with instance_of(home) as instance:
+    with large_instance_at(home) as instance:
         assert [usage for usage in pool_slot_usage(instance) if usage.holders] == []
 
 
@@ -197,7 +180,7 @@ def test_redis_stopped_mid_run_fails_the_run_in_one_line_and_a_restart_and_rerun
 def test_two_workers_writing_the_same_partitions_at_once_leave_the_clean_rows(cluster):
     home, env, clean = cluster
     clear_forecasts(home)
-    with instance_of(home) as instance:  # both steps may compute at once; the store's lock orders their writes
+    with large_instance_at(home) as instance:  # both steps may compute at once; the store's lock orders their writes
         set_pool_limit(instance, "duckdb", 2)
     runs = [start_forecasts(env) for _ in range(2)]
     outputs = [run.communicate(timeout=COMMAND_SECONDS)[0] for run in runs]
@@ -241,7 +224,7 @@ def test_a_backfill_through_the_webserver_and_daemon_runs_its_steps_on_the_worke
         backfill = launch_backfill(url, ["features"], ticker_date_ranges(TICKERS, FIRST, LAST, TICKERS), title="cluster")
         progress = wait_for_backfill(url, backfill, 400)
     assert progress.succeeded and progress.materialized == {"features": len(TICKERS) * 60}, progress.describe()
-    with instance_of(home) as instance:
+    with large_instance_at(home) as instance:
         runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill}))
         assert runs and all(run.is_success for run in runs)
         workers = {record.dagster_event.event_specific_data.metadata["Celery worker"].value

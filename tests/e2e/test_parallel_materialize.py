@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import subprocess
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import duckdb
@@ -19,7 +19,7 @@ import pytest
 
 from pm_domain import calendar
 from pm_jobs.large_instance import read_env_file, throwaway_home
-from tests.support.runs import require_postgres_binaries, require_redis
+from tests.support.runs import large_instance_at, require_postgres_binaries, require_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 PM = str(ROOT / ".venv" / "bin" / "pm")
@@ -107,7 +107,7 @@ def test_on_the_cluster_both_workers_executed_steps(runs):
 
     env, output = runs["cluster"]
     assert "done on pm-worker-1@" in output and "done on pm-worker-2@" in output
-    with instance_of(env) as instance:
+    with large_instance_at(Path(env["DAGSTER_HOME"])) as instance:
         workers = set()
         for record in run_records(env):
             for event in instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
@@ -119,21 +119,5 @@ def test_on_the_cluster_both_workers_executed_steps(runs):
 def run_records(env: dict[str, str]):
     from dagster import RunsFilter
 
-    with instance_of(env) as instance:
+    with large_instance_at(Path(env["DAGSTER_HOME"])) as instance:
         return instance.get_run_records(RunsFilter(tags={"pm/trigger": "pm"}))
-
-
-@contextmanager
-def instance_of(env: dict[str, str]):
-    from dagster import DagsterInstance
-
-    credentials = {k: v for k, v in read_env_file(Path(env["DAGSTER_HOME"]) / "instance.env").items()
-                   if k.startswith("DAGSTER_PG_")}  # the instance's dagster.yaml reads them
-    previous = {k: os.environ.get(k) for k in credentials}
-    os.environ.update(credentials)
-    try:
-        with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-            yield instance
-    finally:
-        for key, value in previous.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)

@@ -3,8 +3,12 @@ and what a failed run said."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -75,11 +79,27 @@ def require_postgres_binaries() -> None:
         pytest.skip(f"PostgreSQL binaries not found: install postgresql (the CI script does) ({exc})")
 
 
+@contextlib.contextmanager
+def large_instance_at(home: Path) -> Iterator:
+    """The Dagster instance of a large-backfill instance or cluster folder, opened in this process
+    (its dagster.yaml reads the PostgreSQL credentials of its instance.env from the environment)."""
+    from dagster import DagsterInstance
+
+    from pm_jobs.large_instance import read_env_file
+
+    credentials = {k: v for k, v in read_env_file(home / "instance.env").items() if k.startswith("DAGSTER_PG_")}
+    previous = {k: os.environ.get(k) for k in credentials}
+    os.environ.update(credentials)
+    try:
+        with DagsterInstance.from_config(str(home)) as instance:
+            yield instance
+    finally:
+        for key, value in previous.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
 def require_redis() -> None:
     """Skip the test, saying why, on a machine without Debian's redis-server (the cluster's broker)."""
-    import shutil
-    from pathlib import Path
-
     if not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
         pytest.skip("redis-server not found: install redis-server (the CI script does)")
 
