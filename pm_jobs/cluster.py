@@ -149,8 +149,9 @@ class Workers:
                    "-y", str(config_yaml), "-n", f"pm-worker-{number}", "--", "--concurrency=1",
                    f"--logfile={self.log(number)}"]
         self.log(number).unlink(missing_ok=True)
-        process = subprocess.Popen(command, env=env, cwd=settings.PROJECT_ROOT, start_new_session=True,
-                                   stdout=subprocess.DEVNULL, stderr=open(self.root / f"{number}.err", "w"))
+        with open(self.root / f"{number}.err", "w") as errors:
+            process = subprocess.Popen(command, env=env, cwd=settings.PROJECT_ROOT, start_new_session=True,
+                                       stdout=subprocess.DEVNULL, stderr=errors)
         self.pid_file(number).write_text(f"{process.pid}\n")
         return process.pid
 

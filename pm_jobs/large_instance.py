@@ -38,6 +38,8 @@ DAGSTER_SETTINGS = {
     "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "1",
 }
 USER = DBNAME = "dagster"
+# What another command wrote into instance.env and a restart keeps: the cluster's broker (pm_jobs/cluster.py).
+KEPT_SETTINGS = ("PM_CELERY_BROKER",)
 
 
 class LargeInstanceError(RuntimeError):
@@ -114,7 +116,8 @@ def start(home: Path, extra_env: dict[str, str] | None = None) -> list[str]:
     _write_env(env_path, {
         "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_USER": USER,
         "DAGSTER_PG_PASSWORD": password, "DAGSTER_PG_DB": DBNAME, **DAGSTER_SETTINGS,
-        "PM_DUCKDB_PATH": str(home / "pm.duckdb"), **(extra_env or {})})
+        "PM_DUCKDB_PATH": str(home / "pm.duckdb"),
+        **{key: previous[key] for key in KEPT_SETTINGS if key in previous}, **(extra_env or {})})
     lines.append(f"instance {home}: dagster.yaml + {ENV_FILE} (event batching {BATCH_SIZE}, ranged planned events)")
     lines.append(f"use it: DAGSTER_HOME={home} pm ... | make ui-large | "
                  f"for the dagster CLI: set -a; . {env_path}; set +a")

@@ -208,6 +208,9 @@ def test_without_workers_or_broker_a_run_is_refused_in_one_line_before_it_starts
     assert run_count(home) == before  # nothing was queued for nobody
 
     assert "2 Celery worker(s) ready (2 started)" in pm(env, "cluster", "start", "--home", str(home)).stdout
+    broker = read_env_file(home / "instance.env")["PM_CELERY_BROKER"]
+    pm(env, "postgres", "start", "--home", str(home))  # the large-backfill instance's command keeps the broker
+    assert read_env_file(home / "instance.env")["PM_CELERY_BROKER"] == broker
 
 
 @pytest.mark.timeout(STARTUP_SECONDS + 600)
