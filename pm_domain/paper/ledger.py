@@ -14,7 +14,6 @@ import polars as pl
 
 from pm_domain import calendar
 from pm_domain.paper.book import BookPath
-from pm_domain.paper.broker import ExchangeRules
 from pm_domain.paper.reconcile import GAP_PARTS, Reconciliation
 
 ORDER_TYPE = "market_on_open"

@@ -26,7 +26,7 @@ import polars as pl
 
 from pm_domain import performance as perf
 from pm_domain.backtest import strategy_returns
-from pm_domain.paper.book import BookPath, BookStart, simulate
+from pm_domain.paper.book import BookStart, simulate
 from pm_domain.paper.broker import ExchangeRules
 
 GAP_PARTS = ("placed_orders", "costs", "rounding", "pending", "timing", "residual")
