@@ -113,7 +113,8 @@ def progress_logger(progress: Progress):
 
 
 def execute(instance: DagsterInstance, assets: tuple[str, ...], tags: dict[str, str], progress: Progress,
-            run_config: dict | None = None, config: settings.Settings | None = None) -> ExecuteInProcessResult:
+            run_config: dict | None = None,
+            config: settings.Settings | None = None) -> ExecuteInProcessResult | JobExecutionResult:
     """One in-process run; `config` (default: the environment's settings) chooses its resources.
     On a cluster (PM_CELERY_BROKER), the run's steps execute on its workers instead."""
     if config is None and settings.current().celery_broker:
@@ -208,25 +209,22 @@ def record_failure(instance: DagsterInstance, result: ExecuteInProcessResult,
     and return its first failed step in one line."""
     import duckdb
 
-    from pm_sensors.run_failures import record_failed_run, run_failure_text
+    from pm_sensors.run_failures import run_failure_rows, run_failure_text, write_failure_rows
 
     from pm_resources.database import store_connection
 
-    run = instance.get_run_by_id(result.run_id)
     failure_events = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     run_error = run_failure_text(next((e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE"), None))
-    try:
-        with store_connection((config or settings.current()).duckdb_path) as conn:
-            rows = record_failed_run(conn, run, failure_events, run_error)
-    except duckdb.Error as exc:  # the store is locked or unwritable: still tell the person what failed
-        from pm_sensors.run_failures import step_failure_causes, steps_lost_by_workers
-
-        step, _, message = (step_failure_causes(failure_events) or steps_lost_by_workers(run_error)
-                            or [("(run)", None, run_error)])[0]
-        return f"{step}: {message.strip().splitlines()[0] if message.strip() else 'failed'} (not recorded: {exc})"
+    rows = run_failure_rows(instance.get_run_by_id(result.run_id), failure_events, run_error)
     first = rows.row(0, named=True)
     message = first["error"].strip().splitlines()
-    return f"{first['step']}: {message[0] if message else 'failed'}"
+    line = f"{first['step']}: {message[0] if message else 'failed'}"
+    try:
+        with store_connection((config or settings.current()).duckdb_path) as conn:
+            write_failure_rows(conn, rows)
+    except duckdb.Error as exc:  # the store is locked or unwritable: still tell the person what failed
+        return f"{line} (not recorded: {exc})"
+    return line
 
 
 def ensure_store_tables(config: settings.Settings | None = None) -> None:

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from dagster import DagsterInstance
 
 from pm_assets.dagster_compat import ensure_pool, pool_limit, set_pool_limit
+from pm_assets.llm_stage import LLM_STAGE_ASSET_ARGS
 from pm_jobs.selection import Selection
 
 STORE_POOL = "duckdb"
-OTHER_POOLS = ("ollama",)  # the LLM stages' (pm_assets/llm_stage.py)
+OTHER_POOLS = (LLM_STAGE_ASSET_ARGS["pool"],)
 
 
 @dataclass(frozen=True)

@@ -105,14 +105,23 @@ def step_failure_causes(step_failure_events: Sequence) -> list[tuple[str, str | 
     return causes
 
 
+def run_failure_rows(run: DagsterRun, step_failure_events: Sequence, run_error: str) -> pl.DataFrame:
+    """The run's failure rows (one per failed step), as of now."""
+    assets = {key.to_user_string() for asset in [*ALL_ASSETS, *SQL_ASSETS] for key in asset.keys}
+    return failure_rows(run.run_id, run.job_name, dict(run.tags), dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                        step_failure_causes(step_failure_events), run_error, assets)
+
+
+def write_failure_rows(conn: duckdb_module.DuckDBPyConnection, rows: pl.DataFrame) -> None:
+    ensure_failures_table(conn)
+    upsert_rows(conn, KeyedRows("run_failures", rows, FAILURE_KEY))
+
+
 def record_failed_run(conn: duckdb_module.DuckDBPyConnection, run: DagsterRun, step_failure_events: Sequence,
                       run_error: str) -> pl.DataFrame:
     """Upsert the run's failure rows (one per failed step) and return them."""
-    assets = {key.to_user_string() for asset in [*ALL_ASSETS, *SQL_ASSETS] for key in asset.keys}
-    rows = failure_rows(run.run_id, run.job_name, dict(run.tags), dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                        step_failure_causes(step_failure_events), run_error, assets)
-    ensure_failures_table(conn)
-    upsert_rows(conn, KeyedRows("run_failures", rows, FAILURE_KEY))
+    rows = run_failure_rows(run, step_failure_events, run_error)
+    write_failure_rows(conn, rows)
     return rows
 
 

@@ -25,7 +25,7 @@ from pm_jobs.cluster import Workers
 from pm_jobs.large_instance import read_env_file, throwaway_home
 from pm_resources.database import store_connection
 from tests.support.dagster_dev import STARTUP_SECONDS, dagster_dev
-from tests.support.runs import large_instance_at, require_postgres_binaries, require_redis
+from tests.support.runs import celery_workers, large_instance_at, require_postgres_binaries, require_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 PM = str(ROOT / ".venv" / "bin" / "pm")
@@ -42,7 +42,7 @@ COMMAND_SECONDS = 300
 def pm(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
     done = subprocess.run([PM, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=COMMAND_SECONDS)
     if check:
-        assert done.returncode == 0, f"pm {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, f"pm {' '.join(args)}:\n{done.stdout[-2500:]}\n{done.stderr[-2500:]}"
     return done
 
 
@@ -86,6 +86,15 @@ def forecasts(home: Path) -> pl.DataFrame:
 def start_forecasts(env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([PM, "materialize", *FORECASTS], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+
+
+def start_fitting(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    """From a store without forecasts, start a ts_forecasts run; return it and its worker's number
+    once the step is fitting."""
+    clear_forecasts(home)
+    before = run_count(home)
+    run = start_forecasts(env)
+    return run, fitting_worker(home, before)
 
 
 def fitting_worker(home: Path, runs_before: int, seconds: float = 120) -> int:
@@ -141,10 +150,8 @@ def test_the_clean_run_forecast_every_partition(cluster):
 @pytest.mark.timeout(900)
 def test_a_worker_killed_mid_step_fails_the_step_in_one_line_and_a_rerun_restores_the_rows(cluster):
     home, env, clean = cluster
-    clear_forecasts(home)
-    before = run_count(home)
-    run = start_forecasts(env)
-    os.kill(pool_process(home, fitting_worker(home, before)), signal.SIGKILL)
+    run, worker = start_fitting(home, env)
+    os.kill(pool_process(home, worker), signal.SIGKILL)
     output, _ = run.communicate(timeout=COMMAND_SECONDS)
     assert run.returncode == 1, output
     assert "failed at ts_forecasts: Worker exited prematurely: signal 9 (SIGKILL)" in output
@@ -158,10 +165,7 @@ def test_a_worker_killed_mid_step_fails_the_step_in_one_line_and_a_rerun_restore
 @pytest.mark.timeout(900)
 def test_redis_stopped_mid_run_fails_the_run_in_one_line_and_a_restart_and_rerun_restore_the_rows(cluster):
     home, env, clean = cluster
-    clear_forecasts(home)
-    before = run_count(home)
-    run = start_forecasts(env)
-    fitting_worker(home, before)
+    run, _ = start_fitting(home, env)
     os.kill(int((home / "redis" / "redis.pid").read_text()), signal.SIGKILL)
     output, _ = run.communicate(timeout=COMMAND_SECONDS)
     assert run.returncode == 1, output
@@ -230,8 +234,5 @@ def test_a_backfill_through_the_webserver_and_daemon_runs_its_steps_on_the_worke
     with large_instance_at(home) as instance:
         runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill}))
         assert runs and all(run.is_success for run in runs)
-        workers = {record.dagster_event.event_specific_data.metadata["Celery worker"].value
-                   for run in runs for record in instance.all_logs(run.run_id)
-                   if record.dagster_event and "Celery worker" in (getattr(record.dagster_event.event_specific_data,
-                                                                           "metadata", None) or {})}
+        workers = set().union(*(celery_workers(instance, run.run_id) for run in runs))
     assert workers and all(worker.startswith("pm-worker-") for worker in workers)

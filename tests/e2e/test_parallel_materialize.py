@@ -19,7 +19,7 @@ import pytest
 
 from pm_domain import calendar
 from pm_jobs.large_instance import read_env_file, throwaway_home
-from tests.support.runs import large_instance_at, require_postgres_binaries, require_redis
+from tests.support.runs import celery_workers, large_instance_at, require_postgres_binaries, require_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 PM = str(ROOT / ".venv" / "bin" / "pm")
@@ -103,16 +103,10 @@ def test_the_two_processes_ran_at_once_and_said_so(runs, variant):
 
 
 def test_on_the_cluster_both_workers_executed_steps(runs):
-    from dagster import DagsterEventType
-
     env, output = runs["cluster"]
     assert "done on pm-worker-1@" in output and "done on pm-worker-2@" in output
     with large_instance_at(Path(env["DAGSTER_HOME"])) as instance:
-        workers = set()
-        for record in run_records(env):
-            for event in instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
-                worker = event.dagster_event.event_specific_data.metadata.get("Celery worker")
-                workers |= {worker.value} if worker else set()
+        workers = set().union(*(celery_workers(instance, record.dagster_run.run_id) for record in run_records(env)))
     assert {w.split("@")[0] for w in workers} == {"pm-worker-1", "pm-worker-2"}
 
 

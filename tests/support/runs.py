@@ -98,6 +98,15 @@ def large_instance_at(home: Path) -> Iterator:
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
+def celery_workers(instance, run_id: str) -> set[str]:
+    """The Celery workers that executed the run's steps, as dagster-celery's engine events name them."""
+    from dagster import DagsterEventType
+
+    return {record.dagster_event.event_specific_data.metadata["Celery worker"].value
+            for record in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT)
+            if "Celery worker" in (record.dagster_event.event_specific_data.metadata or {})}
+
+
 def require_redis() -> None:
     """Skip the test, saying why, on a machine without Debian's redis-server (the cluster's broker)."""
     if not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
