@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 LLM_STAMP := $(VENV)/.llm-installed-stamp
 
-.PHONY: install install-llm test test-unit test-llm demo ui large-instance ui-large stop-large cluster ui-cluster stop-cluster bench-cluster bench bench-scale bench-sp500 bench-ceiling bench-forecasts bench-llm bench-llm-parallel bench-probe bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
+.PHONY: install install-llm test test-unit test-lake test-llm demo ui large-instance ui-large stop-large cluster ui-cluster stop-cluster bench-cluster bench bench-scale bench-sp500 bench-ceiling bench-forecasts bench-llm bench-llm-parallel bench-probe bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -37,6 +37,11 @@ test: $(STAMP)
 # The tests that need nothing but the code (tests/unit: no subprocess, server or instance on disk).
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit -n auto --dist worksteal
+
+# The integration tests again, each on a DuckLake (the cluster's shared store) instead of a DuckDB
+# file: a throwaway PostgreSQL per worker holds the lakes' catalogs. About 12 minutes.
+test-lake: $(STAMP)
+	PM_TEST_STORE=lake $(BIN)/python -m pytest -q tests/integration -n auto --dist loadfile
 
 # The LLM stages against a real model (Gemma 3 270M through llama.cpp behind Ollama's API), about 2 minutes.
 test-llm: $(LLM_STAMP)

@@ -10,7 +10,9 @@ fallback mode).
            two runs at once, their steps on the two workers.
 (writes) the store's write throughput: N processes at once (1, 2, 4), each replacing its own
          tickers' partitions of one table the way every stage writes (write_partitions: DELETE and
-         INSERT in one transaction, under the store's lock), rows/s and partitions/s.
+         INSERT in one transaction), rows/s and partitions/s, on both stores: the DuckDB file
+         (writers take turns under its lock) and the cluster's DuckLake on PostgreSQL (writers commit
+         at once; a commit that conflicts is retried).
 
     make bench-cluster                                        # 20 x 250: about 15 minutes
     .venv/bin/python benchmarks/bench_cluster.py --tickers 8 --sessions 60 --parts range
@@ -118,13 +120,33 @@ def _writer(database: str, tickers: list[str], barrier) -> tuple[float, float, i
 
 
 def bench_writes(workdir: Path) -> None:
+    from pm_jobs.large_instance import lake_database, read_env_file, start, throwaway_home
+
     print(f"\n(writes) N processes at once, each replacing 5 tickers x {WRITE_SESSIONS} sessions x 3 horizons of one "
-          f"table (23 columns) {WRITE_BATCHES} times, a connection each time, under the store's lock")
-    print(f"  {'writers':>7} {'seconds':>8} {'rows/s':>10} {'partitions/s':>13}   vs 1 writer")
+          f"table (23 columns) {WRITE_BATCHES} times, a connection each time")
+    with throwaway_home("pm-bench-lake-") as home:
+        start(home, shared_store=True)
+        env = read_env_file(home / "instance.env")
+        lake = lake_database(int(env["DAGSTER_PG_PORT"]), env["DAGSTER_PG_PASSWORD"])
+        for store, database_for in (("DuckDB file", lambda n: str(workdir / f"writes-{n}.duckdb")),
+                                    ("DuckLake", lambda n: _emptied(lake))):
+            _writes_table(store, database_for)
+
+
+def _emptied(lake: str) -> str:
+    from pm_resources.database import store_connection
+
+    with store_connection(lake) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_writes")
+    return lake
+
+
+def _writes_table(store: str, database_for) -> None:
+    print(f"  {store}\n  {'writers':>7} {'seconds':>8} {'rows/s':>10} {'partitions/s':>13}   vs 1 writer")
     context = multiprocessing.get_context("spawn")
     one = None
     for writers in (1, 2, 4):
-        database = str(workdir / f"writes-{writers}.duckdb")
+        database = database_for(writers)
         barrier = context.Manager().Barrier(writers)
         with context.Pool(writers) as pool:
             results = pool.starmap(_writer, [(database, [f"W{w}T{i}" for i in range(5)], barrier)

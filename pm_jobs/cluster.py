@@ -9,7 +9,9 @@ Its folder (default `.dagster_cluster/` beside workspace.yaml) is a large-backfi
 - `workers/<k>.pid|.log`: N Celery workers (`dagster-celery worker start`), one process each;
 - `instance.env` gains PM_CELERY_BROKER, so every run on this instance (from the UI, the daemon,
   `pm materialize` or `dagster asset materialize`) executes its steps on the workers
-  (pm_jobs/executors.py).
+  (pm_jobs/executors.py);
+- `store/` and the PostgreSQL database `pm_store`: the shared store, a DuckLake (its Parquet files
+  and its catalog), which PM_DUCKDB_PATH names, so workers on several machines write at once.
 
 The workers inherit this process's environment plus instance.env, so they read the same store
 (PM_DUCKDB_PATH), price source and Ollama hosts as the runs that send them steps. docs/deploy.md
@@ -206,7 +208,7 @@ def start(home: Path, workers: int = DEFAULT_WORKERS) -> list[str]:
     else:
         lines.append(f"Redis already running on 127.0.0.1:{port} (pid {redis.pid()})")
     broker = f"redis://127.0.0.1:{port}/0"
-    lines += large_instance.start(home, extra_env={"PM_CELERY_BROKER": broker})[:-1]
+    lines += large_instance.start(home, extra_env={"PM_CELERY_BROKER": broker}, shared_store=True)[:-1]
     config_yaml = home / "celery.yaml"
     config_yaml.write_text(f"# Written by `pm cluster start`: what each worker reads.\n"
                            f"execution:\n  config:\n    broker: {broker}\n    backend: {broker}\n")
@@ -276,10 +278,15 @@ def status(home: Path) -> list[str]:
     home = home.resolve()
     if not (home / "celery.yaml").is_file():
         return [f"no cluster at {home}: pm cluster start --home {home}"]
-    broker = large_instance.read_env_file(home / large_instance.ENV_FILE).get("PM_CELERY_BROKER", "?")
+    env = large_instance.read_env_file(home / large_instance.ENV_FILE)
+    broker = env.get("PM_CELERY_BROKER", "?")
+    store = env.get("PM_DUCKDB_PATH", "?")
+    if store.startswith("ducklake:"):
+        store = f"a DuckLake, catalog database {large_instance.LAKE_DBNAME}, files in {home / large_instance.LAKE_FILES}"
     redis_pid = RedisServer(home / "redis").pid()
     running = Workers(home / "workers").running()
     return [large_instance.status(home),
             f"Redis: {'running at ' + broker + f' (pid {redis_pid})' if redis_pid else 'stopped'}",
             f"workers: {len(running)} running" + (f" ({', '.join(f'{n}: pid {p}' for n, p in running.items())})"
-                                                  if running else "")]
+                                                  if running else ""),
+            f"store: {store}"]

@@ -38,6 +38,8 @@ DAGSTER_SETTINGS = {
     "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "1",
 }
 USER = DBNAME = "dagster"
+LAKE_DBNAME = "pm_store"  # the shared store's catalog, a database of the instance's PostgreSQL
+LAKE_FILES = "store"  # the shared store's Parquet files, under the instance's folder
 # What another command wrote into instance.env and a restart keeps: the cluster's broker (pm_jobs/cluster.py).
 KEPT_SETTINGS = ("PM_CELERY_BROKER",)
 
@@ -80,10 +82,17 @@ def load_instance_env(home: Path) -> list[str]:
     return loaded
 
 
-def start(home: Path, extra_env: dict[str, str] | None = None) -> list[str]:
+def lake_database(port: int, password: str) -> str:
+    """PM_DUCKDB_PATH of the shared store whose catalog is the instance's `pm_store` database."""
+    return f"ducklake:postgres:host=127.0.0.1 port={port} dbname={LAKE_DBNAME} user={USER} password={password}"
+
+
+def start(home: Path, extra_env: dict[str, str] | None = None, shared_store: bool = False) -> list[str]:
     """Build the instance at `home` if needed and start its PostgreSQL (idempotent): initdb once, a
     free loopback port each start (the previous one when it is free), the database, dagster.yaml and
-    instance.env (with `extra_env`: the cluster's broker). Returns what to print."""
+    instance.env (with `extra_env`: the cluster's broker). The store is the DuckDB file `pm.duckdb`
+    in `home`, or with `shared_store` (the cluster; kept by a later start) a DuckLake: its catalog
+    the `pm_store` database, its files `home/store/`. Returns what to print."""
     home = home.resolve()
     env_path = home / ENV_FILE
     if (home / "dagster.yaml").is_file() and not env_path.is_file():
@@ -112,16 +121,30 @@ def start(home: Path, extra_env: dict[str, str] | None = None) -> list[str]:
     else:
         lines.append(f"PostgreSQL already running on 127.0.0.1:{port} (pid {cluster.pid()})")
     cluster.create_database(port, password)
+    store = str(home / "pm.duckdb")
+    if shared_store or previous.get("PM_DUCKDB_PATH", "").startswith("ducklake:"):
+        store = _start_lake(home, port, password)
+        lines.append(f"shared store: a DuckLake, catalog database {LAKE_DBNAME} on 127.0.0.1:{port}, "
+                     f"files in {home / LAKE_FILES}")
     shutil.copy(settings.PROJECT_ROOT / "deploy" / "dagster.postgres.yaml", home / "dagster.yaml")
     _write_env(env_path, {
         "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_USER": USER,
         "DAGSTER_PG_PASSWORD": password, "DAGSTER_PG_DB": DBNAME, **DAGSTER_SETTINGS,
-        "PM_DUCKDB_PATH": str(home / "pm.duckdb"),
+        "PM_DUCKDB_PATH": store,
         **{key: previous[key] for key in KEPT_SETTINGS if key in previous}, **(extra_env or {})})
     lines.append(f"instance {home}: dagster.yaml + {ENV_FILE} (event batching {BATCH_SIZE}, ranged planned events)")
     lines.append(f"use it: DAGSTER_HOME={home} pm ... | make ui-large | "
                  f"for the dagster CLI: set -a; . {env_path}; set +a")
     return lines
+
+
+def _start_lake(home: Path, port: int, password: str) -> str:
+    from pm_resources.connections import create_lake  # loads DuckDB's extensions: only for a lake
+
+    Cluster(home / "postgres", user=USER, dbname=LAKE_DBNAME).create_database(port, password)
+    database = lake_database(port, password)
+    create_lake(database, home / LAKE_FILES)
+    return database
 
 
 def stop(home: Path) -> str:

@@ -27,6 +27,7 @@ from dagster import ConfigurableResource
 
 from pm_domain.settings import Settings
 from pm_resources.broker import broker_from
+from pm_resources.connections import is_lake
 from pm_resources.database import ClosingDuckDBResource
 from pm_resources.ollama import ollama_from
 from pm_resources.price_source import PriceSourceResource
@@ -34,7 +35,7 @@ from pm_resources.price_source import PriceSourceResource
 
 def resources_for(config: Settings) -> dict[str, ConfigurableResource]:
     """duckdb, price_source, ollama and broker as `config` sets them; creates the store's folder."""
-    if config.duckdb_path != ":memory:":
+    if config.duckdb_path != ":memory:" and not is_lake(config.duckdb_path):
         Path(config.duckdb_path).parent.mkdir(parents=True, exist_ok=True)
     return {
         "duckdb": ClosingDuckDBResource(database=config.duckdb_path),

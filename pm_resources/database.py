@@ -1,4 +1,4 @@
-"""The DuckDB resource every asset and sensor writes through, and the store's lock.
+"""The DuckDB resource every asset and sensor writes through, the store's lock, and the shared store.
 
 DuckDB lets one process at a time open a database file for writing; a second process that tries
 fails at once with "Could not set lock on file". The store therefore takes an exclusive lock on a
@@ -7,6 +7,12 @@ that share the store (parallel runs of a backfill, the daemon's runs, the sensor
 instead of failing. The lock is the kernel's (flock): a killed process releases it. Steps open a
 connection only to read their inputs and to write their rows, never while they compute, so the
 wait is short, and the compute of several steps runs in parallel.
+
+The cluster's store is a DuckLake instead (`PM_DUCKDB_PATH=ducklake:postgres:<libpq conninfo>`,
+docs/deploy.md): its catalog is a PostgreSQL database and its rows are Parquet files under the data
+path the lake was created with, so processes on several machines write at once, each transaction
+committing or conflicting as a whole (pm_resources/store.py retries a conflict), and there is no
+file lock to take. pm_resources/connections.py opens either kind.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ from pathlib import Path
 import duckdb
 from dagster_duckdb import DuckDBResource
 
+from pm_resources.connections import connect, is_lake
+
 _depths = threading.local()  # per lock file, how many connections this thread has open under it
 
 
 def lock_path(database: str) -> Path | None:
-    """The lock file of a database file; None for an in-memory database."""
-    if database in ("", ":memory:") or database.startswith(":memory:"):
+    """The lock file of a database file; None for an in-memory database or a lake."""
+    if database in ("", ":memory:") or database.startswith(":memory:") or is_lake(database):
         return None
     return Path(database).with_name(Path(database).name + ".lock")
 
@@ -60,7 +68,7 @@ def store_lock(database: str) -> Iterator[None]:
 def store_connection(database: str, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the store, opened under its lock and closed however the block ends."""
     with store_lock(database):
-        conn = duckdb.connect(database, read_only=read_only)
+        conn = connect(database, read_only=read_only)
         try:
             yield conn
         finally:
@@ -77,6 +85,10 @@ class ClosingDuckDBResource(DuckDBResource):
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if is_lake(self.database):
+            with store_connection(self.database) as conn:
+                yield conn
+            return
         with store_lock(self.database):
             manager = super().get_connection()
             conn = manager.__enter__()

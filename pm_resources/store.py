@@ -4,12 +4,20 @@ Every write replaces exactly the partitions (ticker x date) a run covers, inside
 a re-run never duplicates a row, and a failure (or a killed process) leaves the previous rows.
 Values always travel as bound parameters or registered Arrow tables; identifiers (table and
 column names) come from code and are checked against a strict pattern.
+
+The same statements write both kinds of store (pm_resources/database.py): a DuckDB file, whose
+tables carry their key as a PRIMARY KEY, and the cluster's DuckLake, which has no keys (so a row is
+replaced by DELETE then INSERT, never INSERT OR REPLACE) and whose concurrent writers can conflict
+at commit: a conflicting transaction has changed nothing, and is retried from the start, a bounded
+number of times.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import random
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +37,8 @@ _DUCKDB_TYPES: dict[type[pl.DataType], str] = {
     pl.Boolean: "BOOLEAN",
 }
 KEY_COLUMNS = ("ticker", "date")
+COMMIT_ATTEMPTS = 8  # a conflicting commit is tried again up to 7 times, after a growing pause
+RETRY_PAUSE_SECONDS = 0.05
 
 
 class StoreError(RuntimeError):
@@ -51,15 +61,21 @@ def _duckdb_type(dtype: pl.DataType) -> str:
     raise StoreError(f"no DuckDB column type for polars dtype {dtype}")
 
 
+def is_lake(conn: duckdb.DuckDBPyConnection) -> bool:
+    """True when `conn` writes to a DuckLake (no keys, optimistic commits) rather than a file."""
+    rows = conn.execute("SELECT type FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
+    return bool(rows) and rows[0][0] == "ducklake"
+
+
 def _ensure_table(
     conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, key_columns: Sequence[str]
 ) -> None:
     columns = ", ".join(f"{identifier(c)} {_duckdb_type(t)}" for c, t in frame.schema.items())
-    conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {table} ({columns}, PRIMARY KEY ({', '.join(key_columns)}))"
-    )
+    key = "" if is_lake(conn) else f", PRIMARY KEY ({', '.join(key_columns)})"
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns}{key})")
     existing = {row[0] for row in conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
+        "SELECT column_name FROM information_schema.columns WHERE table_catalog = current_database() "
+        "AND table_name = ?", [table]
     ).fetchall()}
     for column, dtype in frame.schema.items():
         if column not in existing:  # a newer version of an asset added a column
@@ -199,32 +215,69 @@ def write_partitions(
             raise StoreError(f"{rows.table}: rows repeat a ({', '.join(rows.key_columns)}) key")
     conn.register("_pm_ticker_keys", pa.table({"ticker": pa.array(list(tickers), pa.string())}))
     conn.register("_pm_date_keys", pa.table({"date": pa.array(list(dates), pa.date32())}))
+
+    def statements() -> None:
+        for rows in partition_rows:
+            _replace(conn, rows)
+        for rows in keyed_rows:
+            _upsert(conn, rows)
+        for rows in ledger_rows:
+            _append_new(conn, rows)
+        for rows in scoped_rows:
+            _replace_scoped(conn, rows)
+        for rows in recent_rows:
+            _upsert_recent(conn, rows)
+
+    tables = sorted({rows.table for rows in [*partition_rows, *keyed_rows, *ledger_rows, *scoped_rows, *recent_rows]})
     try:
-        conn.execute("BEGIN TRANSACTION")
-        try:
-            for rows in partition_rows:
-                _replace(conn, rows)
-            for rows in keyed_rows:
-                _upsert(conn, rows)
-            for rows in ledger_rows:
-                _append_new(conn, rows)
-            for rows in scoped_rows:
-                _replace_scoped(conn, rows)
-            for rows in recent_rows:
-                _upsert_recent(conn, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            try:
-                conn.execute("ROLLBACK")
-            except duckdb.Error:  # a failed COMMIT has already ended the transaction
-                pass
-            raise
+        in_transaction(conn, statements, lambda: _what(tables, tickers, dates))
     finally:
         for name in ("_pm_ticker_keys", "_pm_date_keys", "_pm_incoming"):
             try:
                 conn.unregister(name)
             except duckdb.Error:
                 pass
+
+
+def _what(tables: Sequence[str], tickers: Sequence[str], dates: Sequence[dt.date]) -> str:
+    """The tables and range a write covers, for the line that says it gave up."""
+    names = ", ".join(tables)
+    if not dates:
+        return names
+    span = f"{min(dates)}..{max(dates)}"
+    if not tickers:
+        return f"{names} on {span}"
+    ordered = sorted(tickers)
+    who = ordered[0] if len(ordered) == 1 else f"{ordered[0]}..{ordered[-1]} ({len(ordered)} tickers)"
+    return f"{names} for {who} on {span}"
+
+
+def _conflicted(exc: duckdb.Error) -> bool:
+    """A commit that lost to a concurrent writer (DuckLake's optimistic commit, or two connections
+    of one DuckDB writing the same rows): nothing was written, and the same work may be tried again."""
+    return isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower()
+
+
+def in_transaction(conn: duckdb.DuckDBPyConnection, statements, what) -> None:
+    """Run `statements()` in one transaction; on a commit conflict roll back and run them again, up
+    to COMMIT_ATTEMPTS times, then raise StoreError naming `what()` (the tables and range)."""
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            conn.execute("BEGIN TRANSACTION")
+            statements()
+            conn.execute("COMMIT")
+            return
+        except BaseException as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except duckdb.Error:  # a failed COMMIT has already ended the transaction
+                pass
+            if not (isinstance(exc, duckdb.Error) and _conflicted(exc)):
+                raise
+            if attempt == COMMIT_ATTEMPTS:
+                raise StoreError(f"{what()}: gave up after {attempt} commits conflicted with other writers "
+                                 f"({str(exc).strip().splitlines()[-1].strip()})") from exc
+        time.sleep(RETRY_PAUSE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
 
 
 def _replace(conn: duckdb.DuckDBPyConnection, rows: PartitionRows) -> None:
@@ -252,11 +305,11 @@ def _replace_scoped(conn: duckdb.DuckDBPyConnection, rows: ScopedRows) -> None:
 
 
 def _upsert(conn: duckdb.DuckDBPyConnection, rows: KeyedRows) -> None:
-    _insert_keyed(conn, rows, "INSERT OR REPLACE")
+    _insert_keyed(conn, rows, replace=True)
 
 
 def _upsert_recent(conn: duckdb.DuckDBPyConnection, rows: RecentRows) -> None:
-    _insert_keyed(conn, KeyedRows(rows.table, rows.frame, rows.key_columns), "INSERT OR REPLACE")
+    _insert_keyed(conn, KeyedRows(rows.table, rows.frame, rows.key_columns), replace=True)
     column = identifier(rows.date_column)
     conn.execute(
         f"DELETE FROM {rows.table} AS kept WHERE ticker IN (SELECT ticker FROM _pm_ticker_keys) AND {column} < "
@@ -265,17 +318,25 @@ def _upsert_recent(conn: duckdb.DuckDBPyConnection, rows: RecentRows) -> None:
 
 
 def _append_new(conn: duckdb.DuckDBPyConnection, rows: LedgerRows) -> None:
-    _insert_keyed(conn, rows, "INSERT OR IGNORE")
+    _insert_keyed(conn, rows, replace=False)
 
 
-def _insert_keyed(conn: duckdb.DuckDBPyConnection, rows: KeyedRows | LedgerRows, insert: str) -> None:
-    """`insert` (OR REPLACE: the new row wins a key; OR IGNORE: the stored one does)."""
+def _insert_keyed(conn: duckdb.DuckDBPyConnection, rows: KeyedRows | LedgerRows, replace: bool) -> None:
+    """Write `rows` by key: `replace`, the new row wins a key already stored; else the stored one
+    does. Spelled as DELETE/anti-join rather than INSERT OR REPLACE/IGNORE, which need a key."""
     keys = [identifier(c) for c in rows.key_columns]
     _ensure_table(conn, rows.table, rows.frame, keys)
-    if rows.frame.height:
-        conn.register("_pm_incoming", rows.frame.to_arrow())
-        conn.execute(f"{insert} INTO {rows.table} BY NAME SELECT * FROM _pm_incoming")
-        conn.unregister("_pm_incoming")
+    if not rows.frame.height:
+        return
+    conn.register("_pm_incoming", rows.frame.to_arrow())
+    same_key = " AND ".join(f"{rows.table}.{k} = incoming.{k}" for k in keys)
+    if replace:
+        conn.execute(f"DELETE FROM {rows.table} USING _pm_incoming AS incoming WHERE {same_key}")
+        conn.execute(f"INSERT INTO {rows.table} BY NAME SELECT * FROM _pm_incoming")
+    else:
+        conn.execute(f"INSERT INTO {rows.table} BY NAME SELECT incoming.* FROM _pm_incoming AS incoming "
+                     f"ANTI JOIN {rows.table} USING ({', '.join(keys)})")
+    conn.unregister("_pm_incoming")
 
 
 def upsert_rows(conn: duckdb.DuckDBPyConnection, rows: KeyedRows) -> int:
@@ -291,22 +352,17 @@ def build_model(conn: duckdb.DuckDBPyConnection, name: str, sql: str, materializ
     name = identifier(name)
     if materialized not in ("table", "view"):
         raise StoreError(f"{name}: materialized={materialized!r}: use table or view")
-    conn.execute("BEGIN TRANSACTION")
-    try:
+
+    def statements() -> None:
         # A model switched between view and table replaces the other kind, in the same transaction.
-        existing = conn.execute("SELECT table_type FROM information_schema.tables "
-                                "WHERE table_schema = 'main' AND table_name = ?", [name]).fetchall()
+        existing = conn.execute("SELECT table_type FROM information_schema.tables WHERE table_catalog = "
+                                "current_database() AND table_schema = 'main' AND table_name = ?", [name]).fetchall()
         other = "TABLE" if materialized == "view" else "VIEW"
         if existing and existing[0][0] == ("BASE TABLE" if other == "TABLE" else "VIEW"):
             conn.execute(f"DROP {other} {name}")
         conn.execute(f"CREATE OR REPLACE {materialized.upper()} {name} AS {sql}")
-        conn.execute("COMMIT")
-    except BaseException:
-        try:
-            conn.execute("ROLLBACK")
-        except duckdb.Error:
-            pass
-        raise
+
+    in_transaction(conn, statements, lambda: name)
 
 
 def replace_partitions(
@@ -332,8 +388,9 @@ def read_keyed(conn: duckdb.DuckDBPyConnection, table: str, column: str, values:
 
 def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
     rows = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [identifier(table)]
-    ).fetchall()  # fetchall, not fetchone: duckdb 2 refuses new work while a result is unread
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = ?",
+        [identifier(table)],
+    ).fetchall()  # fetchall, not fetchone: duckdb 2 refused new work while a result was unread
     return bool(rows[0][0])
 
 

@@ -9,7 +9,12 @@ warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 @pytest.fixture()
 def db_path(tmp_path):
-    return str(tmp_path / "pm.duckdb")
+    """An empty store: a DuckDB file, or a DuckLake under PM_TEST_STORE=lake (tests/support/stores.py)."""
+    from tests.support.stores import forget, new_store
+
+    database = new_store(tmp_path)
+    yield database
+    forget(database)
 
 
 @pytest.fixture()

@@ -59,6 +59,13 @@ def dagster_errors() -> type[Exception]:
     return DagsterError
 
 
+def lake_errors() -> type[Exception]:
+    """The shared store's attach failure, whose message names the store already (imports dagster)."""
+    from pm_resources.connections import LakeError
+
+    return LakeError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -74,8 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except dagster_errors() as exc:  # an instance or definitions problem: its first line, not the traceback
         print(f"pm: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 1
+    except lake_errors() as exc:
+        print(f"pm: {exc}", file=sys.stderr)
+        return 1
     except duckdb.Error as exc:  # the store is missing, locked by another writer, or unreadable
-        print(f"pm: the store {settings.duckdb_path()}: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        from pm_resources.connections import redact
+
+        print(f"pm: the store {redact(settings.duckdb_path())}: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 1
 
 

@@ -8,7 +8,6 @@ import argparse
 import datetime as dt
 from typing import TYPE_CHECKING
 
-import duckdb
 
 from pm_domain import settings
 from pm_jobs.cli.instance import QUIET
@@ -36,9 +35,10 @@ def book_report(path: str, day: dt.date | None = None, amendments: int = 10) -> 
     # polars, and pm_resources (dagster): not for `pm --help`
     import polars as pl
 
+    from pm_resources.connections import connect
     from pm_resources.store import query, table_exists
 
-    with duckdb.connect(path, read_only=True) as conn:
+    with connect(path, read_only=True) as conn:
         if not table_exists(conn, "paper_book"):
             return ["no paper book yet: materialize target_weights and paper_book (make demo does; docs/paper.md)"]
         books = query(conn, "SELECT * FROM paper_book WHERE date <= coalesce(?, date) ORDER BY date DESC LIMIT 1", [day])

@@ -40,7 +40,9 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def _store(path: str | None = None) -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(path or settings.duckdb_path(), read_only=True)
+    from pm_resources.connections import connect  # imports dagster (pm_resources): not for `pm --help`
+
+    return connect(path or settings.duckdb_path(), read_only=True)
 
 
 def _sql():
@@ -90,7 +92,7 @@ def partition_status(instance, assets: Sequence[str]) -> list[str]:
 def failures_report(last: int, marker: Callable[[dict], str] = lambda row: "") -> list[str]:
     """The latest rows of `run_failures`, newest first, each followed by what `marker` says of it."""
     path = settings.duckdb_path()
-    if not Path(path).exists():
+    if not path.startswith("ducklake:") and not Path(path).exists():
         return [f"no store yet at {path}: nothing has run"]
     sql = _sql()
     with _store(path) as conn:
@@ -112,7 +114,8 @@ def store_summary() -> list[str]:
     path = settings.duckdb_path()
     with _store(path) as conn:
         tables = sql.query(conn, "SELECT table_name, bool_or(column_name = 'ticker') AND bool_or(column_name = 'date') "
-                                 "AS partitioned FROM information_schema.columns GROUP BY 1 ORDER BY 1")
+                                 "AS partitioned FROM information_schema.columns WHERE table_catalog = current_database() "
+                                 "GROUP BY 1 ORDER BY 1")
         for table, partitioned in tables.iter_rows():
             if not partitioned:  # the LLM cache, the sensors' tables, the marts: not keyed by ticker and date
                 count = sql.query(conn, f"SELECT count(*) AS n FROM {sql.identifier(table)}")["n"][0]

@@ -13,12 +13,12 @@ import subprocess
 from contextlib import ExitStack
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pytest
 
 from pm_domain import calendar
 from pm_jobs.large_instance import read_env_file, throwaway_home
+from pm_resources.connections import connect as store_connect
 from tests.support.runs import celery_workers, large_instance_at, require_postgres_binaries, require_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ def runs():
 
 
 def rows(env: dict[str, str], table: str) -> pl.DataFrame:
-    with duckdb.connect(store(env), read_only=True) as conn:
+    with store_connect(store(env), read_only=True) as conn:
         frame = pl.from_arrow(conn.sql(f"SELECT * FROM {table}").to_arrow_table())
     return frame.drop(TABLES[table]).sort([c for c in ("ticker", "date", "fit_date", "horizon", "stage") if c in frame.columns])
 

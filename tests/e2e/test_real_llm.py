@@ -88,7 +88,7 @@ def test_a_real_model_answers_every_schema_validly_within_its_cap_with_ollamas_c
 
 
 def test_the_llm_stages_against_a_real_model_valid_untruncated_and_cached(instance, upstream_store, tmp_path, server):
-    from tests.support.runs import copy_of
+    from tests.support.stores import copy_of
 
     store = copy_of(upstream_store, tmp_path)
     assets = [llm_analysis, llm_signals, risk_assessments]
@@ -151,7 +151,7 @@ def test_the_probe_prompt_keeps_its_token_budget_in_the_real_tokenizer(server):
 def test_the_memorization_probe_against_a_real_model_runs_validates_and_is_cached(instance, upstream_store, tmp_path, server):
     from pm_domain.llm.probe import BUDGET_TOKENS as PROBE_BUDGET_TOKENS
     from pm_domain.llm.probe import ProbeAnswer
-    from tests.support.runs import copy_of
+    from tests.support.stores import copy_of
     from tests.integration.test_probe_asset import _probe
 
     store = copy_of(upstream_store, tmp_path)
@@ -204,7 +204,7 @@ def _stage_rows(store: str) -> dict[str, list[dict]]:
 def test_anonymized_prompts_validate_as_often_as_named_ones(upstream_store, tmp_path, server):
     # The same stored rows asked named and anonymized: hiding the ticker, the date and the price
     # level must not cost valid replies (>= 95% each, anonymized at most 5 points below named).
-    from tests.support.runs import copy_of
+    from tests.support.stores import copy_of
 
     store = copy_of(upstream_store, tmp_path)
     with DagsterInstance.ephemeral() as instance:

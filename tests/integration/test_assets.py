@@ -2,10 +2,9 @@
 
 import datetime as dt
 
-import duckdb
-
 from pm_assets import features, prices
 from pm_domain.calendar import trading_days
+from pm_resources.connections import connect as store_connect
 from pm_resources.store import query
 from tests.support.runs import failure_message, run_assets, table
 
@@ -100,5 +99,5 @@ def test_hostile_ticker_added_through_the_ui_fails_before_any_sql(instance, db_p
     result = run(instance, db_path, [prices], "2018-12-28", "2018-12-31", tickers=["X'); DROP TABLE prices; --"])
     assert not result.success
     assert "invalid ticker" in failure_message(result)
-    with duckdb.connect(db_path) as conn:
+    with store_connect(db_path) as conn:
         assert query(conn, "SELECT count(*) FROM information_schema.tables").item() == 0

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 from zoneinfo import ZoneInfo
 
-import duckdb
 import pytest
 from dagster import (
     AssetKey,
@@ -38,6 +37,7 @@ from pm_jobs.cli.reports import partition_status
 from pm_jobs.cli.tickers import remove_tickers
 from pm_jobs.definitions import defs
 from pm_jobs.schedules import nightly_research_schedule, session_to_run
+from pm_resources.connections import connect as store_connect
 from pm_resources.price_source import PriceSourceResource
 from pm_resources.store import query
 from pm_sensors.run_failures import run_failures_sensor
@@ -128,7 +128,7 @@ def test_the_nightly_request_materializes_exactly_its_partitions_and_skips_a_rem
     assert status[1:] == ["prices: 3 materialized", f"  AAA                1 dates  {day} .. {day}",
                           f"  CCC                1 dates  {day} .. {day}",
                           f"  BBB                1 dates  {day} .. {day}  (removed from the universe)"]
-    with duckdb.connect(db_path) as conn:  # its history stays stored
+    with store_connect(db_path) as conn:  # its history stays stored
         assert conn.execute("SELECT count(*) FROM prices WHERE ticker = 'BBB'").fetchone()[0] == 1
     request = nightly_research_schedule.evaluate_tick(
         build_schedule_context(instance=instance, scheduled_execution_time=at(D, 18, 30))).run_requests[0]
@@ -288,7 +288,7 @@ def test_run_failure_sensor_records_the_asset_partitions_and_error(instance, db_
         dagster_run=result.dagster_run, resources={"duckdb": DuckDBResource(database=db_path)})
     run_failures_sensor(context)
     run_failures_sensor(context)  # a second delivery of the same failure does not duplicate it
-    with duckdb.connect(db_path) as conn:
+    with store_connect(db_path) as conn:
         rows = query(conn, "SELECT * FROM run_failures")
     assert rows.height == 1
     row = rows.row(0, named=True)

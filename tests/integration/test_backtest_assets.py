@@ -4,7 +4,6 @@ are made; these assets read only ticker, date, action, confidence, position_size
 
 import datetime as dt
 
-import duckdb
 import numpy as np
 import polars as pl
 import pytest
@@ -13,9 +12,11 @@ from dagster_duckdb import DuckDBResource
 
 from pm_assets import backtests, portfolio_backtests, prices, signal_outcomes
 from pm_domain.calendar import trading_days
+from pm_resources.connections import connect as store_connect
 from pm_resources.price_source import PriceSourceResource
 from pm_resources.store import replace_partitions
-from tests.support.runs import copy_of, range_tags
+from tests.support.runs import range_tags
+from tests.support.stores import copy_of
 from tests.support.runs import failure_message, table
 
 pytestmark = pytest.mark.timeout(180)
@@ -69,7 +70,7 @@ def upstream_store(tmp_path_factory):
         result = materialize([prices], instance=instance, resources=_resources(path),
                              tags=range_tags(TICKERS, "2016-06-01", "2018-12-31"))
         assert result.success
-    with duckdb.connect(path) as conn:
+    with store_connect(path) as conn:
         replace_partitions(conn, "llm_signals", _signals(), TICKERS, SIGNAL_DAYS)
     return path
 
@@ -101,7 +102,7 @@ def test_the_three_assets_write_every_partition_once_with_plots_and_checks(unive
     assert rows["sharpe"].is_not_null().all() and rows["sharpe_ci_lower"].is_not_null().all()
     # Random signals: the verdict must fail, and say why.
     assert rows["verdict"].eq("failed").all() and rows["verdict_reason"].str.contains("<=").all()
-    with duckdb.connect(store, read_only=True) as conn:
+    with store_connect(store, read_only=True) as conn:
         book = pl.from_arrow(conn.sql("SELECT * FROM portfolio_backtests ORDER BY date, weighting").to_arrow_table())
     assert book.height == 2 * len(RUN_DAYS) and set(book["weighting"]) == {"equal", "position_size"}
     assert book["tickers"][0].to_list() == TICKERS
@@ -185,7 +186,7 @@ def test_costs_lower_the_return_and_signal_sizing_lowers_exposure(universe, stor
 
 
 def test_a_price_gap_gives_rows_with_reasons_and_a_failing_check_not_a_crash(universe, store):
-    with duckdb.connect(store) as conn:
+    with store_connect(store) as conn:
         conn.execute("DELETE FROM prices WHERE ticker = '^IXIC' AND date = '2018-10-15'")
     result = _run(universe, store, [backtests, signal_outcomes], "2018-12-31", "2018-12-31")
     assert result.success, failure_message(result)
@@ -197,13 +198,13 @@ def test_a_price_gap_gives_rows_with_reasons_and_a_failing_check_not_a_crash(uni
 
 
 def test_missing_signals_for_the_run_fail_naming_the_table(universe, store):
-    with duckdb.connect(store) as conn:
+    with store_connect(store) as conn:
         conn.execute("DELETE FROM llm_signals WHERE date = '2018-12-31'")
     for asset in (backtests, signal_outcomes):
         result = _run(universe, store, [asset], "2018-12-28", "2018-12-31")
         assert not result.success
         assert "llm_signals cover 2 of the 4 partitions" in failure_message(result)
-    with duckdb.connect(store, read_only=True) as conn:
+    with store_connect(store, read_only=True) as conn:
         assert conn.sql("SELECT count(*) FROM information_schema.tables WHERE table_name = 'backtests'").fetchall()[0][0] == 0
 
 

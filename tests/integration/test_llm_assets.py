@@ -4,7 +4,6 @@ store, with the real ollama client talking to the fake server (or to nothing).""
 import datetime as dt
 import logging
 
-import duckdb
 import polars as pl
 import pytest
 from dagster import DagsterInstance, materialize
@@ -13,10 +12,12 @@ from dagster_duckdb import DuckDBResource
 from pm_assets import features, llm_analysis, llm_signals, prices, risk_assessments, ts_forecasts
 from pm_domain import risk
 from pm_domain.calendar import trading_days
+from pm_resources.connections import connect as store_connect
 from pm_resources.ollama import OllamaResource
 from pm_resources.price_source import PriceSourceResource
 from pm_resources.store import table_exists
-from tests.support.runs import copy_of, range_tags
+from tests.support.runs import range_tags
+from tests.support.stores import copy_of
 from tests.support.fake_ollama import FakeOllama, schema_answer, unused_port_host
 from tests.support.runs import failure_message, table
 
@@ -196,7 +197,7 @@ def test_every_bad_reply_ends_in_labelled_fallback_rows_and_a_failed_check(insta
     signals = table(store, "llm_signals")
     assert signals["llm_action"].is_null().all() and signals["decided_by"].eq("forecast").all()
     assert checks[("llm_signals", "validation_structure")]
-    with duckdb.connect(store, read_only=True) as conn:
+    with store_connect(store, read_only=True) as conn:
         cached = conn.sql("SELECT count(*), count(*) FILTER (WHERE valid) FROM llm_cache").fetchall()[0]
     # A reply the server gave is cached, marked invalid, so a re-run does not ask again; an HTTP
     # error, a non-Ollama body or a timeout is no reply at all, and nothing is cached.
@@ -240,7 +241,7 @@ def test_signals_fail_clearly_without_the_analysis_and_write_nothing(instance, s
     result = _materialize(instance, store, [llm_signals], OllamaResource(mode="fallback"))
     assert not result.success
     assert "llm_analysis cover 0 of the" in failure_message(result)
-    with duckdb.connect(store, read_only=True) as conn:
+    with store_connect(store, read_only=True) as conn:
         assert not table_exists(conn, "llm_signals")
 
 

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import duckdb
 import pytest
 from dagster import build_sensor_context, instance_for_test
 from dagster_duckdb import DuckDBResource
 
 from pm_domain.llm.health import HealthThresholds, judge, probe, probe_delay_seconds
+from pm_resources.connections import connect as store_connect
 from pm_resources.ollama import DEFAULT_MODELS, OllamaResource
 from pm_resources.store import query
 from pm_sensors.llm_health import llm_health_sensor
@@ -102,7 +102,7 @@ def test_sensor_stores_each_probe_and_alerts_on_slow(fake, db_path):
         slow = llm_health_sensor.evaluate_tick(_context(instance, fake.host, db_path, healthy.cursor))
         assert slow.skip_message.startswith("ALERT slow") and "latency 9.00 s > 5 s" in slow.skip_message
         assert not slow.run_requests
-    with duckdb.connect(db_path) as conn:
+    with store_connect(db_path) as conn:
         rows = query(conn, "SELECT status, alert, latency_ms, tokens_per_second FROM llm_health ORDER BY checked_at")
     assert rows.rows() == [("healthy", False, 1000.0, 20.0), ("slow", True, 9000.0, 20.0)]
 

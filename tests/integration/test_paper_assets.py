@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import duckdb
 import numpy as np
 import polars as pl
 import pytest
@@ -17,13 +16,15 @@ from pm_domain import calendar
 from pm_jobs.cli.book import book_report
 from pm_domain.signal_validation import LAYERS
 from pm_resources.broker import SimulatedBrokerResource
+from pm_resources.connections import connect as store_connect
 from pm_resources.database import ClosingDuckDBResource
 from pm_resources.price_source import PriceSourceResource
 from pm_resources.store import query, replace_partitions
 from pm_sensors.paper_reconciliation import paper_reconciliation_sensor
 from pm_sensors.paper_trading import paper_range, paper_trading_sensor
 from pm_assets.partitions import range_tags as partition_range_tags
-from tests.support.runs import copy_of, range_tags
+from tests.support.runs import range_tags
+from tests.support.stores import copy_of
 from tests.support.runs import failure_message
 
 pytestmark = pytest.mark.timeout(240)
@@ -59,7 +60,7 @@ def upstream_store(tmp_path_factory):
                              resources={"duckdb": ClosingDuckDBResource(database=path),
                                         "price_source": PriceSourceResource(source="sample")})
         assert result.success
-    with duckdb.connect(path) as conn:
+    with store_connect(path) as conn:
         replace_partitions(conn, "llm_signals", signal_rows(), TICKERS, DAYS)
     return path
 
@@ -79,7 +80,7 @@ def run_book(instance, path, start, end, method="signal_kelly", broker=None):
 
 
 def table(path, sql, params=()):
-    with duckdb.connect(path, read_only=True) as conn:
+    with store_connect(path, read_only=True) as conn:
         return query(conn, sql, list(params))
 
 
@@ -141,7 +142,7 @@ def test_a_re_run_with_other_signals_keeps_the_placed_orders_and_records_amendme
     assert run_book(instance, store, DAYS[0], DAYS[20]).success
     placed = table(store, "SELECT * FROM paper_orders ORDER BY client_order_id")
     book = table(store, "SELECT date, nav, orders_placed_at FROM paper_book ORDER BY date")
-    with duckdb.connect(store) as conn:  # a new LLM reply changes the first fortnight's signals
+    with store_connect(store) as conn:  # a new LLM reply changes the first fortnight's signals
         replace_partitions(conn, "llm_signals", signal_rows(seed=7, days=DAYS[:10]), TICKERS, DAYS[:10])
     result = run_book(instance, store, DAYS[0], DAYS[20])
     assert result.success, failure_message(result)
@@ -167,7 +168,7 @@ def test_a_date_before_the_inception_and_a_gap_in_target_weights_are_refused_in_
     result = run_book(instance, store, DAYS[5], DAYS[6])
     assert not result.success
     assert f"paper_book starts at {DAYS[10]} (its inception); {DAYS[5]} is before it" in failure_message(result)
-    with duckdb.connect(store) as conn:
+    with store_connect(store) as conn:
         conn.execute("DELETE FROM target_weights WHERE date = ?", [DAYS[12]])
     result = materialize([paper_trading], instance=instance, raise_on_error=False, tags=partition_range_tags(None, DAYS[13], DAYS[13]),
                          resources={"duckdb": ClosingDuckDBResource(database=store), "broker": SimulatedBrokerResource()})

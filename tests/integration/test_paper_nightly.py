@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-import duckdb
 import pytest
 from dagster import DagsterInstance, Definitions, build_schedule_context, build_sensor_context, instance_for_test, materialize
 
@@ -17,12 +16,14 @@ from pm_assets import ALL_ASSETS, prices
 from pm_jobs.jobs import paper_job, research_job
 from pm_jobs.schedules import nightly_research_schedule
 from pm_resources.broker import SimulatedBrokerResource
+from pm_resources.connections import connect as store_connect
 from pm_resources.database import ClosingDuckDBResource
 from pm_resources.ollama import OllamaResource
 from pm_resources.price_source import PriceSourceResource
 from pm_resources.store import query
 from pm_sensors.paper_trading import paper_trading_sensor
-from tests.support.runs import copy_of, range_tags
+from tests.support.runs import range_tags
+from tests.support.stores import copy_of
 from tests.support.fake_ollama import FakeOllama, schema_answer
 
 pytestmark = pytest.mark.timeout(600)
@@ -66,7 +67,7 @@ def night(instance, definitions, day, sensor_cursor):
 
 
 def rows(path, sql, params=()):
-    with duckdb.connect(path, read_only=True) as conn:
+    with store_connect(path, read_only=True) as conn:
         return query(conn, sql, list(params))
 
 

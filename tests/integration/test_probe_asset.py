@@ -5,7 +5,6 @@ garbage replies) or to nothing; and the sensor that runs it when prices land."""
 import datetime as dt
 import re
 
-import duckdb
 import polars as pl
 import pytest
 from dagster import AssetCheckSeverity, DagsterInstance, build_sensor_context, instance_for_test, materialize
@@ -14,10 +13,11 @@ from dagster_duckdb import DuckDBResource
 from pm_assets import memorization_probe, prices
 from pm_domain.forecasting.engine import price_rows
 from pm_domain.llm.probe import outcome_pairs
+from pm_resources.connections import connect as store_connect
 from pm_resources.ollama import DEFAULT_MODELS, OllamaResource
 from pm_resources.store import query, table_exists
 from pm_sensors.memorization_probe import memorization_probe_sensor
-from tests.support.runs import copy_of
+from tests.support.stores import copy_of
 from tests.support.fake_ollama import FakeOllama, unused_port_host
 from tests.support.runs import failure_message
 from tests.integration.test_llm_assets import _materialize
@@ -48,7 +48,7 @@ def store(prices_store, tmp_path):
 @pytest.fixture()
 def directions(prices_store):
     """(ticker, date) -> the realised 5-session direction, from the stored prices."""
-    with duckdb.connect(prices_store, read_only=True) as conn:
+    with store_connect(prices_store, read_only=True) as conn:
         stored = query(conn, "SELECT * FROM prices")
     pairs = outcome_pairs(price_rows(stored))
     return {(t, d.isoformat()): direction for t, d, direction in pairs.select("ticker", "date", "direction").iter_rows()}
@@ -83,7 +83,7 @@ def _probe(instance, store, ollama, **config):
 
 
 def rows(store, sql):
-    with duckdb.connect(store, read_only=True) as conn:
+    with store_connect(store, read_only=True) as conn:
         return query(conn, sql)
 
 
@@ -200,7 +200,7 @@ def test_mode_ollama_fails_before_writing_when_the_server_or_model_is_missing(in
     host = unused_port_host() if message == "Ollama unreachable" else fake.host
     result = _probe(instance, store, _ollama(host, mode="ollama"), models=models)
     assert not result.success and message in failure_message(result)
-    with duckdb.connect(store, read_only=True) as conn:
+    with store_connect(store, read_only=True) as conn:
         assert not table_exists(conn, "memorization_probe") and not table_exists(conn, "memorization_probe_pairs")
 
 

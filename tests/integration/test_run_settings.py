@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import io
 
-import duckdb
-
 from pm_domain import settings
 from pm_jobs.materialize import Progress, execute
 from pm_jobs.resources import resources_for
+from pm_resources.connections import connect as store_connect
 from tests.support.runs import range_tags
 
 
@@ -31,5 +30,5 @@ def test_a_run_given_settings_takes_its_resources_from_them(instance, monkeypatc
     result = execute(instance, ("prices",), range_tags(["^GSPC"], "2018-12-27", "2018-12-31"),
                      Progress(io.StringIO()), config=demo)
     assert result.success
-    with duckdb.connect(store, read_only=True) as conn:
+    with store_connect(store, read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM prices WHERE ticker = '^GSPC'").fetchone() == (3,)

@@ -7,13 +7,13 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import duckdb
 import pytest
 from dagster import AssetKey, AssetMaterialization, evaluate_automation_conditions, instance_for_test, materialize
 
 from pm_assets import SQL_ASSETS
 from pm_assets.sql_models import MODELS_DIR, TABLE_WRITERS, sql_model_asset
 from pm_domain.sql_models import SqlModelError, load_models
+from pm_resources.connections import connect as store_connect
 from pm_resources.database import ClosingDuckDBResource
 from pm_resources.store import query
 
@@ -107,12 +107,12 @@ def build(db_path: str, assets, instance=None):
 
 
 def rows(db_path: str, sql: str) -> list[tuple]:
-    with duckdb.connect(db_path, read_only=True) as conn:
+    with store_connect(db_path, read_only=True) as conn:
         return query(conn, sql).rows()
 
 
 def test_a_new_sql_file_is_an_asset_and_a_failed_build_keeps_the_previous_version(tmp_path, db_path):
-    with duckdb.connect(db_path) as conn:
+    with store_connect(db_path) as conn:
         conn.execute("CREATE TABLE prices AS SELECT 'AAA' AS ticker, DATE '2018-12-31' AS date, 10.0::DOUBLE AS close")
     folder = write(tmp_path / "models", {"last_close.sql": "SELECT ticker, max(close) AS close FROM {{ ref('prices') }} GROUP BY ALL",
                                           "schema.yml": "models:\n  - name: last_close\n    columns:\n      - name: close\n        data_tests:\n          - accepted_values: {values: [11.0]}\n"})
@@ -134,14 +134,14 @@ def test_a_new_sql_file_is_an_asset_and_a_failed_build_keeps_the_previous_versio
     (folder / "last_close.sql").write_text("{{ config(materialized='view') }} SELECT ticker, close FROM {{ ref('prices') }}")
     (as_view,) = load_models(folder, TABLES)
     assert build(db_path, [sql_model_asset(as_view)]).success  # a table becomes a view in place
-    with duckdb.connect(db_path, read_only=True) as conn:
+    with store_connect(db_path, read_only=True) as conn:
         assert query(conn, "SELECT table_type FROM information_schema.tables WHERE table_name = 'last_close'").rows() == [("VIEW",)]
 
 
 @pytest.fixture()
 def small_store(db_path):
     """A few rows per table, small enough to compute every mart by hand."""
-    with duckdb.connect(db_path) as conn:
+    with store_connect(db_path) as conn:
         conn.execute("""CREATE TABLE signal_outcomes AS SELECT * FROM (VALUES
             ('AAA', DATE '2018-11-01', 'BUY',  0.8::DOUBLE, true,  0.02::DOUBLE,  0.05::DOUBLE, 0.02::DOUBLE),
             ('AAA', DATE '2018-11-02', 'SELL', 0.6, false, 0.01, -0.03, 0.01),
@@ -226,7 +226,7 @@ def test_the_marts_on_a_hand_computed_store(small_store):
 
 
 def test_a_failing_mart_test_fails_its_check_and_names_the_rows(small_store):
-    with duckdb.connect(small_store) as conn:
+    with store_connect(small_store) as conn:
         conn.execute("INSERT INTO llm_signals VALUES ('BBB', DATE '2018-12-03', 'STRONG_BUY', 0.9, 0.2, 'llm', 'ollama', "
                      "'BUY', NULL, NULL, true)")
     result = build(small_store, SQL_ASSETS)

@@ -1,9 +1,13 @@
+"""The store's writes and reads, on the store of the session's mode: a DuckDB file, or a DuckLake
+under PM_TEST_STORE=lake (`make test-lake`)."""
+
 import datetime as dt
 
 import duckdb
 import polars as pl
 import pytest
 
+from pm_resources.connections import connect as store_connect
 from pm_resources.store import StoreError, identifier, query, read_rows, replace_partitions
 
 DAYS = [dt.date(2018, 12, 27), dt.date(2018, 12, 28)]
@@ -14,8 +18,8 @@ def _frame(tickers, days, value=1.0):
                          "value": value}, schema_overrides={"value": pl.Float64})
 
 
-def test_replace_is_idempotent_and_touches_only_the_run_partitions():
-    conn = duckdb.connect()
+def test_replace_is_idempotent_and_touches_only_the_run_partitions(db_path):
+    conn = store_connect(db_path)
     replace_partitions(conn, "t", _frame(["A", "B"], DAYS), ["A", "B"], DAYS)
     replace_partitions(conn, "t", _frame(["A"], DAYS, 2.0), ["A"], DAYS)
     replace_partitions(conn, "t", _frame(["A"], DAYS, 2.0), ["A"], DAYS)
@@ -23,15 +27,15 @@ def test_replace_is_idempotent_and_touches_only_the_run_partitions():
     assert rows.rows() == [("A", 4.0, 2), ("B", 2.0, 2)]
 
 
-def test_empty_partition_replaces_old_rows():
-    conn = duckdb.connect()
+def test_empty_partition_replaces_old_rows(db_path):
+    conn = store_connect(db_path)
     replace_partitions(conn, "t", _frame(["A"], DAYS), ["A"], DAYS)
     replace_partitions(conn, "t", _frame(["A"], DAYS[:1]), ["A"], DAYS)
     assert read_rows(conn, "t", ["A"], DAYS[-1])["date"].to_list() == DAYS[:1]
 
 
-def test_rows_outside_the_run_or_duplicated_are_refused_before_any_write():
-    conn = duckdb.connect()
+def test_rows_outside_the_run_or_duplicated_are_refused_before_any_write(db_path):
+    conn = store_connect(db_path)
     replace_partitions(conn, "t", _frame(["A"], DAYS), ["A"], DAYS)
     with pytest.raises(StoreError, match="outside the run's partitions, first B"):
         replace_partitions(conn, "t", _frame(["A", "B"], DAYS, 9.0), ["A"], DAYS)
@@ -40,19 +44,19 @@ def test_rows_outside_the_run_or_duplicated_are_refused_before_any_write():
     assert query(conn, "SELECT sum(value) FROM t").item() == 2.0
 
 
-def test_failed_insert_rolls_back_the_delete(tmp_path):
-    path = str(tmp_path / "x.duckdb")
-    with duckdb.connect(path) as conn:
+def test_failed_insert_rolls_back_the_delete(db_path):
+    path = db_path
+    with store_connect(path) as conn:
         replace_partitions(conn, "t", _frame(["A"], DAYS), ["A"], DAYS)
         bad = _frame(["A"], DAYS).with_columns(pl.lit("not a number").alias("value"))
         with pytest.raises(duckdb.Error):
             replace_partitions(conn, "t", bad, ["A"], DAYS)
-    with duckdb.connect(path) as conn:
+    with store_connect(path) as conn:
         assert query(conn, "SELECT count(*) AS n, sum(value) AS s FROM t").row(0) == (2, 2.0)
 
 
-def test_new_columns_are_added_for_newer_asset_versions():
-    conn = duckdb.connect()
+def test_new_columns_are_added_for_newer_asset_versions(db_path):
+    conn = store_connect(db_path)
     replace_partitions(conn, "t", _frame(["A"], DAYS), ["A"], DAYS)
     replace_partitions(conn, "t", _frame(["B"], DAYS).with_columns(pl.lit(3.0).alias("extra")), ["B"], DAYS)
     assert query(conn, "SELECT count(extra) FROM t").item() == 2
@@ -64,12 +68,11 @@ def test_identifiers_are_checked(name):
         identifier(name)
 
 
-def test_read_rows_of_a_missing_table_is_empty():
-    assert read_rows(duckdb.connect(), "nothing_here", ["A"], DAYS[-1]).is_empty()
+def test_read_rows_of_a_missing_table_is_empty(db_path):
+    assert read_rows(store_connect(db_path), "nothing_here", ["A"], DAYS[-1]).is_empty()
 
 
 def test_a_step_that_raises_inside_the_block_does_not_keep_the_file_locked(db_path):
-    import duckdb
     from dagster import asset, materialize
 
     from pm_resources.database import ClosingDuckDBResource
@@ -84,18 +87,18 @@ def test_a_step_that_raises_inside_the_block_does_not_keep_the_file_locked(db_pa
                          raise_on_error=False)
     assert not result.success
     # The failed step's connection is closed: this process can open the file read-only again.
-    with duckdb.connect(db_path, read_only=True) as conn:
+    with store_connect(db_path, read_only=True) as conn:
         assert conn.execute("SELECT a FROM t").fetchall() == [(1,)]
 
 
-def test_scoped_rows_replace_only_their_slice_and_refuse_rows_outside_it():
+def test_scoped_rows_replace_only_their_slice_and_refuse_rows_outside_it(db_path):
     from pm_resources.store import KeyedRows, ScopedRows, write_partitions
 
     def probe_rows(model, values):
         return pl.DataFrame({"model": model, "period": [f"p{i}" for i in range(len(values))], "value": values},
                             schema_overrides={"value": pl.Float64})
 
-    conn = duckdb.connect()
+    conn = store_connect(db_path)
     both = pl.concat([probe_rows("a", [1.0, 2.0]), probe_rows("b", [3.0])])
     write_partitions(conn, [], [], [], scoped_rows=[ScopedRows("probe", both, ("model", "period"), "model", ("a", "b"))])
     cache = pl.DataFrame({"cache_key": ["k"], "content": ["x"]})
@@ -112,13 +115,13 @@ def test_scoped_rows_replace_only_their_slice_and_refuse_rows_outside_it():
     assert query(conn, "SELECT count(*) AS n FROM probe").item() == 2  # refused writes changed nothing
 
 
-def test_recent_rows_upsert_then_keep_each_tickers_newest_days_only():
+def test_recent_rows_upsert_then_keep_each_tickers_newest_days_only(db_path):
     from pm_resources.store import RecentRows, write_partitions
 
     def fits(ticker, days, key):
         return pl.DataFrame({"ticker": [ticker] * len(days), "fit_date": days, "fit_key": [key] * len(days)})
 
-    conn = duckdb.connect()
+    conn = store_connect(db_path)
     old = [dt.date(2018, 1, 2), dt.date(2018, 6, 1)]
     write_partitions(conn, ["A", "B"], [], [], recent_rows=[
         RecentRows("fits", pl.concat([fits("A", old, "a1"), fits("B", old, "b1")]), ("ticker", "fit_date"), "fit_date", 30)])
@@ -128,3 +131,102 @@ def test_recent_rows_upsert_then_keep_each_tickers_newest_days_only():
                    "fit_date", 30)])
     rows = query(conn, "SELECT ticker, fit_date, fit_key FROM fits ORDER BY ALL").rows()
     assert rows == [("A", dt.date(2018, 6, 1), "a2"), ("A", dt.date(2018, 6, 20), "a2"), ("B", dt.date(2018, 6, 1), "b1")]
+
+
+# -- the shared store: DuckLake on PostgreSQL, whatever the session's mode ---------------------------
+
+@pytest.fixture()
+def lake(tmp_path):
+    from tests.support.stores import forget, lake_store
+
+    database = lake_store(tmp_path / "lake")
+    yield database
+    forget(database)
+
+
+def _conflicting_write(lake, tickers):
+    """A write from another connection that commits while the caller's transaction is open."""
+    with store_connect(lake) as other:
+        replace_partitions(other, "t", _frame(tickers, DAYS, 5.0), tickers, DAYS)
+
+
+def test_lake_tables_have_no_keys_yet_a_rewrite_replaces_rather_than_duplicates(lake):
+    from pm_resources.store import KeyedRows, LedgerRows, is_lake, write_partitions
+
+    conn = store_connect(lake)
+    assert is_lake(conn)
+    replace_partitions(conn, "t", _frame(["A", "B"], DAYS), ["A", "B"], DAYS)
+    replace_partitions(conn, "t", _frame(["A"], DAYS, 2.0), ["A"], DAYS)
+    cache = pl.DataFrame({"cache_key": ["k", "j"], "content": ["old", "old"]})
+    write_partitions(conn, [], [], [], keyed_rows=[KeyedRows("cache", cache, ("cache_key",))])
+    write_partitions(conn, [], [], [], keyed_rows=[KeyedRows("cache", cache.head(1).with_columns(content=pl.lit("new")),
+                                                             ("cache_key",))],
+                     ledger_rows=[LedgerRows("orders", cache, ("cache_key",))])
+    write_partitions(conn, [], [], [], ledger_rows=[LedgerRows("orders", cache.with_columns(content=pl.lit("amended")),
+                                                               ("cache_key",))])
+    assert query(conn, "SELECT ticker, sum(value) AS s, count(*) AS n FROM t GROUP BY 1 ORDER BY 1").rows() == [
+        ("A", 4.0, 2), ("B", 2.0, 2)]
+    assert query(conn, "SELECT cache_key, content FROM cache ORDER BY 1").rows() == [("j", "old"), ("k", "new")]
+    assert query(conn, "SELECT cache_key, content FROM orders ORDER BY 1").rows() == [("j", "old"), ("k", "old")]
+
+
+def test_a_commit_that_conflicts_is_retried_from_the_start_and_both_writes_land(lake):
+    from pm_resources import store
+
+    conn = store_connect(lake)
+    replace_partitions(conn, "t", _frame(["A", "B"], DAYS), ["A", "B"], DAYS)
+    attempts = []
+
+    def statements():
+        attempts.append(1)
+        conn.execute("DELETE FROM t WHERE ticker = 'A'")
+        if len(attempts) == 1:
+            _conflicting_write(lake, ["B"])  # commits first: this transaction's COMMIT conflicts
+        conn.execute("INSERT INTO t SELECT 'A', d, 3.0 FROM (SELECT DISTINCT date AS d FROM t)")
+
+    store.in_transaction(conn, statements, lambda: "t")
+    assert len(attempts) == 2
+    assert query(conn, "SELECT ticker, sum(value) AS s FROM t GROUP BY 1 ORDER BY 1").rows() == [("A", 6.0), ("B", 10.0)]
+
+
+def test_a_writer_that_keeps_conflicting_gives_up_with_one_line_naming_table_and_range(lake, monkeypatch):
+    from pm_resources import store
+
+    monkeypatch.setattr(store, "COMMIT_ATTEMPTS", 3)
+    monkeypatch.setattr(store, "RETRY_PAUSE_SECONDS", 0.0)
+    conn = store_connect(lake)
+    replace_partitions(conn, "t", _frame(["A", "B"], DAYS), ["A", "B"], DAYS)
+    real_replace = store._replace
+
+    def replace_while_another_writes(writing, rows):
+        real_replace(writing, rows)
+        if writing is conn:  # not the other writer's own replace
+            _conflicting_write(lake, ["B"])
+
+    monkeypatch.setattr(store, "_replace", replace_while_another_writes)
+    with pytest.raises(StoreError) as raised:
+        replace_partitions(conn, "t", _frame(["A"], DAYS, 7.0), ["A"], DAYS)
+    message = str(raised.value)
+    assert message.startswith("t for A on 2018-12-27..2018-12-28: gave up after 3 commits conflicted") and "\n" not in message
+    assert query(conn, "SELECT sum(value) FROM t WHERE ticker = 'A'").item() == 2.0  # A's rows as they were
+
+
+def _replace_block(lake: str, block: int, tickers_per_block: int, rounds: int) -> int:
+    """One writer process: replace its own tickers' rows `rounds` times; returns rows written."""
+    conn = store_connect(lake)
+    tickers = [f"T{block:02d}{i:02d}" for i in range(tickers_per_block)]
+    for round_ in range(rounds):
+        replace_partitions(conn, "t", _frame(tickers, DAYS, float(round_)), tickers, DAYS)
+    return len(tickers) * len(DAYS) * rounds
+
+
+def test_four_processes_replacing_their_ranges_at_once_lose_and_duplicate_nothing(lake):
+    import multiprocessing
+
+    replace_partitions(store_connect(lake), "t", _frame(["T0000"], DAYS, -1.0), ["T0000"], DAYS)  # the table exists
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        written = pool.starmap(_replace_block, [(lake, block, 5, 6) for block in range(4)])
+    assert sum(written) == 4 * 5 * 2 * 6
+    rows = query(store_connect(lake), "SELECT ticker, date, value FROM t ORDER BY ALL")
+    assert rows.height == 4 * 5 * 2  # every (ticker, date) once: no lost write, no duplicate
+    assert set(rows["value"].to_list()) == {5.0}  # each writer's last round is what stays

@@ -2,12 +2,12 @@
 
 import datetime as dt
 
-import duckdb
 import polars as pl
 
 from pm_assets import features, prices, ts_forecasts
 from pm_assets.ts_forecasts import FITS_TABLE
 from pm_domain.calendar import trading_days
+from pm_resources.connections import connect as store_connect
 from pm_resources.store import table_exists
 from tests.integration.test_assets import run
 from tests.support.runs import failure_message, table
@@ -45,7 +45,7 @@ def test_missing_features_fail_with_a_clear_message_and_write_nothing(instance, 
     assert not result.success
     assert "features cover 0 of the 2 partitions" in failure_message(result)
     assert "materialize features" in failure_message(result)
-    with duckdb.connect(db_path, read_only=True) as conn:
+    with store_connect(db_path, read_only=True) as conn:
         assert not table_exists(conn, "ts_forecasts")
 
 
@@ -77,7 +77,7 @@ def test_the_next_night_reuses_kept_fits_and_writes_what_a_fresh_run_writes(inst
     assert run(instance, db_path, [features], "2018-12-27", "2018-12-28", tickers=["^GSPC"]).success
     first = run(instance, db_path, [ts_forecasts], "2018-12-27", "2018-12-27", tickers=["^GSPC"])
     assert first.success, failure_message(first)
-    with duckdb.connect(db_path, read_only=True) as conn:
+    with store_connect(db_path, read_only=True) as conn:
         fit_dates = [row[0] for row in conn.execute(f"SELECT fit_date FROM {FITS_TABLE}").fetchall()]
     assert len(fit_dates) >= 4 and max(fit_dates) <= dt.date(2018, 12, 27)
 
@@ -87,7 +87,7 @@ def test_the_next_night_reuses_kept_fits_and_writes_what_a_fresh_run_writes(inst
     assert metadata["fits_reused"].value >= 4 and metadata["fits_made"].value <= 1
     kept_night = table(db_path, "ts_forecasts").filter(pl.col("date") == dt.date(2018, 12, 28))
 
-    with duckdb.connect(db_path) as conn:
+    with store_connect(db_path) as conn:
         conn.execute(f"DROP TABLE {FITS_TABLE}")
     fresh = run(instance, db_path, [ts_forecasts], "2018-12-28", "2018-12-28", tickers=["^GSPC"])
     assert fresh.asset_materializations_for_node("ts_forecasts")[0].metadata["fits_reused"].value == 0

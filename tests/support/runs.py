@@ -19,13 +19,6 @@ def range_tags(tickers, start: dt.date | str, end: dt.date | str) -> dict[str, s
     return tags(list(tickers), str(start), str(end))
 
 
-def copy_of(store_path: str, tmp_path) -> str:
-    """A private copy of a module-scoped store, so a test can write to it freely."""
-    path = str(tmp_path / "pm.duckdb")
-    shutil.copy(store_path, path)
-    return path
-
-
 def yfinance_like_frame(tickers, dates, failed=()):
     """A frame shaped as yfinance.download(auto_adjust=False) returns: (Price, Ticker) columns;
     the `failed` tickers all NaN, as yfinance reports a symbol it could not download."""
@@ -48,10 +41,11 @@ def yfinance_like_frame(tickers, dates, failed=()):
 
 def table_names(db_path) -> list[str]:
     """The tables and views of a DuckDB file, sorted."""
-    import duckdb
+    from pm_resources.connections import connect
 
-    with duckdb.connect(str(db_path), read_only=True) as conn:
-        return sorted(r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall())
+    with connect(str(db_path), read_only=True) as conn:
+        return sorted(r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables "
+                                                 "WHERE table_catalog = current_database()").fetchall())
 
 
 def run_assets(instance, db_path, assets, start, end, tickers, source="sample", csv_dir=None):
@@ -120,10 +114,9 @@ def failure_message(result) -> str:
 
 
 def table(db_path, name, drop=("ingested_at",)):
-    import duckdb
-
+    from pm_resources.connections import connect
     from pm_resources.store import query
 
-    with duckdb.connect(db_path, read_only=True) as conn:
+    with connect(db_path, read_only=True) as conn:
         frame = query(conn, f"SELECT * FROM {name} ORDER BY ticker, date")
     return frame.drop([c for c in drop if c in frame.columns])
