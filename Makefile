@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 LLM_STAMP := $(VENV)/.llm-installed-stamp
 
-.PHONY: install install-llm test test-unit test-lake test-llm demo ui large-instance ui-large stop-large cluster ui-cluster stop-cluster bench-cluster bench bench-scale bench-sp500 bench-ceiling bench-forecasts bench-llm bench-llm-parallel bench-probe bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
+.PHONY: install install-llm test test-unit test-lake test-llm demo ui large-instance ui-large stop-large cluster ui-cluster stop-cluster bench-cluster bench-store-candidates bench bench-scale bench-sp500 bench-ceiling bench-forecasts bench-llm bench-llm-parallel bench-probe bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -94,6 +94,13 @@ validate: $(STAMP)
 # One machine against the cluster on 1 and 2 workers (20 x 250), and the store's concurrent writes: ~15 min.
 bench-cluster: $(STAMP)
 	$(BIN)/python benchmarks/bench_cluster.py
+
+# DuckLake (the shared store chosen, docs/deploy.md) against Delta Lake and Iceberg on the stages' write
+# pattern: 1, 2 and 4 processes replacing their tickers in one table at once. Installs the
+# store-candidates extra (deltalake, pyiceberg; used by nothing else) into .venv first.
+bench-store-candidates: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,store-candidates]'
+	$(BIN)/python benchmarks/bench_store_candidates.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_foundation.py
