@@ -77,7 +77,9 @@ class Settings(BaseSettings):
         "([below](#price-sources))", doc_default="`yfinance` (`sample` under `make demo`/`make ui`)")
     csv_dir: Path | None = _setting("PM_CSV_DIR", None, "folder of `<TICKER>.csv` files for the `csv` source")
     duckdb_path: str = _setting("PM_DUCKDB_PATH", str(PROJECT_ROOT / "data" / "pm.duckdb"),
-                                "the DuckDB file every asset reads and writes (git-ignored)")
+                                "the store every asset reads and writes: a DuckDB file (git-ignored), or the "
+                                "cluster's shared DuckLake, `ducklake:postgres:<libpq connection string>` "
+                                "([docs/deploy.md](deploy.md#the-shared-store))")
     start_date: dt.date = _setting("PM_START_DATE", dt.date.fromisoformat(DEFAULT_START_DATE),
                                    "first trading date of the partitions (YYYY-MM-DD, 1990-01-01 to today)",
                                    ge=dt.date(1990, 1, 1))

@@ -1,5 +1,5 @@
 """The cluster with real processes: `pm cluster start --workers 2` (PostgreSQL, Redis, two Celery
-workers) on loopback, 4 synthetic tickers x 60 sessions of ts_forecasts.
+workers, the shared DuckLake store) on loopback, 4 synthetic tickers x 60 sessions of ts_forecasts.
 
 A backfill launched through the webserver (as the UI launches one) runs on the workers. Each fault starts from a store without forecasts or kept fits (so the step refits for seconds),
 strikes while the step is fitting, and is followed by the checks: the command ends within its
@@ -60,6 +60,7 @@ def cluster():
             pm(env, "tickers", "add", *TICKERS)
             pm(env, "materialize", "--assets", "prices", "--from", str(PARTITIONS_START), "--to", str(LAST))
             pm(env, "materialize", "--assets", "features", "--from", str(FIRST), "--to", str(LAST))
+            assert store(home).startswith("ducklake:postgres:")  # the shared store, not a file on this machine
             clear_forecasts(home)
             pm(env, "materialize", *FORECASTS)
             yield home, env, forecasts(home)
@@ -184,7 +185,7 @@ def test_redis_stopped_mid_run_fails_the_run_in_one_line_and_a_restart_and_rerun
 def test_two_workers_writing_the_same_partitions_at_once_leave_the_clean_rows(cluster):
     home, env, clean = cluster
     clear_forecasts(home)
-    with large_instance_at(home) as instance:  # both steps may compute at once; the store's lock orders their writes
+    with large_instance_at(home) as instance:  # both steps compute at once; the lake retries a commit that conflicts
         set_pool_limit(instance, "duckdb", 2)
     runs = [start_forecasts(env) for _ in range(2)]
     outputs = [run.communicate(timeout=COMMAND_SECONDS)[0] for run in runs]
