@@ -281,7 +281,7 @@ def fresh_table(store: str, targets: dict, writers: int) -> dict:
 
         with store_connection(base["lake"]) as conn:
             conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
-            create_table(conn, TABLE, dict(pl.from_arrow(arrow_schema().empty_table()).schema), KEY)
+            create_table(conn, TABLE, dict(pl.from_arrow(arrow_schema().empty_table()).schema))
         return base
     if store == "delta":
         from deltalake import DeltaTable

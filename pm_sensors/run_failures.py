@@ -87,7 +87,7 @@ def without_class(message: str, cls_name: str | None) -> str:
 
 def ensure_failures_table(conn: duckdb_module.DuckDBPyConnection) -> None:
     """Create the empty table, so the to-do list can be queried before anything has failed."""
-    create_table(conn, "run_failures", FAILURE_SCHEMA, FAILURE_KEY)
+    create_table(conn, "run_failures", FAILURE_SCHEMA)
 
 
 def step_failure_causes(step_failure_events: Sequence) -> list[tuple[str, str | None, str]]:
