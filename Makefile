@@ -39,7 +39,8 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit -n auto --dist worksteal
 
 # The integration tests again, each on a DuckLake (the cluster's shared store) instead of a DuckDB
-# file: a throwaway PostgreSQL per worker holds the lakes' catalogs. About 12 minutes.
+# file: a throwaway PostgreSQL per worker holds the lakes' catalogs. About 12 minutes; not in CI,
+# whose `make test` runs the store's own tests on both stores and the cluster's tests on a lake.
 test-lake: $(STAMP)
 	PM_TEST_STORE=lake $(BIN)/python -m pytest -q tests/integration -n auto --dist loadfile
 

@@ -1,5 +1,6 @@
-"""The store's writes and reads, on the store of the session's mode: a DuckDB file, or a DuckLake
-under PM_TEST_STORE=lake (`make test-lake`)."""
+"""The store's writes and reads, each on both stores: a DuckDB file and a DuckLake on PostgreSQL
+(the cluster's). `make test` runs this file on both; `make test-lake` runs every integration test
+on a lake."""
 
 import datetime as dt
 
@@ -11,6 +12,16 @@ from pm_resources.connections import connect as store_connect
 from pm_resources.store import StoreError, identifier, query, read_rows, replace_partitions
 
 DAYS = [dt.date(2018, 12, 27), dt.date(2018, 12, 28)]
+
+
+@pytest.fixture(params=["file", "lake"])
+def db_path(request, tmp_path):
+    """This module's tests run on both stores, whatever PM_TEST_STORE says."""
+    from tests.support.stores import forget, lake_store
+
+    database = lake_store(tmp_path / "lake") if request.param == "lake" else str(tmp_path / "pm.duckdb")
+    yield database
+    forget(database)
 
 
 def _frame(tickers, days, value=1.0):
