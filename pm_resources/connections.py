@@ -1,8 +1,8 @@
 """How a connection to the store is opened: a DuckDB file, or the cluster's shared DuckLake.
 
 A connection to the lake is a DuckDB in memory with the lake attached under one name and in use,
-so every query of the project reads and writes it unchanged. No dagster import: the CLI's reports
-open the store without loading Dagster.
+so every query of the project reads and writes it unchanged. Kept apart from database.py (the
+Dagster resource) so the CLI's reports and `pm book` open the store the same way the assets do.
 """
 
 from __future__ import annotations
