@@ -64,12 +64,6 @@ def _duckdb_type(dtype: pl.DataType) -> str:
     raise StoreError(f"no DuckDB column type for polars dtype {dtype}")
 
 
-def is_lake(conn: duckdb.DuckDBPyConnection) -> bool:
-    """True when `conn` writes to a DuckLake (optimistic commits) rather than a file."""
-    rows = conn.execute("SELECT type FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
-    return bool(rows) and rows[0][0] == "ducklake"
-
-
 def _ensure_table(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> None:
     columns = ", ".join(f"{identifier(c)} {_duckdb_type(t)}" for c, t in frame.schema.items())
     conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")  # no PRIMARY KEY: see the module's docstring

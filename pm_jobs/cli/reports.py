@@ -91,8 +91,10 @@ def partition_status(instance, assets: Sequence[str]) -> list[str]:
 
 def failures_report(last: int, marker: Callable[[dict], str] = lambda row: "") -> list[str]:
     """The latest rows of `run_failures`, newest first, each followed by what `marker` says of it."""
+    from pm_resources.connections import is_lake  # imports dagster (pm_resources): not for `pm --help`
+
     path = settings.duckdb_path()
-    if not path.startswith("ducklake:") and not Path(path).exists():
+    if not is_lake(path) and not Path(path).exists():
         return [f"no store yet at {path}: nothing has run"]
     sql = _sql()
     with _store(path) as conn:

@@ -162,10 +162,11 @@ def _conflicting_write(lake, tickers):
 
 
 def test_lake_tables_have_no_keys_yet_a_rewrite_replaces_rather_than_duplicates(lake):
-    from pm_resources.store import KeyedRows, LedgerRows, is_lake, write_partitions
+    from pm_resources.store import KeyedRows, LedgerRows, write_partitions
 
     conn = store_connect(lake)
-    assert is_lake(conn)
+    assert conn.execute("SELECT type FROM duckdb_databases() WHERE database_name = current_database()").fetchall() == [
+        ("ducklake",)]
     replace_partitions(conn, "t", _frame(["A", "B"], DAYS), ["A", "B"], DAYS)
     replace_partitions(conn, "t", _frame(["A"], DAYS, 2.0), ["A"], DAYS)
     cache = pl.DataFrame({"cache_key": ["k", "j"], "content": ["old", "old"]})
