@@ -82,9 +82,10 @@ def load_instance_env(home: Path) -> list[str]:
     return loaded
 
 
-def lake_database(port: int, password: str) -> str:
-    """PM_DUCKDB_PATH of the shared store whose catalog is the instance's `pm_store` database."""
-    return f"ducklake:postgres:host=127.0.0.1 port={port} dbname={LAKE_DBNAME} user={USER} password={password}"
+def lake_database(port: int, password: str, dbname: str = LAKE_DBNAME) -> str:
+    """PM_DUCKDB_PATH of a shared store whose catalog is the database `dbname` (the instance's
+    `pm_store`) of a PostgreSQL on 127.0.0.1:`port`."""
+    return f"ducklake:postgres:host=127.0.0.1 port={port} dbname={dbname} user={USER} password={password}"
 
 
 def start(home: Path, extra_env: dict[str, str] | None = None, shared_store: bool = False) -> list[str]:

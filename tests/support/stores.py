@@ -48,12 +48,13 @@ def lake_store(data_dir: Path) -> str:
     """A new, empty DuckLake: a fresh catalog database, its Parquet files under `data_dir`."""
     from pm_resources.connections import create_lake
 
+    from pm_jobs.large_instance import lake_database
     from pm_jobs.local_postgres import Cluster
 
     port, password = _catalog_server()
     name = f"lake_{os.getpid()}_{next(_names)}"
     Cluster(Path(_server["home"]) / "postgres", dbname=name).create_database(port, password)
-    database = f"ducklake:postgres:host=127.0.0.1 port={port} dbname={name} user=dagster password={password}"
+    database = lake_database(port, password, name)
     create_lake(database, data_dir)
     return database
 
