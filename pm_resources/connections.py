@@ -7,19 +7,28 @@ Dagster resource) so the CLI's reports and `pm book` open the store the same way
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import duckdb
 import duckdb_extension_ducklake
 import duckdb_extension_postgres_scanner
+import psycopg2
+import psycopg2.errors
 
 LAKE_PREFIX = "ducklake:"
 LAKE_ALIAS = "pm_store"  # the catalog name the lake is attached under in every connection
 
+WRITE_LOCK_WAIT_SECONDS = 600  # longer than the largest write measured (a 1.26M-row range, ~40 s)
+_LOCK_SPACE = 0x504D  # "PM": the first key of every table lock, so other advisory users keep theirs
+
 _lakes: dict[tuple[int, str], duckdb.DuckDBPyConnection] = {}
 _lakes_guard = threading.Lock()
+_lockers: dict[tuple[int, int, str], list] = {}  # (pid, thread, catalog) -> [connection, depth]
 
 
 class LakeError(RuntimeError):
@@ -99,3 +108,68 @@ def connect(database: str, read_only: bool = False) -> duckdb.DuckDBPyConnection
     if is_lake(database):
         return lake_connection(database)
     return duckdb.connect(database, read_only=read_only)
+
+
+def _catalog_of(conn: duckdb.DuckDBPyConnection) -> str | None:
+    """The libpq string of the lake `conn` uses, or None for a DuckDB file."""
+    row = conn.execute("SELECT type, path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+    if row is None or row[0] != "ducklake" or not row[1].startswith("postgres:"):
+        return None
+    return row[1].removeprefix("postgres:")
+
+
+def _table_key(table: str) -> int:
+    return zlib.crc32(table.encode()) - 2**31  # a stable int4 for pg_advisory_xact_lock(int, int)
+
+
+def _locker(catalog: str) -> list:
+    key = (os.getpid(), threading.get_ident(), catalog)
+    held = _lockers.get(key)
+    if held is None or held[0].closed:
+        held = _lockers[key] = [psycopg2.connect(catalog), 0]
+    return held
+
+
+@contextlib.contextmanager
+def table_write_lock(conn: duckdb.DuckDBPyConnection, tables: Sequence[str]) -> Iterator[None]:
+    """Hold, on a lake, a lock per table of `tables` that every writer of the lake takes before it
+    begins: two writers of one table then run one after the other, on any machine.
+
+    DuckLake checks concurrent commits for conflicts table by table, but a DELETE that matched no row
+    records nothing to conflict with: two runs replacing the same empty partitions at once would both
+    commit their INSERTs and double the rows. The lock is a PostgreSQL transaction-scoped advisory
+    lock in the lake's catalog database, taken in name order (no deadlock between writers of several
+    tables), released when the write ends or its process dies. A DuckDB file needs none: one process
+    writes it at a time (pm_resources/database.py)."""
+    catalog = _catalog_of(conn)
+    if catalog is None:
+        yield
+        return
+    held = _locker(catalog)
+    try:
+        _take_locks(held[0], tables)  # a nested write (same thread) re-enters the locks it holds
+    except psycopg2.OperationalError:
+        if held[1]:
+            raise
+        held[0].close()  # the catalog's server restarted since this thread's last write: reconnect once
+        held = _locker(catalog)
+        _take_locks(held[0], tables)
+    held[1] += 1
+    try:
+        yield
+    finally:
+        held[1] -= 1
+        if held[1] == 0 and not held[0].closed:
+            held[0].rollback()  # ends the catalog transaction, which releases its locks
+
+
+def _take_locks(catalog: psycopg2.extensions.connection, tables: Sequence[str]) -> None:
+    with catalog.cursor() as cursor:
+        cursor.execute("SET LOCAL lock_timeout = %s", [f"{WRITE_LOCK_WAIT_SECONDS}s"])
+        try:
+            for table in sorted(set(tables)):
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, _table_key(table)])
+        except psycopg2.errors.LockNotAvailable as exc:
+            catalog.rollback()
+            raise LakeError(f"{', '.join(sorted(set(tables)))}: waited {WRITE_LOCK_WAIT_SECONDS} s for another "
+                            f"writer of the shared store to finish") from exc

@@ -28,6 +28,8 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from pm_resources.connections import table_write_lock
+
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _DUCKDB_TYPES: dict[type[pl.DataType], str] = {
     pl.String: "VARCHAR",
@@ -223,7 +225,7 @@ def write_partitions(
 
     tables = sorted({rows.table for rows in [*partition_rows, *keyed_rows, *ledger_rows, *scoped_rows, *recent_rows]})
     try:
-        in_transaction(conn, statements, lambda: _what(tables, tickers, dates))
+        in_transaction(conn, tables, statements, lambda: _what(tables, tickers, dates))
     finally:
         for name in ("_pm_ticker_keys", "_pm_date_keys", "_pm_incoming"):
             try:
@@ -251,9 +253,15 @@ def _conflicted(exc: duckdb.Error) -> bool:
     return isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower()
 
 
-def in_transaction(conn: duckdb.DuckDBPyConnection, statements, what) -> None:
-    """Run `statements()` in one transaction; on a commit conflict roll back and run them again, up
-    to COMMIT_ATTEMPTS times, then raise StoreError naming `what()` (the tables and range)."""
+def in_transaction(conn: duckdb.DuckDBPyConnection, tables: Sequence[str], statements, what) -> None:
+    """Run `statements()`, which write `tables`, in one transaction, holding the lake's lock on
+    each of those tables throughout; on a commit conflict roll back and run them again, up to
+    COMMIT_ATTEMPTS times, then raise StoreError naming `what()` (the tables and range)."""
+    with table_write_lock(conn, tables):
+        _attempt_commits(conn, statements, what)
+
+
+def _attempt_commits(conn: duckdb.DuckDBPyConnection, statements, what) -> None:
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
             conn.execute("BEGIN TRANSACTION")
@@ -355,7 +363,7 @@ def build_model(conn: duckdb.DuckDBPyConnection, name: str, sql: str, materializ
             conn.execute(f"DROP {other} {name}")
         conn.execute(f"CREATE OR REPLACE {materialized.upper()} {name} AS {sql}")
 
-    in_transaction(conn, statements, lambda: name)
+    in_transaction(conn, [name], statements, lambda: name)
 
 
 def replace_partitions(

@@ -156,7 +156,9 @@ def lake(tmp_path):
 
 
 def _conflicting_write(lake, tickers):
-    """A write from another connection that commits while the caller's transaction is open."""
+    """A write from another connection that commits while the caller's transaction is open. It runs
+    in the caller's thread, which re-enters the table locks it holds, so it stands for a writer the
+    locks do not hold back (one that ignores them, or a conflict on a table neither names)."""
     with store_connect(lake) as other:
         replace_partitions(other, "t", _frame(tickers, DAYS, 5.0), tickers, DAYS)
 
@@ -196,7 +198,7 @@ def test_a_commit_that_conflicts_is_retried_from_the_start_and_both_writes_land(
             _conflicting_write(lake, ["B"])  # commits first: this transaction's COMMIT conflicts
         conn.execute("INSERT INTO t SELECT 'A', d, 3.0 FROM (SELECT DISTINCT date AS d FROM t)")
 
-    store.in_transaction(conn, statements, lambda: "t")
+    store.in_transaction(conn, ["t"], statements, lambda: "t")
     assert len(attempts) == 2
     assert query(conn, "SELECT ticker, sum(value) AS s FROM t GROUP BY 1 ORDER BY 1").rows() == [("A", 6.0), ("B", 10.0)]
 
@@ -223,6 +225,51 @@ def test_a_writer_that_keeps_conflicting_gives_up_with_one_line_naming_table_and
     assert query(conn, "SELECT sum(value) FROM t WHERE ticker = 'A'").item() == 2.0  # A's rows as they were
 
 
+def _waiting_for_a_table_lock(lake: str) -> int:
+    import psycopg2
+
+    with psycopg2.connect(lake.removeprefix("ducklake:postgres:")) as catalog, catalog.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        return cursor.fetchone()[0]
+
+
+def test_a_second_writer_of_the_same_empty_partitions_waits_for_the_first_and_replaces_its_rows(lake, monkeypatch):
+    """Both DELETEs would match no row, which DuckLake does not see as a conflict: without the
+    table lock both INSERTs commit and the partitions hold every row twice."""
+    import threading
+    import time
+
+    from pm_resources import store
+
+    conn = store_connect(lake)
+    replace_partitions(conn, "t", _frame(["A"], DAYS), ["A"], DAYS)
+    conn.execute("DELETE FROM t")  # the table exists and is empty, as after `clear` or on a first run
+    second = threading.Thread(target=_conflicting_write_in_its_own_thread, args=(lake,))
+    real_replace = store._replace
+    waited = []
+
+    def replace_then_let_the_second_writer_start(writing, rows):
+        real_replace(writing, rows)
+        if writing is conn:
+            second.start()
+            deadline = time.monotonic() + 30
+            while not _waiting_for_a_table_lock(lake) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            waited.append(_waiting_for_a_table_lock(lake))
+
+    monkeypatch.setattr(store, "_replace", replace_then_let_the_second_writer_start)
+    replace_partitions(conn, "t", _frame(["A"], DAYS, 2.0), ["A"], DAYS)
+    second.join(timeout=60)
+    assert waited == [1]  # the second writer was held at the lock while the first was mid-write
+    assert query(conn, "SELECT ticker, date, value FROM t ORDER BY ALL").rows() == [
+        ("A", DAYS[0], 5.0), ("A", DAYS[1], 5.0)]  # once each: the later writer replaced the earlier
+
+
+def _conflicting_write_in_its_own_thread(lake):
+    conn = store_connect(lake)
+    replace_partitions(conn, "t", _frame(["A"], DAYS, 5.0), ["A"], DAYS)
+
+
 def _replace_block(lake: str, block: int, tickers_per_block: int, rounds: int) -> int:
     """One writer process: replace its own tickers' rows `rounds` times; returns rows written."""
     conn = store_connect(lake)
@@ -242,3 +289,29 @@ def test_four_processes_replacing_their_ranges_at_once_lose_and_duplicate_nothin
     rows = query(store_connect(lake), "SELECT ticker, date, value FROM t ORDER BY ALL")
     assert rows.height == 4 * 5 * 2  # every (ticker, date) once: no lost write, no duplicate
     assert set(rows["value"].to_list()) == {5.0}  # each writer's last round is what stays
+
+
+def _replace_shared_block(lake: str, writer: int, rounds: int, barrier) -> None:
+    """Every writer replaces the same range in the same instant, `rounds` times, the range emptied
+    in between so that each round's DELETEs match nothing."""
+    conn = store_connect(lake)
+    tickers = [f"S{i:02d}" for i in range(5)]
+    for round_ in range(rounds):
+        barrier.wait()
+        replace_partitions(conn, "t", _frame(tickers, DAYS, float(writer)), tickers, DAYS)
+        barrier.wait()
+        if writer == 0 and round_ < rounds - 1:
+            conn.execute("DELETE FROM t")
+
+
+def test_four_processes_replacing_the_same_empty_range_at_once_leave_it_once(lake):
+    import multiprocessing
+
+    replace_partitions(store_connect(lake), "t", _frame(["S00"], DAYS, -1.0), ["S00"], DAYS)
+    store_connect(lake).execute("DELETE FROM t")
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(4) as pool:
+        barrier = manager.Barrier(4, timeout=120)
+        pool.starmap(_replace_shared_block, [(lake, writer, 3, barrier) for writer in range(4)])
+    rows = query(store_connect(lake), "SELECT ticker, date, count(*) AS n FROM t GROUP BY ALL")
+    assert rows.height == 5 * 2 and set(rows["n"].to_list()) == {1}
