@@ -11,8 +11,8 @@ fallback mode).
 (writes) the store's write throughput: N processes at once (1, 2, 4), each replacing its own
          tickers' partitions of one table the way every stage writes (write_partitions: DELETE and
          INSERT in one transaction), rows/s and partitions/s, on both stores: the DuckDB file
-         (writers take turns under its lock) and the cluster's DuckLake on PostgreSQL (writers commit
-         at once; a commit that conflicts is retried).
+         (writers take turns under its lock) and the cluster's DuckLake on PostgreSQL (writers of one
+         table take turns at its lock in the catalog).
 
     make bench-cluster                                        # 20 x 250: about 15 minutes
     .venv/bin/python benchmarks/bench_cluster.py --tickers 8 --sessions 60 --parts range

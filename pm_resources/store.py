@@ -6,8 +6,9 @@ Values always travel as bound parameters or registered Arrow tables; identifiers
 column names) come from code and are checked against a strict pattern.
 
 The same statements write both kinds of store (pm_resources/connections.py): a DuckDB file, and
-the cluster's DuckLake, whose concurrent writers can conflict at commit: a conflicting transaction
-has changed nothing, and is retried from the start, a bounded number of times. Tables carry no
+the cluster's DuckLake, where writers of one table take turns at a lock in the lake's catalog
+(connections.table_write_lock) and a commit that still conflicts has changed nothing and is
+retried from the start, a bounded number of times. Tables carry no
 PRIMARY KEY: a lake cannot have one, and on a file DuckDB 1.5.5 took 158 ms against 85 ms to
 replace 3,750 keyed rows (it checks the key's index on every insert). A key stays unique because
 every write refuses a frame that repeats one and deletes what it replaces first (DELETE then
