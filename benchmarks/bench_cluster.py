@@ -8,13 +8,19 @@ fallback mode).
          - cluster, 1 worker: `pm cluster start --workers 1`, the steps on the worker;
          - cluster, 2 workers: `pm cluster start --workers 2` and `pm materialize --parallel 2`,
            two runs at once, their steps on the two workers.
+(launcher) the alternative to the cluster's executor, dagster-celery's CeleryRunLauncher: each
+         run is one Celery task and its steps run in the worker's process, one after the other. The
+         same range and commands on `pm cluster start` with its workers restarted for whole runs
+         (no PM_CELERY_BROKER in their environment, so a run's steps stay in the worker), each run
+         launched straight through the launcher and awaited; on 2 workers the tickers are cut into
+         two shares as `--parallel 2` cuts them, a run each, the `duckdb` pool raised to 2.
 (writes) the store's write throughput: N processes at once (1, 2, 4), each replacing its own
          tickers' partitions of one table the way every stage writes (write_partitions: DELETE and
          INSERT in one transaction), rows/s and partitions/s, on both stores: the DuckDB file
          (writers take turns under its lock) and the cluster's DuckLake on PostgreSQL (writers of one
          table take turns at its lock in the catalog).
 
-    make bench-cluster                                        # 20 x 250: about 15 minutes
+    make bench-cluster                                        # 20 x 250: about 25 minutes
     .venv/bin/python benchmarks/bench_cluster.py --tickers 8 --sessions 60 --parts range
 """
 
@@ -97,6 +103,86 @@ def bench_range(n_tickers: int, sessions: int) -> None:
               "of one machine's speed", flush=True)
 
 
+def time_launched_range(n_tickers: int, sessions: int, workers: int) -> float:
+    """Wall seconds of the same two commands as `time_range`, each as runs that dagster-celery's
+    run launcher hands whole to the workers."""
+    from pm_jobs import cluster
+    from pm_jobs.large_instance import ENV_FILE, read_env_file, throwaway_home
+
+    start, first, last = range_dates(sessions)
+    with throwaway_home("pm-bench-cluster-launcher-") as home:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PM_", "OLLAMA", "DAGSTER_"))} | {
+            "DAGSTER_DISABLE_TELEMETRY": "1", "PM_WATCHLIST": str(home.parent / "watchlist.txt"),
+            "PM_PRICE_SOURCE": "synthetic", "PM_LLM_MODE": "fallback", "PM_START_DATE": str(start)}
+        pm(env, "cluster", "start", "--home", str(home), "--workers", str(workers))
+        try:
+            env["DAGSTER_HOME"] = str(home)
+            pm(env, "tickers", "add", *tickers_named(n_tickers))
+            broker = read_env_file(home / ENV_FILE)["PM_CELERY_BROKER"]
+            pool = cluster.Workers(home / "workers")
+            worker_env = cluster._worker_env(home)  # with the venv's bin first on PATH, for `celery`
+            whole_runs_env = {k: v for k, v in worker_env.items() if k != "PM_CELERY_BROKER"} | env | {
+                "PATH": worker_env["PATH"]}
+            for number in range(1, workers + 1):
+                pool.stop(number)
+                pool.start(number, home / "celery.yaml", whole_runs_env)
+            pool.wait_ready(list(range(1, workers + 1)))
+            launch = [sys.executable, __file__, "--launch-runs", broker, "--shares", str(workers)]
+            began = time.perf_counter()
+            for assets, since in (("prices", start), (f"features,ts_forecasts,{LLM_STAGES}", first)):
+                done = subprocess.run([*launch, "--assets", assets, "--from", str(since), "--to", str(last)],
+                                      env=whole_runs_env, cwd=ROOT, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"launched runs of {assets} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+            return time.perf_counter() - began
+        finally:
+            pm({**os.environ}, "cluster", "stop", "--home", str(home))
+
+
+def launch_runs(broker: str, shares: int, assets: str, since: str, until: str) -> None:
+    """(In a process whose settings have no broker, so the job runs its steps where it runs.) The
+    selection's runs, `shares` at once, each handed to dagster-celery's CeleryRunLauncher as
+    `dagster-daemon` would hand it; waits for all and exits non-zero if one did not succeed."""
+    from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+    # The launcher's own API: it needs the run alone (no workspace), which the daemon would pass.
+    from dagster._core.launcher import LaunchRunContext
+    from dagster_celery.launcher import CeleryRunLauncher
+
+    from pm_assets.dagster_compat import ensure_pool, reconstructable_asset_job, set_pool_limit
+    from pm_jobs.materialize import plan_selection, run_tags
+
+    instance = DagsterInstance.get()
+    launcher = CeleryRunLauncher(default_queue="dagster", broker=broker, backend=broker)
+    launcher.register_instance(instance)
+    ensure_pool(instance, "duckdb")
+    set_pool_limit(instance, "duckdb", max(shares, 1))
+    selection = plan_selection(instance, assets.split(","), [], since, until)
+    keys = [AssetKey(a) for a in selection.assets]
+    job = reconstructable_asset_job("pm_jobs.definitions", "defs", keys)
+    run_ids = []
+    for block in selection.share_blocks(shares):
+        run = instance.create_run_for_job(
+            job_def=job.get_definition(), run_config={"execution": {"config": {"in_process": {}}}},
+            tags=run_tags(selection, block), job_code_origin=job.get_python_origin(), asset_selection=frozenset(keys))
+        launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+        run_ids.append(run.run_id)
+    ended = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+    while not all(instance.get_run_by_id(run_id).status in ended for run_id in run_ids):
+        time.sleep(0.5)
+    failed = [run_id for run_id in run_ids if instance.get_run_by_id(run_id).status != DagsterRunStatus.SUCCESS]
+    if failed:
+        raise SystemExit(f"runs not successful: {failed}")
+
+
+def bench_launcher(n_tickers: int, sessions: int) -> None:
+    print(f"\n(launcher) the same range, each run handed whole to a worker by dagster-celery's CeleryRunLauncher "
+          "(its steps in the worker's process)")
+    for workers in (1, 2):
+        seconds = time_launched_range(n_tickers, sessions, workers)
+        label = f"run launcher, {workers} worker{'s' * (workers > 1)}" + (" (two shares at once)" if workers > 1 else "")
+        print(f"  {label:<62} {seconds:8.1f} s", flush=True)
+
+
 def _writer(database: str, tickers: list[str], barrier) -> tuple[float, float, int, int]:
     """Replace `tickers`' partitions WRITE_BATCHES times, shaped as ts_forecasts' (three horizons a
     partition); (start, end, rows, partitions)."""
@@ -161,12 +247,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tickers", type=int, default=20)
     parser.add_argument("--sessions", type=int, default=250)
-    parser.add_argument("--parts", default="range,writes")
+    parser.add_argument("--parts", default="range,launcher,writes")
+    parser.add_argument("--launch-runs", metavar="BROKER", help=argparse.SUPPRESS)  # the launcher part's helper
+    parser.add_argument("--shares", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--assets", help=argparse.SUPPRESS)
+    parser.add_argument("--from", dest="since", help=argparse.SUPPRESS)
+    parser.add_argument("--to", dest="until", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.launch_runs:
+        launch_runs(args.launch_runs, args.shares, args.assets, args.since, args.until)
+        return
     parts = args.parts.split(",")
     print(f"bench-cluster on {os.cpu_count()} cores")
     if "range" in parts:
         bench_range(args.tickers, args.sessions)
+    if "launcher" in parts:
+        bench_launcher(args.tickers, args.sessions)
     if "writes" in parts:
         with tempfile.TemporaryDirectory(prefix="pm-bench-writes-") as workdir:
             bench_writes(Path(workdir))
