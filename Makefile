@@ -92,7 +92,8 @@ screenshots: $(STAMP)
 validate: $(STAMP)
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
-# One machine against the cluster on 1 and 2 workers (20 x 250), and the store's concurrent writes: ~15 min.
+# One machine against the cluster on 1 and 2 workers (20 x 250), its steps on the workers (the executor) and
+# its runs handed whole to them (the run launcher), and the store's concurrent writes: ~25 min.
 bench-cluster: $(STAMP)
 	$(BIN)/python benchmarks/bench_cluster.py
 

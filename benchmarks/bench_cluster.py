@@ -91,7 +91,7 @@ def time_range(variant: str, n_tickers: int, sessions: int) -> float:
                 pm({**os.environ}, "cluster", "stop", "--home", str(home))
 
 
-def bench_range(n_tickers: int, sessions: int) -> None:
+def bench_range(n_tickers: int, sessions: int) -> dict[str, float]:
     print(f"\n(range) {n_tickers} tickers x {sessions} sessions: prices ({sessions + LOOKBACK} sessions), then "
           f"features, ts_forecasts, {LLM_STAGES} (fallback); wall time of the two pm materialize commands")
     rows = [("one machine (large-backfill instance, steps in the process)", "postgres"),
@@ -101,6 +101,7 @@ def bench_range(n_tickers: int, sessions: int) -> None:
         seconds[variant] = time_range(variant, n_tickers, sessions)
         print(f"  {label:<62} {seconds[variant]:8.1f} s   x{seconds['postgres'] / seconds[variant]:.2f} "
               "of one machine's speed", flush=True)
+    return seconds
 
 
 def time_launched_range(n_tickers: int, sessions: int, workers: int) -> float:
@@ -148,14 +149,14 @@ def launch_runs(broker: str, shares: int, assets: str, since: str, until: str) -
     from dagster._core.launcher import LaunchRunContext
     from dagster_celery.launcher import CeleryRunLauncher
 
-    from pm_assets.dagster_compat import ensure_pool, reconstructable_asset_job, set_pool_limit
+    from pm_assets.dagster_compat import reconstructable_asset_job
     from pm_jobs.materialize import plan_selection, run_tags
+    from pm_jobs.parallel import make_room
 
     instance = DagsterInstance.get()
     launcher = CeleryRunLauncher(default_queue="dagster", broker=broker, backend=broker)
     launcher.register_instance(instance)
-    ensure_pool(instance, "duckdb")
-    set_pool_limit(instance, "duckdb", max(shares, 1))
+    make_room(instance, shares, lambda line: None)  # the pools as `--parallel N` leaves them
     selection = plan_selection(instance, assets.split(","), [], since, until)
     keys = [AssetKey(a) for a in selection.assets]
     job = reconstructable_asset_job("pm_jobs.definitions", "defs", keys)
@@ -171,16 +172,26 @@ def launch_runs(broker: str, shares: int, assets: str, since: str, until: str) -
         time.sleep(0.5)
     failed = [run_id for run_id in run_ids if instance.get_run_by_id(run_id).status != DagsterRunStatus.SUCCESS]
     if failed:
-        raise SystemExit(f"runs not successful: {failed}")
+        from dagster import DagsterEventType
+
+        errors = [f"{record.dagster_event.step_key}: {record.dagster_event.step_failure_data.error.message.strip()}"
+                  for run_id in failed for record in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)]
+        if not errors:  # the run failed outside its steps: its last events say why
+            errors = [(record.dagster_event.message if record.dagster_event else None) or record.user_message
+                      for run_id in failed for record in instance.all_logs(run_id)[-6:]]
+        raise SystemExit(f"runs not successful: {failed}: " + " | ".join(errors))
 
 
-def bench_launcher(n_tickers: int, sessions: int) -> None:
-    print(f"\n(launcher) the same range, each run handed whole to a worker by dagster-celery's CeleryRunLauncher "
+def bench_launcher(n_tickers: int, sessions: int, executor_seconds: dict[str, float]) -> None:
+    print("\n(launcher) the same range, each run handed whole to a worker by dagster-celery's CeleryRunLauncher "
           "(its steps in the worker's process)")
     for workers in (1, 2):
         seconds = time_launched_range(n_tickers, sessions, workers)
-        label = f"run launcher, {workers} worker{'s' * (workers > 1)}" + (" (two shares at once)" if workers > 1 else "")
-        print(f"  {label:<62} {seconds:8.1f} s", flush=True)
+        label = f"run launcher, {workers} worker{'s' * (workers > 1)}" + (" (two shares at once)" * (workers > 1))
+        ratios = "" if not executor_seconds else (
+            f"   x{executor_seconds['postgres'] / seconds:.2f} of one machine's speed, "
+            f"x{executor_seconds[f'cluster:{workers}'] / seconds:.2f} of the executor's on {workers}")
+        print(f"  {label:<62} {seconds:8.1f} s{ratios}", flush=True)
 
 
 def _writer(database: str, tickers: list[str], barrier) -> tuple[float, float, int, int]:
@@ -259,10 +270,9 @@ def main() -> None:
         return
     parts = args.parts.split(",")
     print(f"bench-cluster on {os.cpu_count()} cores")
-    if "range" in parts:
-        bench_range(args.tickers, args.sessions)
+    executor_seconds = bench_range(args.tickers, args.sessions) if "range" in parts else {}
     if "launcher" in parts:
-        bench_launcher(args.tickers, args.sessions)
+        bench_launcher(args.tickers, args.sessions, executor_seconds)
     if "writes" in parts:
         with tempfile.TemporaryDirectory(prefix="pm-bench-writes-") as workdir:
             bench_writes(Path(workdir))
