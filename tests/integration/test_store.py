@@ -265,6 +265,23 @@ def test_a_second_writer_of_the_same_empty_partitions_waits_for_the_first_and_re
         ("A", DAYS[0], 5.0), ("A", DAYS[1], 5.0)]  # once each: the later writer replaced the earlier
 
 
+def test_a_writer_held_at_a_table_lock_too_long_fails_with_one_line_naming_the_table(lake, monkeypatch):
+    import psycopg2
+
+    from pm_resources import connections
+
+    conn = store_connect(lake)
+    replace_partitions(conn, "t", _frame(["A"], DAYS), ["A"], DAYS)
+    monkeypatch.setattr(connections, "WRITE_LOCK_WAIT_SECONDS", 1)
+    with psycopg2.connect(lake.removeprefix("ducklake:postgres:")) as hung, hung.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [connections._LOCK_SPACE, connections._table_key("t")])
+        with pytest.raises(connections.LakeError) as raised:
+            replace_partitions(conn, "t", _frame(["A"], DAYS, 9.0), ["A"], DAYS)
+    assert str(raised.value) == "t: waited 1 s for another writer of the shared store to finish"
+    replace_partitions(conn, "t", _frame(["A"], DAYS, 3.0), ["A"], DAYS)  # the lock gone, the next write goes through
+    assert query(conn, "SELECT sum(value) FROM t").item() == 6.0
+
+
 def _conflicting_write_in_its_own_thread(lake):
     conn = store_connect(lake)
     replace_partitions(conn, "t", _frame(["A"], DAYS, 5.0), ["A"], DAYS)
