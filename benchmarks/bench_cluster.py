@@ -5,6 +5,8 @@ fallback mode).
          the LLM stages, as a person launches them (`pm materialize`, two commands: the prices,
          then the rest), wall time of the two commands:
          - one machine: the large-backfill instance (`pm postgres start`), steps in the command's process;
+         - one machine on the lake: the same, its store the cluster's DuckLake instead of the DuckDB
+           file (what the cluster's store costs without Celery);
          - cluster, 1 worker: `pm cluster start --workers 1`, the steps on the worker;
          - cluster, 2 workers: `pm cluster start --workers 2` and `pm materialize --parallel 2`,
            two runs at once, their steps on the two workers.
@@ -75,6 +77,10 @@ def time_range(variant: str, n_tickers: int, sessions: int) -> float:
             "PM_PRICE_SOURCE": "synthetic", "PM_LLM_MODE": "fallback", "PM_START_DATE": str(start)}
         if kind == "cluster":
             pm(env, "cluster", "start", "--home", str(home), "--workers", workers)
+        elif kind == "lake":
+            from pm_jobs.large_instance import start as start_instance
+
+            start_instance(home, shared_store=True)  # what `pm cluster start` makes, without Redis and workers
         else:
             pm(env, "postgres", "start", "--home", str(home))
         try:
@@ -95,6 +101,7 @@ def bench_range(n_tickers: int, sessions: int) -> dict[str, float]:
     print(f"\n(range) {n_tickers} tickers x {sessions} sessions: prices ({sessions + LOOKBACK} sessions), then "
           f"features, ts_forecasts, {LLM_STAGES} (fallback); wall time of the two pm materialize commands")
     rows = [("one machine (large-backfill instance, steps in the process)", "postgres"),
+            ("one machine, its store the DuckLake", "lake"),
             ("cluster, 1 worker", "cluster:1"), ("cluster, 2 workers (--parallel 2)", "cluster:2")]
     seconds = {}
     for label, variant in rows:
