@@ -149,7 +149,6 @@ def measure(sizes: list[int], listed_up_to: int, backfill_up_to: int) -> None:
     night = dt.date.fromisoformat(sessions[-1])
     print(f"{len(sessions):,} sessions {sessions[0]}..{sessions[-1]} per ticker; the large-backfill instance", flush=True)
     rows = []
-    home = Path(os.environ["DAGSTER_HOME"])
     env = dict(os.environ)
     workdir = Path(env["PM_DUCKDB_PATH"]).parent
     from tests.support.local_server import free_port, wait_until_answering

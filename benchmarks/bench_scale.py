@@ -231,7 +231,7 @@ def bench_stepstart(home: Path, graph: dict, n_tickers: int) -> None:
     """features and ts_forecasts again over the graph's range, through `dagster asset materialize`."""
     tickers = tickers_named(n_tickers)
     run_env = dict(os.environ)
-    print(f"\n(stepstart) the same ranges through `dagster asset materialize` (run process + step process) "
+    print("\n(stepstart) the same ranges through `dagster asset materialize` (run process + step process) "
           "vs in-process", flush=True)
     print(f"    {'stage':<14} {'in-process':>11} {'CLI':>9} {'CLI step start':>15} {'CLI - in-process':>17}")
     for asset in ("features", "ts_forecasts"):
