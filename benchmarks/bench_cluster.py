@@ -65,6 +65,14 @@ def range_dates(sessions: int) -> tuple[dt.date, dt.date, dt.date]:
     return calendar.shift_trading_days(first, -LOOKBACK), first, last
 
 
+def bench_env(home: Path, start: dt.date) -> dict[str, str]:
+    """This environment without the person's own settings, plus the benchmark's (synthetic source,
+    LLM fallback, a watchlist beside the throwaway instance)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PM_", "OLLAMA", "DAGSTER_"))} | {
+        "DAGSTER_DISABLE_TELEMETRY": "1", "PM_WATCHLIST": str(home.parent / "watchlist.txt"),
+        "PM_PRICE_SOURCE": "synthetic", "PM_LLM_MODE": "fallback", "PM_START_DATE": str(start)}
+
+
 def time_range(variant: str, n_tickers: int, sessions: int) -> float:
     """Wall seconds of the two `pm materialize` commands on a fresh instance of `variant`."""
     from pm_jobs.large_instance import throwaway_home
@@ -72,9 +80,7 @@ def time_range(variant: str, n_tickers: int, sessions: int) -> float:
     start, first, last = range_dates(sessions)
     kind, workers = variant.split(":") if ":" in variant else (variant, "0")
     with throwaway_home(f"pm-bench-cluster-{kind}-") as home:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PM_", "OLLAMA", "DAGSTER_"))} | {
-            "DAGSTER_DISABLE_TELEMETRY": "1", "PM_WATCHLIST": str(home.parent / "watchlist.txt"),
-            "PM_PRICE_SOURCE": "synthetic", "PM_LLM_MODE": "fallback", "PM_START_DATE": str(start)}
+        env = bench_env(home, start)
         if kind == "cluster":
             pm(env, "cluster", "start", "--home", str(home), "--workers", workers)
         elif kind == "lake":
@@ -119,9 +125,7 @@ def time_launched_range(n_tickers: int, sessions: int, workers: int) -> float:
 
     start, first, last = range_dates(sessions)
     with throwaway_home("pm-bench-cluster-launcher-") as home:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PM_", "OLLAMA", "DAGSTER_"))} | {
-            "DAGSTER_DISABLE_TELEMETRY": "1", "PM_WATCHLIST": str(home.parent / "watchlist.txt"),
-            "PM_PRICE_SOURCE": "synthetic", "PM_LLM_MODE": "fallback", "PM_START_DATE": str(start)}
+        env = bench_env(home, start)
         pm(env, "cluster", "start", "--home", str(home), "--workers", str(workers))
         try:
             env["DAGSTER_HOME"] = str(home)

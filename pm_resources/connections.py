@@ -74,6 +74,11 @@ def create_lake(database: str, data_path: Path) -> None:
     _open_lake(database, str(data_path).rstrip("/") + "/").close()
 
 
+def lake_catalog(database: str) -> str:
+    """The libpq connection string of the catalog of the lake `database` (`ducklake:postgres:<it>`)."""
+    return database.removeprefix(LAKE_PREFIX).removeprefix("postgres:")
+
+
 def redact(database: str) -> str:
     """`database` with a libpq password masked, for messages and printed settings."""
     return " ".join("password=***" if part.startswith("password=") else part for part in database.split(" "))
@@ -97,7 +102,7 @@ def close_lake(database: str) -> None:
         base = _lakes.pop((os.getpid(), database), None)
     if base is not None:
         base.close()
-    catalog = database.removeprefix(LAKE_PREFIX).removeprefix("postgres:")
+    catalog = lake_catalog(database)
     for key in [key for key in list(_lockers) if key[0] == os.getpid() and key[2] == catalog]:
         _lockers.pop(key)[0].close()
 
@@ -121,7 +126,7 @@ def _catalog_of(conn: duckdb.DuckDBPyConnection) -> str | None:
     row = conn.execute("SELECT type, path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
     if row is None or row[0] != "ducklake" or not row[1].startswith("postgres:"):
         return None
-    return row[1].removeprefix("postgres:")
+    return lake_catalog(row[1])
 
 
 def _table_key(table: str) -> int:

@@ -228,7 +228,9 @@ def test_a_writer_that_keeps_conflicting_gives_up_with_one_line_naming_table_and
 def _waiting_for_a_table_lock(lake: str) -> int:
     import psycopg2
 
-    with psycopg2.connect(lake.removeprefix("ducklake:postgres:")) as catalog, catalog.cursor() as cursor:
+    from pm_resources.connections import lake_catalog
+
+    with psycopg2.connect(lake_catalog(lake)) as catalog, catalog.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
         return cursor.fetchone()[0]
 
@@ -273,7 +275,7 @@ def test_a_writer_held_at_a_table_lock_too_long_fails_with_one_line_naming_the_t
     conn = store_connect(lake)
     replace_partitions(conn, "t", _frame(["A"], DAYS), ["A"], DAYS)
     monkeypatch.setattr(connections, "WRITE_LOCK_WAIT_SECONDS", 1)
-    with psycopg2.connect(lake.removeprefix("ducklake:postgres:")) as hung, hung.cursor() as cursor:
+    with psycopg2.connect(connections.lake_catalog(lake)) as hung, hung.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [connections._LOCK_SPACE, connections._table_key("t")])
         with pytest.raises(connections.LakeError) as raised:
             replace_partitions(conn, "t", _frame(["A"], DAYS, 9.0), ["A"], DAYS)
