@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 LLM_STAMP := $(VENV)/.llm-installed-stamp
 
-.PHONY: install install-llm test test-unit test-lake test-llm demo ui large-instance ui-large stop-large cluster ui-cluster stop-cluster bench-cluster bench-store-candidates bench bench-scale bench-sp500 bench-ceiling bench-forecasts bench-llm bench-llm-parallel bench-probe bench-backtests bench-attribution bench-sensors bench-paper evaluate validate screenshots clean
+.PHONY: install install-llm test test-unit test-lake test-llm demo ui large-instance ui-large stop-large cluster ui-cluster stop-cluster bench-cluster bench-store-candidates bench bench-scale bench-sp500 bench-ceiling bench-forecasts bench-llm bench-llm-parallel bench-probe bench-backtests bench-attribution bench-sensors bench-paper bench-process-start evaluate validate screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -134,6 +134,10 @@ bench-attribution: $(STAMP)
 # date at 100 tickers (docs/paper.md#numbers). About 2 minutes.
 bench-paper: $(STAMP)
 	$(BIN)/python benchmarks/bench_paper.py
+
+# What every Dagster process (run, step, code server, CLI) pays to import the definitions (~1.5 min).
+bench-process-start: $(STAMP)
+	$(BIN)/python benchmarks/bench_process_start.py
 
 bench-sensors: $(STAMP)
 	$(BIN)/python benchmarks/bench_sensors.py

@@ -23,7 +23,6 @@ import warnings
 from collections.abc import Iterator
 
 import numpy as np
-from scipy import stats
 
 TRADING_DAYS_PER_YEAR = 252
 # empyrical treats a benchmark variance below this as zero (beta undefined); so do we.
@@ -265,6 +264,7 @@ def probabilistic_sharpe_ratio(returns: np.ndarray, benchmark_sharpe: float = 0.
     with np.errstate(invalid="ignore"):
         z = _divide((sharpe - benchmark_sharpe) * np.sqrt(np.maximum(count - 1.0, 0.0)),
                     np.sqrt(np.where(denominator > 0, denominator, np.nan)))
+    from scipy import stats  # here, not at the top: docs/scale.md "Process start"
     psr = np.where(np.isnan(z) | (count < 3), np.nan, stats.norm.cdf(np.nan_to_num(z)))
     return _result(psr, r)
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Callable
+from functools import cache
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import matplotlib
-import matplotlib.ticker
+import polars as pl
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import polars as pl  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 # 1,000 px wide (10 in at 100 dpi), fonts sized to read at that width in Dagster's metadata pane.
@@ -20,16 +22,28 @@ TITLE, LABEL, LEGEND = 13, 11, 10
 MAX_PANELS = 2
 
 
+@cache
+def _pyplot() -> ModuleType:
+    """pyplot on the headless Agg backend, loaded by the first chart rather than with the
+    definitions, which every Dagster process imports (docs/scale.md "Process start")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
 def png_markdown(png: bytes, alt: str) -> str:
     """Markdown that embeds a PNG inline, as Dagster's UI renders it."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 def _ticker_panels_png(tickers: list[str], max_tickers: int, legend_columns: int,
-                      draw: Callable[[plt.Axes, str], None]) -> bytes:
+                      draw: Callable[[Axes, str], None]) -> bytes:
     """One small panel per ticker (at most `max_tickers`), drawn by `draw`, as PNG bytes."""
     shown = tickers[:max_tickers]
-    fig, axes = plt.subplots(len(shown), 1, figsize=(WIDTH_INCHES, 3.4 * len(shown)), squeeze=False)
+    fig, axes = _pyplot().subplots(len(shown), 1, figsize=(WIDTH_INCHES, 3.4 * len(shown)), squeeze=False)
     for ax, ticker in zip(axes[:, 0], shown, strict=True):
         draw(ax, ticker)
         ax.set_title(ticker, fontsize=TITLE, loc="left")
@@ -39,14 +53,14 @@ def _ticker_panels_png(tickers: list[str], max_tickers: int, legend_columns: int
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
-    plt.close(fig)
+    _pyplot().close(fig)
     return buffer.getvalue()
 
 
 def price_bands_png(features: pl.DataFrame, tickers: list[str], max_tickers: int = 2) -> bytes:
     """Close with SMA 20/50 and Bollinger 20/2 for up to `max_tickers` tickers, one panel each."""
 
-    def draw(ax: plt.Axes, ticker: str) -> None:
+    def draw(ax: Axes, ticker: str) -> None:
         rows = features.filter(pl.col("ticker") == ticker).sort("date")
         dates = rows["date"].to_list()
         ax.fill_between(dates, rows["bb_lower"].to_numpy(), rows["bb_upper"].to_numpy(),
@@ -64,7 +78,7 @@ def forecast_fan_png(prices: pl.DataFrame, fan: pl.DataFrame, tickers: list[str]
     expected price and 90% band drawn at the date the forecast is for (ticker, target_date,
     expected_price, lower_price, upper_price)."""
 
-    def draw(ax: plt.Axes, ticker: str) -> None:
+    def draw(ax: Axes, ticker: str) -> None:
         history = prices.filter(pl.col("ticker") == ticker).sort("date")
         ahead = fan.filter(pl.col("ticker") == ticker).sort("target_date")
         ax.plot(history["date"].to_list(), history["price"].to_numpy(), color="black", lw=1.1, label="price")
@@ -83,7 +97,7 @@ def _identical(a, b) -> bool:
     return len(a) == len(b) and bool(np.allclose(a, b, rtol=0.0, atol=1e-9, equal_nan=True))
 
 
-def equity_drawdown_figure(series: dict[str, pl.DataFrame], max_panels: int = MAX_PANELS) -> plt.Figure:
+def equity_drawdown_figure(series: dict[str, pl.DataFrame], max_panels: int = MAX_PANELS) -> Figure:
     """The figure behind `equity_drawdown_png` (kept apart so a test can inspect what is drawn).
 
     The strategy is drawn first and wide, the forecast-only twin dashed and narrow on top of it:
@@ -91,7 +105,7 @@ def equity_drawdown_figure(series: dict[str, pl.DataFrame], max_panels: int = MA
     orange dashes (the title says so). One legend for the figure, above the panels, so it covers
     no line."""
     shown = list(series.items())[:max_panels]
-    fig, axes = plt.subplots(2 * len(shown), 1, figsize=(WIDTH_INCHES, 4.6 * len(shown) + 0.4), squeeze=False,
+    fig, axes = _pyplot().subplots(2 * len(shown), 1, figsize=(WIDTH_INCHES, 4.6 * len(shown) + 0.4), squeeze=False,
                              gridspec_kw={"height_ratios": [2, 1] * len(shown)})
     for index, (name, frame) in enumerate(shown):
         equity_ax, drawdown_ax = axes[2 * index, 0], axes[2 * index + 1, 0]
@@ -130,7 +144,7 @@ def equity_drawdown_png(series: dict[str, pl.DataFrame], max_panels: int = MAX_P
     fig = equity_drawdown_figure(series, max_panels)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
-    plt.close(fig)
+    _pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -138,7 +152,7 @@ def reliability_png(points: dict[str, dict], title: str) -> bytes:
     """Reliability diagram, one line per caller (name -> performance.reliability output): stated
     probability against realised hit rate, marker area by the number of calls, and the diagonal
     a calibrated caller follows. 1,000 px wide."""
-    fig, ax = plt.subplots(figsize=(WIDTH_INCHES, 5))
+    fig, ax = _pyplot().subplots(figsize=(WIDTH_INCHES, 5))
     ax.plot([0, 1], [0, 1], color="gray", lw=1.0, ls="--", label="calibrated")
     for (name, table), color in zip(points.items(), ("tab:blue", "tab:orange", "tab:green"), strict=False):
         if not len(table["calls"]):
@@ -156,24 +170,24 @@ def reliability_png(points: dict[str, dict], title: str) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
-    plt.close(fig)
+    _pyplot().close(fig)
     return buffer.getvalue()
 
 
 def paper_nav_png(dates: list, paper: list[float], reference: list[float], benchmark: list[float]) -> bytes:
     """The paper book's NAV against the backtest of the same weights and the equal-weight
     buy-and-hold of its tickers, all from the same initial cash."""
-    fig, ax = plt.subplots(1, 1, figsize=(WIDTH_INCHES, 4.6))
+    fig, ax = _pyplot().subplots(1, 1, figsize=(WIDTH_INCHES, 4.6))
     ax.plot(dates, paper, color="tab:blue", lw=1.3, label="paper NAV (next-open fills, costs, whole shares)")
     ax.plot(dates, reference, color="tab:orange", lw=1.0, ls="--", label="backtest of the same weights")
     ax.plot(dates, benchmark, color="gray", lw=1.0, label="equal-weight buy and hold")
     ax.set_title("paper book: NAV", fontsize=TITLE, loc="left")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    ax.yaxis.set_major_formatter(_pyplot().FuncFormatter(lambda value, _: f"{value:,.0f}"))
     ax.tick_params(labelsize=LABEL)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=LEGEND, loc="best")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
-    plt.close(fig)
+    _pyplot().close(fig)
     return buffer.getvalue()

@@ -15,7 +15,6 @@ from collections.abc import Iterable
 
 import numpy as np
 import polars as pl
-from scipy import stats
 
 TRADING_DAYS_PER_YEAR = 252
 VAR_LEVEL = 0.95
@@ -147,6 +146,7 @@ def garch_var(mu: float, sigma: float, nu: float | None = None, level: float = V
     a = 1 - _checked_level(level)
     _checked_moments(mu, sigma)
     is_t, nu = _conditional_quantile(nu)
+    from scipy import stats  # here, not at the top: docs/scale.md "Process start"
     q = stats.t.ppf(a, nu) * math.sqrt((nu - 2) / nu) if is_t else stats.norm.ppf(a)
     return float(-(mu + sigma * q))
 
@@ -163,6 +163,7 @@ def garch_cvar(mu: float, sigma: float, nu: float | None = None, level: float = 
     a = 1 - _checked_level(level)
     _checked_moments(mu, sigma)
     is_t, nu = _conditional_quantile(nu)
+    from scipy import stats  # here, not at the top: docs/scale.md "Process start"
     if is_t:
         q = stats.t.ppf(a, nu)
         tail_mean = math.sqrt((nu - 2) / nu) * (stats.t.pdf(q, nu) / a) * (nu + q**2) / (nu - 1)

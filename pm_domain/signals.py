@@ -27,7 +27,6 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from scipy.stats import norm
 
 LLMRole = Literal["off", "veto", "confirm"]
 
@@ -84,6 +83,7 @@ def describe_veto(rules: SignalRules | None = None) -> str:
 
 def forecast_confidence(frame: pl.DataFrame) -> pl.Series:
     """Phi(|mu| / sigma): the forecast distribution's probability that the move has mu's sign."""
+    from scipy.stats import norm  # here, not at the top: docs/scale.md "Process start"
     z = frame.select((pl.col("expected_log_return").abs() / pl.col("sigma")).fill_nan(None)).to_series()
     return pl.Series("forecast_confidence", norm.cdf(z.to_numpy().astype(float))).fill_nan(None)
 

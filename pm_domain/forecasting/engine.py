@@ -20,13 +20,12 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from importlib import import_module
+from importlib.metadata import version
 from multiprocessing import current_process, get_context
 
-import arch
 import numpy as np
 import polars as pl
-import statsmodels
-from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
 from pm_domain.features import return_price
@@ -35,6 +34,7 @@ from pm_domain.forecasting.ensemble import inverse_mse_weights
 from pm_domain.forecasting.kept_fits import KeptFit, ModelFits, encode, fit_key, fit_models
 
 ENGINE_VERSION = "ts_forecasts/1"
+MODEL_LIBRARIES = ("arch.univariate", "statsmodels.tsa.ar_model", "statsmodels.tsa.statespace.sarimax")
 MEAN_MODELS = ("random_walk", "drift", "sarimax", "samossa", "mssa_rl")
 PARALLEL_MIN_PARTITIONS = 1000  # below this, starting workers (~2 s) costs more than it saves
 PARALLEL_MIN_FITS = 50  # ~0.2 s each: below ~10 s of fitting, starting workers costs more than it saves
@@ -118,8 +118,8 @@ class _OriginColumns:
 
 
 def model_versions() -> str:
-    return json.dumps({"engine": ENGINE_VERSION, "statsmodels": statsmodels.__version__,
-                       "arch": arch.__version__, "numpy": np.__version__}, sort_keys=True)
+    return json.dumps({"engine": ENGINE_VERSION, "statsmodels": version("statsmodels"),
+                       "arch": version("arch"), "numpy": np.__version__}, sort_keys=True)
 
 
 def _anchor(position: int, session_number: int, config: ForecastConfig) -> int | None:
@@ -259,6 +259,8 @@ def forecast_series(
             columns.put(slots, _fitted_block(log_prices, anchor, origins[slots], config, dates, models))
 
     target_slots = targets - first_origin
+    from scipy.stats import norm  # here, not at the top: docs/scale.md "Process start"
+
     z = float(norm.ppf(0.5 + config.interval_level / 2))
     result: dict[str, object] = {}
     stacked = np.stack([columns.forecasts[m] for m in MEAN_MODELS], axis=2)  # origins x H x models
@@ -421,8 +423,16 @@ def _to_frame(ticker: str, days: list[dt.date], out: dict, config: ForecastConfi
 def _forecast_one(args: tuple) -> Forecasts:
     # One BLAS thread: the matrices are small, and OpenBLAS threads spinning on two cores made a
     # ticker 1.5x slower in one process and ~6x slower with two worker processes (measured).
+    # threadpoolctl limits only the BLAS libraries already loaded, and scipy brings its own
+    # OpenBLAS: the model libraries load first (they are imported where used, not at the top).
+    _load_model_libraries()
     with threadpool_limits(limits=1, user_api="blas"):
         return forecast_with_kept_fits(*args)
+
+
+def _load_model_libraries() -> None:
+    for name in MODEL_LIBRARIES:
+        import_module(name)
 
 
 def forecast_tickers(

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy import stats
 
 
 def realised_log_returns(histories: dict[str, pl.DataFrame], horizons: tuple[int, ...]) -> pl.DataFrame:
@@ -79,5 +78,6 @@ def loss_differential_test(d: np.ndarray, horizon: int) -> DieboldMariano:
         return DieboldMariano(0.0, 1.0)
     statistic = d.mean() / np.sqrt(variance / n)
     statistic *= np.sqrt((n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n)
+    from scipy import stats  # here, not at the top: docs/scale.md "Process start"
     p_value = 2 * stats.t.sf(abs(statistic), df=n - 1)
     return DieboldMariano(float(statistic), float(p_value))

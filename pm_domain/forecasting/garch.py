@@ -12,7 +12,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from arch import arch_model
 
 EWMA_LAMBDA = 0.94
 PERSISTENCE_LIMIT = 0.97
@@ -47,6 +46,8 @@ def ewma_fit(reason: str, persistence: float | None = None, converged: bool = Fa
 def fit_volatility(returns: np.ndarray) -> VolatilityFit:
     """GARCH(1,1)-t by MLE on `returns` (daily log returns); EWMA when the fit fails or
     alpha + beta >= PERSISTENCE_LIMIT (a near-integrated GARCH forecasts poorly far ahead)."""
+    from arch import arch_model  # here, not at the top: docs/scale.md "Process start"
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

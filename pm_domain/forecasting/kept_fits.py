@@ -21,10 +21,9 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import arch
+from importlib.metadata import version
+
 import numpy as np
-import scipy
-import statsmodels
 
 from pm_domain.forecasting import garch, mssa_rl, samossa, sarimax
 
@@ -86,8 +85,8 @@ def fit_key(window: np.ndarray, config: ForecastConfig) -> str:
     """sha256 over the window's values, the settings the fits read and the library versions."""
     settings = {"format": FITS_FORMAT, "sarimax_order": list(config.sarimax_order), "ssa_window": config.ssa_window,
                 "ssa_variance_share": config.ssa_variance_share, "ar_lags": config.ar_lags,
-                "max_horizon": max(config.horizons), "statsmodels": statsmodels.__version__,
-                "arch": arch.__version__, "numpy": np.__version__, "scipy": scipy.__version__}
+                "max_horizon": max(config.horizons), "statsmodels": version("statsmodels"),
+                "arch": version("arch"), "numpy": np.__version__, "scipy": version("scipy")}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     digest.update(np.ascontiguousarray(window, dtype="<f8").tobytes())
     return digest.hexdigest()

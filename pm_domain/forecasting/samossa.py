@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from statsmodels.tsa.ar_model import AutoReg
 
 from pm_domain.forecasting import ssa
 
@@ -52,6 +51,8 @@ class SamossaFit:
 def fit_samossa(
     returns: np.ndarray, window: int, variance_share: float, ar_lags: int, max_horizon: int
 ) -> SamossaFit:
+    from statsmodels.tsa.ar_model import AutoReg  # here, not at the top: docs/scale.md "Process start"
+
     basis = ssa.decompose(returns, window)
     rank = min(ssa.rank_for_variance(basis.singular_values, variance_share), window - 1)
     eigenvectors = np.ascontiguousarray(basis.leading(rank))

@@ -10,10 +10,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from statsmodels.stats.diagnostic import acorr_ljungbox
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
-from statsmodels.tsa.statespace.sarimax import SARIMAX
+
+if TYPE_CHECKING:
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
 
 LJUNG_BOX_LAGS = 10
 
@@ -28,11 +30,16 @@ class SarimaxFit:
 
 
 def _model(log_prices: np.ndarray, order: tuple[int, int, int], trend: str) -> SARIMAX:
+    from statsmodels.tsa.statespace.sarimax import SARIMAX  # here, not at the top: docs/scale.md "Process start"
+
     return SARIMAX(log_prices, order=order, trend=trend)
 
 
 def fit_sarimax(log_prices: np.ndarray, order: tuple[int, int, int], trend: str = "c") -> SarimaxFit:
     """Fit by MLE. `trend="c"` with d=1 is a drift in the log-price differences."""
+    from statsmodels.stats.diagnostic import acorr_ljungbox  # here, not at the top: docs/scale.md "Process start"
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = _model(log_prices, order, trend).fit(disp=False)

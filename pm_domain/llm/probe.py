@@ -34,7 +34,6 @@ from typing import Literal
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict
-from scipy.stats import binomtest
 
 from pm_domain.llm.client import TASKS, CachedReply, LLMCall, LLMClient, OllamaSettings
 from pm_domain.llm.cutoffs import KnowledgeCutoff
@@ -212,6 +211,8 @@ def _cell(rows: pl.DataFrame) -> dict:
     cell = {"pairs": rows.height, "answered": answered.height, "unanswered": rows.height - answered.height,
             "hits": hits, "hit_rate": None, "ci_low": None, "ci_high": None, "interval_excludes_chance": None}
     if answered.height:
+        from scipy.stats import binomtest  # here, not at the top: docs/scale.md "Process start"
+
         interval = binomtest(hits, answered.height, CHANCE).proportion_ci(CONFIDENCE_LEVEL, method="exact")
         cell |= {"hit_rate": hits / answered.height, "ci_low": float(interval.low), "ci_high": float(interval.high),
                  "interval_excludes_chance": bool(interval.low > CHANCE or interval.high < CHANCE)}

@@ -55,3 +55,14 @@ def test_the_automated_jobs_run_their_steps_in_the_run_process():
 
     for name in ("daily_research", "signal_evaluation", "portfolio_book", "nightly_paper", "memorization_evaluation"):
         assert defs.resolve_job_def(name).executor_def is in_process_executor, name
+
+
+def test_loading_the_definitions_leaves_the_model_and_chart_libraries_unloaded():
+    """Every Dagster process (a run, a step, a code server) imports the definitions; statsmodels,
+    arch, scipy.stats and matplotlib (about 3 s of the 6.8 s it took) load only in the steps that
+    fit or draw (docs/scale.md "Process start")."""
+    heavy = ["statsmodels", "arch", "scipy.stats", "matplotlib"]
+    code = f"import sys, pm_jobs.definitions; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -7,7 +7,6 @@ import datetime as dt
 import numpy as np
 import polars as pl
 import pytest
-import statsmodels
 
 from pm_domain import calendar
 from pm_domain.forecasting import kept_fits
@@ -98,7 +97,8 @@ def test_settings_and_library_versions_are_part_of_the_key(monkeypatch):
     key = kept_fits.fit_key(window, CONFIG)
     assert kept_fits.fit_key(window, dataclasses.replace(CONFIG, sarimax_order=(2, 1, 0))) != key
     assert kept_fits.fit_key(window, dataclasses.replace(CONFIG, refit_every=5)) == key  # a fit is the window's
-    monkeypatch.setattr(statsmodels, "__version__", "0.0.1")
+    installed = kept_fits.version
+    monkeypatch.setattr(kept_fits, "version", lambda name: "0.0.1" if name == "statsmodels" else installed(name))
     assert kept_fits.fit_key(window, CONFIG) != key
 
 
