@@ -135,7 +135,8 @@ bench-attribution: $(STAMP)
 bench-paper: $(STAMP)
 	$(BIN)/python benchmarks/bench_paper.py
 
-# What every Dagster process (run, step, code server, CLI) pays to import the definitions (~1.5 min).
+# What every Dagster process (run, code server, CLI) pays to import the definitions, and a one-partition
+# CLI run with its steps in the run's process against a process per step (~4 min).
 bench-process-start: $(STAMP)
 	$(BIN)/python benchmarks/bench_process_start.py
 

@@ -281,17 +281,16 @@ def bench_mapping(n_tickers: int, n_dates: int) -> None:
 
 
 def step_start_seconds(home: Path, asset: str) -> float:
-    """From the step process starting (STEP_WORKER_STARTED) to the step's first line of its own
-    (STEP_START), in the latest run of `asset`: where Dagster maps the run's partitions through
-    the upstream lookback."""
+    """From the run starting (RUN_START: its one step runs in the run's process) to the step's
+    first line of its own (STEP_START), in the latest run of `asset`: where Dagster maps the run's
+    partitions through the upstream lookback."""
     from dagster import DagsterEventType, DagsterInstance, RunsFilter
 
     with DagsterInstance.from_config(str(home)) as instance:
         [run] = instance.get_runs(RunsFilter(tags={}), limit=1)
-        logs = instance.all_logs(run.run_id, of_type={DagsterEventType.STEP_WORKER_STARTED, DagsterEventType.STEP_START})
+        logs = instance.all_logs(run.run_id, of_type={DagsterEventType.RUN_START, DagsterEventType.STEP_START})
         times = {e.dagster_event.event_type: e.timestamp for e in logs}
-        started = times.get(DagsterEventType.STEP_WORKER_STARTED)
-        return times[DagsterEventType.STEP_START] - started if started else float("nan")
+        return times[DagsterEventType.STEP_START] - times[DagsterEventType.RUN_START]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ class Settings(BaseSettings):
     celery_broker: str | None = _setting(
         "PM_CELERY_BROKER", None, "the cluster's Redis broker (`redis://host:port/0`; `pm cluster start` writes it "
         "into the cluster's instance.env): set, every run executes its steps on the cluster's Celery workers "
-        "([docs/deploy.md](deploy.md))", doc_default="none: steps run in the run's own process(es)")
+        "([docs/deploy.md](deploy.md))", doc_default="none: every run executes its steps in its own process")
 
     # -- validation: each check's message is the one line a person reads -------------------------
     @field_validator("price_source", "llm_mode", "llm_anonymize", "paper_weights", mode="before")

@@ -7,7 +7,7 @@ from dagster import Definitions
 
 from pm_assets import ALL_ASSETS, SQL_ASSETS
 from pm_domain import settings
-from pm_jobs.executors import asset_jobs_executor
+from pm_jobs.executors import executor_for
 from pm_jobs.jobs import memorization_job, paper_job, portfolio_job, research_job, signal_evaluation_job
 from pm_jobs.resources import resources_for
 from pm_jobs.schedules import nightly_research_schedule
@@ -24,7 +24,7 @@ def definitions_for(config: settings.Settings) -> Definitions:
         jobs=[research_job, signal_evaluation_job, portfolio_job, paper_job, memorization_job],
         schedules=[nightly_research_schedule],
         sensors=ALL_SENSORS,
-        executor=asset_jobs_executor(config),
+        executor=executor_for(config),
     )
 
 

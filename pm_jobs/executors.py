@@ -1,10 +1,11 @@
 """Where a run's steps execute, chosen in one place from the settings.
 
-- One machine (PM_CELERY_BROKER unset): the automated jobs run their steps in the run's own process
-  (their stages form a chain that the `duckdb` pool serialises anyway, and a process per step cost
-  3-5 s of imports each, measured by benchmarks/bench_scale.py's nightly part, more than a night's
-  own work for a small universe); a run from the UI or `dagster asset materialize` keeps Dagster's
-  default, a process per step.
+- One machine (PM_CELERY_BROKER unset): every run executes its steps in the run's own process, the
+  automated jobs' and the UI's and `dagster asset materialize`'s asset runs alike. Every stage
+  writes DuckDB under the `duckdb` pool (one step at a time), so Dagster's default of a process
+  per step bought no parallelism and cost each step a process start that imports the project:
+  a one-partition prices+features run through `dagster asset materialize` took 24.1 s that way and
+  11.9 s in the run's process (docs/scale.md "Process start"); a 5-ticker night, 38 s against 20 s.
 - The cluster (PM_CELERY_BROKER set, as `pm cluster start` writes it): every job's steps are Celery
   tasks that the cluster's workers execute (dagster-celery's `celery_executor`, docs/deploy.md). The
   run's own process only plans and waits; the pools still bound what computes at once, since
@@ -25,10 +26,5 @@ def celery_steps(broker: str) -> ExecutorDefinition:
     return celery_executor.configured({"broker": broker, "backend": broker}, name="celery_steps")
 
 
-def automated_jobs_executor(config: Settings) -> ExecutorDefinition:
+def executor_for(config: Settings) -> ExecutorDefinition:
     return celery_steps(config.celery_broker) if config.celery_broker else in_process_executor
-
-
-def asset_jobs_executor(config: Settings) -> ExecutorDefinition | None:
-    """None: Dagster's default (a process per step) for the UI's and the CLI's asset runs."""
-    return celery_steps(config.celery_broker) if config.celery_broker else None

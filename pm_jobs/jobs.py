@@ -6,10 +6,10 @@ from dagster import AssetSelection, define_asset_job
 
 from pm_assets.partitions import daily_ticker_partitions, trading_day_partitions
 from pm_domain import settings
-from pm_jobs.executors import automated_jobs_executor
+from pm_jobs.executors import executor_for
 
 # Read at import, like everything that shapes the graph: the run's own process, or the cluster's workers.
-AUTOMATED_JOB_EXECUTOR = automated_jobs_executor(settings.current())
+AUTOMATED_JOB_EXECUTOR = executor_for(settings.current())
 
 EVALUATION_GROUP = "evaluation"
 MARTS_GROUP = "marts"

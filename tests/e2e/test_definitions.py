@@ -47,14 +47,16 @@ def test_every_asset_check_says_what_it_asks():
     assert undescribed == []
 
 
-def test_the_automated_jobs_run_their_steps_in_the_run_process():
-    """A process per step cost more than a small night's own work (benchmarks/bench_scale.py)."""
+def test_every_run_on_one_machine_executes_its_steps_in_the_run_process():
+    """The automated jobs and the asset runs of the UI and `dagster asset materialize` alike: a
+    process per step cost more than a small night's own work (pm_jobs/executors.py)."""
     from dagster import in_process_executor
 
     from pm_jobs.definitions import defs
 
     for name in ("daily_research", "signal_evaluation", "portfolio_book", "nightly_paper", "memorization_evaluation"):
         assert defs.resolve_job_def(name).executor_def is in_process_executor, name
+    assert defs.resolve_implicit_global_asset_job_def().executor_def is in_process_executor
 
 
 def test_loading_the_definitions_leaves_the_model_and_chart_libraries_unloaded():
