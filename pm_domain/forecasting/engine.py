@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import import_module
-from importlib.metadata import version
 from multiprocessing import current_process, get_context
 
 import numpy as np
@@ -31,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from pm_domain.features import return_price
 from pm_domain.forecasting import baselines, garch, mssa_rl, samossa, sarimax
 from pm_domain.forecasting.ensemble import inverse_mse_weights
-from pm_domain.forecasting.kept_fits import KeptFit, ModelFits, encode, fit_key, fit_models
+from pm_domain.forecasting.kept_fits import KeptFit, ModelFits, encode, fit_key, fit_models, library_versions
 
 ENGINE_VERSION = "ts_forecasts/1"
 MODEL_LIBRARIES = ("arch.univariate", "statsmodels.tsa.ar_model", "statsmodels.tsa.statespace.sarimax")
@@ -118,8 +117,9 @@ class _OriginColumns:
 
 
 def model_versions() -> str:
-    return json.dumps({"engine": ENGINE_VERSION, "statsmodels": version("statsmodels"),
-                       "arch": version("arch"), "numpy": np.__version__}, sort_keys=True)
+    versions = library_versions()
+    return json.dumps({"engine": ENGINE_VERSION} | {name: versions[name] for name in ("statsmodels", "arch", "numpy")},
+                      sort_keys=True)
 
 
 def _anchor(position: int, session_number: int, config: ForecastConfig) -> int | None:

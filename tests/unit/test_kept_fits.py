@@ -97,8 +97,8 @@ def test_settings_and_library_versions_are_part_of_the_key(monkeypatch):
     key = kept_fits.fit_key(window, CONFIG)
     assert kept_fits.fit_key(window, dataclasses.replace(CONFIG, sarimax_order=(2, 1, 0))) != key
     assert kept_fits.fit_key(window, dataclasses.replace(CONFIG, refit_every=5)) == key  # a fit is the window's
-    installed = kept_fits.version
-    monkeypatch.setattr(kept_fits, "version", lambda name: "0.0.1" if name == "statsmodels" else installed(name))
+    installed = kept_fits.library_versions()
+    monkeypatch.setattr(kept_fits, "library_versions", lambda: installed | {"statsmodels": "0.0.1"})
     assert kept_fits.fit_key(window, CONFIG) != key
 
 
