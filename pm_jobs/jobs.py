@@ -5,19 +5,14 @@ from __future__ import annotations
 from dagster import AssetSelection, define_asset_job
 
 from pm_assets.partitions import daily_ticker_partitions, trading_day_partitions
-from pm_domain import settings
-from pm_jobs.executors import executor_for
 
-# Read at import, like everything that shapes the graph: the run's own process, or the cluster's workers.
-AUTOMATED_JOB_EXECUTOR = executor_for(settings.current())
-
+# No executor here: each job executes where the Definitions' executor says (pm_jobs/executors.py).
 EVALUATION_GROUP = "evaluation"
 MARTS_GROUP = "marts"
 PAPER_GROUP = "paper"
 
 research_job = define_asset_job(
     "daily_research",
-    executor_def=AUTOMATED_JOB_EXECUTOR,
     selection=AssetSelection.all() - AssetSelection.groups(EVALUATION_GROUP, MARTS_GROUP, PAPER_GROUP),
     partitions_def=daily_ticker_partitions,
     description="prices -> features -> ts_forecasts -> llm_analysis -> llm_signals -> risk_assessments "
@@ -29,7 +24,6 @@ research_job = define_asset_job(
 
 signal_evaluation_job = define_asset_job(
     "signal_evaluation",
-    executor_def=AUTOMATED_JOB_EXECUTOR,
     selection=AssetSelection.assets("signal_outcomes", "backtests"),
     partitions_def=daily_ticker_partitions,
     description="signal_outcomes and backtests for a tickers x dates range (the signal_validation sensor "
@@ -39,7 +33,6 @@ signal_evaluation_job = define_asset_job(
 # Not partitioned, so not part of signal_evaluation: the probe samples the whole price history.
 memorization_job = define_asset_job(
     "memorization_evaluation",
-    executor_def=AUTOMATED_JOB_EXECUTOR,
     selection=AssetSelection.assets("memorization_probe"),
     description="memorization_probe: each configured model asked the direction of past moves from the ticker and "
     "date alone (the memorization_probe sensor launches it when new prices land; launch it here on demand).",
@@ -47,7 +40,6 @@ memorization_job = define_asset_job(
 
 portfolio_job = define_asset_job(
     "portfolio_book",
-    executor_def=AUTOMATED_JOB_EXECUTOR,
     selection=AssetSelection.assets("portfolio_backtests"),
     partitions_def=trading_day_partitions,
     description="portfolio_backtests for a range of dates (the signal_validation sensor launches it once "
@@ -56,7 +48,6 @@ portfolio_job = define_asset_job(
 
 paper_job = define_asset_job(
     "nightly_paper",
-    executor_def=AUTOMATED_JOB_EXECUTOR,
     selection=AssetSelection.groups(PAPER_GROUP),
     partitions_def=trading_day_partitions,
     description="target_weights, then the paper book's step (paper_fills -> paper_book -> paper_orders) for a range "

@@ -398,11 +398,12 @@ defs = Definitions(sensors=[stranded_runs_sensor])
 
 @pytest.mark.timeout(300)
 def test_killed_cli_run_leaves_the_table_as_before_and_the_daemon_frees_its_slot(scratch):
-    """`dagster asset materialize` (its steps in the run's own process) is SIGKILLed, with its whole process group, between DELETE and INSERT. The table is
-    exactly as before. The dead run still says STARTED and holds the `duckdb` pool's one slot; the
-    stranded_runs sensor, ticking in a real `dagster-daemon`, marks it failed and frees the slot
-    (the delay from the kill is printed), and the next run of the same range completes by itself
-    without ever being blocked by the pool."""
+    """`dagster asset materialize` (its steps in the run's own process) is SIGKILLed, with its
+    whole process group, between DELETE and INSERT. The table is exactly as before. The dead run
+    still says STARTED and holds the `duckdb` pool's one slot; the stranded_runs sensor, ticking
+    in a real `dagster-daemon`, marks it failed and frees the slot (the delay from the kill is
+    printed), and the next run of the same range completes by itself without ever being blocked by
+    the pool."""
     from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
     home = make_home(scratch)
